@@ -1,0 +1,1 @@
+"""Data: the problem-file contract, validation and file formats."""

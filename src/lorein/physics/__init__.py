@@ -1,0 +1,1 @@
+"""Physics: FFT, linear operators, signal models, sampling, coils and subspaces."""

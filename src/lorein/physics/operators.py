@@ -1,0 +1,292 @@
+"""Linear operators of the MRI forward model and the fast subspace Gram form.
+
+Shapes follow DESIGN.md: images ``[frames, z, y, x]`` (frames = contrasts T, or subspace
+coefficients K), coil images ``[frames, coil, z, y, x]``, acquired lines ``[n_lines, coil, x]``.
+The forward model is ``E = M F C`` (per-contrast images) or ``E = M F C Phi`` (subspace), with
+``M`` the line sampling, ``F`` the centred orthonormal 3D FFT, ``C`` the coil sensitivities and
+``Phi`` the temporal subspace.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from lorein.physics.fft import centered_fft, centered_ifft, modulation
+
+
+class LinearOperator(ABC):
+    """A linear map with an adjoint; ``A.H`` is the adjoint, ``A @ B`` the composition."""
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the operator."""
+
+    @abstractmethod
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Apply the adjoint operator."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
+
+    @property
+    def H(self) -> LinearOperator:  # noqa: N802 (mathematical notation)
+        """The adjoint operator."""
+        return AdjointOperator(self)
+
+    def __matmul__(self, other: LinearOperator) -> LinearOperator:
+        return ComposedOperator(self, other)
+
+
+class AdjointOperator(LinearOperator):
+    """The adjoint of an operator."""
+
+    def __init__(self, op: LinearOperator) -> None:
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op.adjoint(x)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self.op.forward(y)
+
+    @property
+    def H(self) -> LinearOperator:  # noqa: N802
+        return self.op
+
+
+class ComposedOperator(LinearOperator):
+    """``outer @ inner``: applies ``inner`` first."""
+
+    def __init__(self, outer: LinearOperator, inner: LinearOperator) -> None:
+        self.outer = outer
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outer.forward(self.inner.forward(x))
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self.inner.adjoint(self.outer.adjoint(y))
+
+
+class CoilOperator(LinearOperator):
+    """Coil sensitivities ``C``: ``[..., z, y, x] -> [..., coil, z, y, x]``.
+
+    Parameters
+    ----------
+    coils
+        ``[n_coils, nz, ny, nx]`` complex64 sensitivity maps.
+    """
+
+    def __init__(self, coils: torch.Tensor) -> None:
+        self.coils = coils
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(-4) * self.coils
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return (y * self.coils.conj()).sum(dim=-4)
+
+
+class FourierOperator(LinearOperator):
+    """Centred orthonormal FFT ``F`` over the last three axes ``(z, y, x)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return centered_fft(x, dim=(-3, -2, -1))
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return centered_ifft(y, dim=(-3, -2, -1))
+
+
+class SubspaceOperator(LinearOperator):
+    """Temporal subspace ``Phi``: coefficients ``[K, ...] -> images [T, ...]``.
+
+    Parameters
+    ----------
+    phi
+        ``[T, K]`` complex64 temporal basis.
+    """
+
+    def __init__(self, phi: torch.Tensor) -> None:
+        self.phi = phi
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensordot(self.phi, x, dims=([1], [0]))
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.tensordot(self.phi.conj(), y, dims=([0], [0]))
+
+
+class SamplingOperator(LinearOperator):
+    """Cartesian line sampling ``M``: k-space ``[frames, coil, z, y, x] -> lines [L, coil, x]``.
+
+    Line ``l`` reads location ``(kz[l], ky[l])`` of frame ``contrast[l]``. With ``phi`` given, the
+    frames are subspace coefficients and line ``l`` reads ``sum_k phi[contrast[l], k] x[k]``:
+    this is ``M Phi`` applied in k-space without forming the ``T`` contrast k-spaces (``Phi``
+    commutes with ``F`` and ``C``). Repeated locations are summed by the adjoint.
+
+    Parameters
+    ----------
+    ky, kz, contrast
+        ``[L]`` int64 grid indices (k-space centre at ``n // 2``) and contrast of each line.
+    shape
+        ``(frames, coil, nz, ny, nx)`` of the k-space the lines are read from (frames = T, or K
+        with ``phi``).
+    phi
+        Optional ``[T, K]`` complex64 temporal basis.
+    """
+
+    def __init__(
+        self,
+        ky: torch.Tensor,
+        kz: torch.Tensor,
+        contrast: torch.Tensor,
+        shape: tuple[int, int, int, int, int],
+        phi: torch.Tensor | None = None,
+    ) -> None:
+        self.ky = ky.long()
+        self.kz = kz.long()
+        self.contrast = contrast.long()
+        self.shape = shape
+        self.weights = None if phi is None else phi[self.contrast]  # [L, K]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weights is None:
+            return x[self.contrast, :, self.kz, self.ky, :]
+        gathered = x[:, :, self.kz, self.ky, :]  # [K, coil, L, x]
+        return torch.einsum("lk,kclx->lcx", self.weights, gathered)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(self.shape, dtype=y.dtype, device=y.device)
+        if self.weights is None:
+            view = out.permute(0, 2, 3, 1, 4)  # [T, nz, ny, coil, x], shares memory with out
+            view.index_put_((self.contrast, self.kz, self.ky), y, accumulate=True)
+            return out
+        spread = torch.einsum("lk,lcx->lkcx", self.weights.conj(), y)
+        # index_put_ accumulates along the leading indexed axes: put (z, y) first
+        view = out.permute(2, 3, 0, 1, 4)  # [nz, ny, K, coil, x], shares memory with out
+        view.index_put_((self.kz, self.ky), spread, accumulate=True)
+        return out
+
+
+def subspace_gram(
+    ky: torch.Tensor,
+    kz: torch.Tensor,
+    contrast: torch.Tensor,
+    phi: torch.Tensor,
+    grid: tuple[int, int],
+) -> torch.Tensor:
+    """Per-location Gram matrices of the subspace sampling ``(M Phi)^H (M Phi)``.
+
+    Parameters
+    ----------
+    ky, kz, contrast
+        ``[L]`` line locations and contrasts.
+    phi
+        ``[T, K]`` complex64 temporal basis.
+    grid
+        ``(nz, ny)``.
+
+    Returns
+    -------
+    ``[nz, ny, K, K]`` complex64, ``G[z, y] = sum_{l at (z, y)} conj(phi[t_l])^T phi[t_l]``.
+    """
+    nz, ny = grid
+    k = phi.shape[1]
+    rows = phi[contrast.long()]  # [L, K]
+    outer = rows.conj().unsqueeze(2) * rows.unsqueeze(1)  # [L, K, K]
+    flat = kz.long() * ny + ky.long()
+    gram = torch.zeros(nz * ny, k, k, dtype=phi.dtype, device=phi.device)
+    gram.index_add_(0, flat, outer)
+    return gram.view(nz, ny, k, k)
+
+
+class EncodingOperator(LinearOperator):
+    """Full forward model ``E = M F C Phi`` from coefficient images to acquired lines.
+
+    ``[K, nz, ny, nx] -> [L, coil, nx]`` with a subspace ``phi [T, K]``; without one, frames are the
+    ``T`` contrast images (``E = M F C``). The centred FFT's modulations are folded into the coil
+    maps and the lines once, so each application costs ``K * n_coils`` plain FFTs.
+
+    Parameters
+    ----------
+    coils
+        ``[n_coils, nz, ny, nx]`` complex64.
+    ky, kz, contrast
+        ``[L]`` line locations and contrasts.
+    phi
+        Optional ``[T, K]`` complex64 temporal basis.
+    n_contrasts
+        Number of contrasts T when there is no ``phi`` (default: the largest contrast index + 1).
+    """
+
+    def __init__(
+        self,
+        coils: torch.Tensor,
+        ky: torch.Tensor,
+        kz: torch.Tensor,
+        contrast: torch.Tensor,
+        phi: torch.Tensor | None = None,
+        n_contrasts: int | None = None,
+    ) -> None:
+        n_coils, nz, ny, nx = coils.shape
+        self.grid = (nz, ny, nx)
+        self.n_coils = n_coils
+        dev = coils.device
+        pre_z, post_z = modulation(nz, dev)
+        pre_y, post_y = modulation(ny, dev)
+        pre_x, post_x = modulation(nx, dev)
+        image_phase = pre_z.view(nz, 1, 1) * pre_y.view(1, ny, 1) * pre_x.view(1, 1, nx)
+        self.coils = coils * image_phase  # b folded in
+        self.line_phase = (post_z[kz.long()] * post_y[ky.long()]).view(-1, 1, 1) * post_x.view(
+            1, 1, nx
+        )  # a folded into the lines, [L, 1, nx]
+        if phi is not None:
+            n_frames = phi.shape[1]
+        else:
+            n_frames = n_contrasts if n_contrasts is not None else int(contrast.max()) + 1
+        self.sampling = SamplingOperator(ky, kz, contrast, (n_frames, n_coils, nz, ny, nx), phi)
+        self.phi = phi
+        self._gram: torch.Tensor | None = None
+
+    def _kspace(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain FFT of the (modulated) coil images: ``[frames, coil, nz, ny, nx]``."""
+        return torch.fft.fftn(x.unsqueeze(1) * self.coils, dim=(-3, -2, -1), norm="ortho")
+
+    def _image(self, k: torch.Tensor) -> torch.Tensor:
+        """Adjoint of :meth:`_kspace`: coil-combine the plain inverse FFT."""
+        return (torch.fft.ifftn(k, dim=(-3, -2, -1), norm="ortho") * self.coils.conj()).sum(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sampling.forward(self._kspace(x)) * self.line_phase
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self._image(self.sampling.adjoint(y * self.line_phase.conj()))
+
+    @property
+    def gram(self) -> torch.Tensor:
+        """``[nz, ny, K, K]`` per-location Gram matrices (subspace only), computed once."""
+        if self.phi is None:
+            raise TypeError("the Gram form needs a subspace phi")
+        if self._gram is None:
+            s = self.sampling
+            self._gram = subspace_gram(s.ky, s.kz, s.contrast, self.phi, self.grid[:2])
+        return self._gram
+
+    def _gram_quadratic(self, k: torch.Tensor) -> torch.Tensor:
+        """``G k`` for coefficient k-space ``[K, coil, nz, ny, nx]``."""
+        return torch.einsum("zyab,bczyx->aczyx", self.gram, k)
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        """``E^H E x`` through the Gram form: ``K * n_coils`` FFTs each way, no line gathering."""
+        return self._image(self._gram_quadratic(self._kspace(x)))
+
+    def data_term(self, x: torch.Tensor, b: torch.Tensor, y_norm2: torch.Tensor) -> torch.Tensor:
+        """``||y - E x||^2`` from ``b = E^H y`` and ``||y||^2``, without forming ``E x``.
+
+        ``||y||^2 - 2 Re<b, x> + <F C x, G F C x>``; differentiable in ``x``.
+        """
+        k = self._kspace(x)
+        quad = torch.vdot(k.flatten(), self._gram_quadratic(k).flatten()).real
+        return y_norm2 - 2 * torch.vdot(b.flatten(), x.flatten()).real + quad

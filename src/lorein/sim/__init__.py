@@ -1,0 +1,1 @@
+"""Simulation: digital brain phantom and the paper's dataset presets."""

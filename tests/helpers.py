@@ -1,0 +1,38 @@
+"""Shared test helpers: seeded random data and operator checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def rng(seed: int = 0) -> torch.Generator:
+    """Return a seeded CPU generator; every test draws its data from one."""
+    return torch.Generator().manual_seed(seed)
+
+
+def randn_complex(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Complex64 standard normal tensor of the given shape."""
+    g = rng(seed)
+    re = torch.randn(*shape, generator=g)
+    im = torch.randn(*shape, generator=g)
+    return torch.complex(re, im)
+
+
+def dotproduct_adjointness_test(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    adjoint: Callable[[torch.Tensor], torch.Tensor],
+    u: torch.Tensor,
+    v: torch.Tensor,
+    rtol: float = 1e-5,
+) -> None:
+    """Assert <A u, v> == <u, A^H v> for random u (domain) and v (range)."""
+    au = forward(u)
+    assert au.shape == v.shape, f"range shape {tuple(au.shape)} != {tuple(v.shape)}"
+    ahv = adjoint(v)
+    assert ahv.shape == u.shape, f"domain shape {tuple(ahv.shape)} != {tuple(u.shape)}"
+    lhs = torch.vdot(au.flatten().to(torch.complex128), v.flatten().to(torch.complex128))
+    rhs = torch.vdot(u.flatten().to(torch.complex128), ahv.flatten().to(torch.complex128))
+    scale = au.abs().norm() * v.abs().norm()
+    assert (lhs - rhs).abs() <= rtol * scale, f"<Au,v>={lhs} != <u,A^H v>={rhs}"
