@@ -46,6 +46,10 @@ class ContrastTable:
             f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
         }
 
+    def subset(self, index: torch.Tensor | slice) -> ContrastTable:
+        """The rows ``index`` of the table, as a new table."""
+        return ContrastTable(**{name: col[index] for name, col in self.columns().items()})
+
     def echo_index(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Index of each contrast's echo time among the distinct echo times.
 
