@@ -1,0 +1,105 @@
+"""End-to-end simulation on a tiny protocol: indexing, scaling, noise level, R."""
+
+import math
+
+import torch
+
+from lorein.physics.operators import EncodingOperator
+from lorein.physics.signal_models import signal_model
+from lorein.sim.presets import PRESETS, Preset, get_preset
+from lorein.sim.simulate import band_limit, centred_affine, simulate
+
+
+def tiny(shared: bool = False, oversampling: int = 2, model: str = "vfa_megre") -> Preset:
+    return Preset(
+        name="tiny",
+        signal_model=model,
+        matrix=(24, 24, 6),
+        voxel_size=(9.0, 9.0, 10.0),
+        n_coils=4,
+        accelerations=(12,),
+        calibration=(6, 2),
+        shared_echo_lines=shared,
+        oversampling=oversampling,
+    )
+
+
+def test_band_limit_preserves_constant_and_is_exact_without_oversampling() -> None:
+    fine = torch.full((1, 8, 12, 10), 2.5, dtype=torch.complex64)
+    coarse = band_limit(fine, (4, 6, 5))
+    torch.testing.assert_close(coarse, torch.full((1, 4, 6, 5), 2.5 + 0j), rtol=1e-5, atol=1e-5)
+
+
+def test_noiseless_lines_equal_the_discrete_forward_model() -> None:
+    """With no oversampling and no noise the data are exactly E(model(truth))."""
+    preset = tiny(oversampling=1)
+    sim = simulate(preset, 12, seed=3, snr=math.inf, progress=False)
+    p, t = sim.problem, sim.truth
+    maps = {k: getattr(t, k) for k in ("M0", "T1", "T2", "T2star", "B0", "phase0")}
+    images = signal_model(p.signal_model, p.contrasts)(maps)
+    enc = EncodingOperator(t.coils, p.ky, p.kz, p.contrast, n_contrasts=p.n_contrasts)
+    expected = enc(images)
+    err = (p.kspace - expected).norm() / expected.norm()
+    assert err < 1e-5, err
+    assert sim.noise_std == 0.0
+
+
+def test_oversampled_data_are_close_to_but_not_the_discrete_model() -> None:
+    """Avoiding the inverse crime: fine-grid data differ from the coarse model, but not wildly."""
+    sim = simulate(tiny(), 12, seed=3, snr=math.inf, progress=False)
+    p, t = sim.problem, sim.truth
+    maps = {k: getattr(t, k) for k in ("M0", "T1", "T2", "T2star", "B0", "phase0")}
+    images = signal_model(p.signal_model, p.contrasts)(maps)
+    enc = EncodingOperator(t.coils, p.ky, p.kz, p.contrast, n_contrasts=p.n_contrasts)
+    expected = enc(images)
+    err = float((p.kspace - expected).norm() / expected.norm())
+    assert 1e-3 < err < 0.5, err
+
+
+def test_noise_level_and_acceleration() -> None:
+    clean = simulate(tiny(), 12, seed=1, snr=math.inf, progress=False)
+    noisy = simulate(tiny(), 12, seed=1, snr=20.0, progress=False)
+    assert abs(noisy.problem.acceleration / 12 - 1) < 0.02
+    residual = noisy.problem.kspace - clean.problem.kspace
+    measured = float(residual.abs().pow(2).mean().sqrt())
+    assert abs(measured / noisy.noise_std - 1) < 0.05
+    mask = clean.truth.mask.bool()
+    assert noisy.noise_std > 0 and clean.truth.M0[mask].mean() > 0
+
+
+def test_t2ir_echoes_share_lines() -> None:
+    sim = simulate(tiny(shared=True, model="t2ir_gre"), 160, seed=0, progress=False)
+    p = sim.problem
+    readout = p.contrasts.readout_index()[p.contrast]
+    for r in torch.unique(readout)[:20].tolist():
+        rows = readout == r
+        per_contrast = {
+            int(c): sorted(
+                zip(
+                    p.ky[rows & (p.contrast == c)].tolist(),
+                    p.kz[rows & (p.contrast == c)].tolist(),
+                    strict=True,
+                )
+            )
+            for c in torch.unique(p.contrast[rows])
+        }
+        assert len({tuple(v) for v in per_contrast.values()}) == 1
+
+
+def test_presets_follow_the_paper() -> None:
+    s1, s2 = get_preset("sim1"), get_preset("sim2")
+    assert s1.matrix == (112, 112, 16) and s1.n_coils == 24
+    assert s1.contrast_table().n_contrasts == 60
+    assert s2.matrix == (240, 240, 14) and s2.n_coils == 14
+    assert s2.contrast_table().n_contrasts == 1280
+    for small, big in (("sim1-small", "sim1"), ("sim2-small", "sim2")):
+        a, b = PRESETS[small], PRESETS[big]
+        assert a.accelerations == b.accelerations
+        torch.testing.assert_close(a.contrast_table().echo_time, b.contrast_table().echo_time)
+        assert all(abs(fa - fb) < 1 for fa, fb in zip(a.fov, b.fov, strict=True))
+
+
+def test_centred_affine_puts_centre_voxel_at_origin() -> None:
+    aff = centred_affine((10, 12, 5), (2.0, 2.0, 4.0))
+    centre = aff @ [5, 6, 2, 1]
+    assert list(centre[:3]) == [0.0, 0.0, 0.0]
