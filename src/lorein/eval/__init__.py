@@ -1,0 +1,1 @@
+"""Evaluation: metrics against the ground truth, figures, comparisons."""
