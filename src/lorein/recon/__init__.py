@@ -1,0 +1,1 @@
+"""Reconstruction methods: LoREIN and the methods it is compared with."""

@@ -1,0 +1,229 @@
+"""The shared optimisation loop: Adam with step decay, progress bar, checkpoints, NaN guard.
+
+A method supplies a module holding all trainable parameters and a closure that returns named
+losses for an iteration (``"total"`` is minimised). The loop owns everything else:
+
+- step learning-rate decay (``lr * decay ** (iteration // decay_every)``);
+- a tqdm bar that shows the current losses;
+- a checkpoint (module, optimiser, iteration, learning-rate scale, RNG state, loss history)
+  written atomically every ``checkpoint_seconds`` and at the end, from which ``resume`` continues
+  a killed run to the same result;
+- a guard against non-finite losses or gradients: it rolls back to the last good state, halves the
+  learning rate and tries again, and gives up with a clear error after ``max_rollbacks``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+
+@dataclass
+class LoopConfig:
+    """Optimisation settings.
+
+    Attributes
+    ----------
+    iterations
+        Number of optimiser steps.
+    lr
+        Initial Adam learning rate.
+    decay_every
+        Iterations between learning-rate halvings (0: no decay).
+    decay
+        Factor applied every ``decay_every`` iterations.
+    checkpoint_seconds
+        Wall time between checkpoints [s].
+    snapshot_every
+        Iterations between in-memory snapshots used to roll back after a non-finite loss.
+    max_rollbacks
+        Non-finite events tolerated before giving up.
+    """
+
+    iterations: int = 1000
+    lr: float = 1e-3
+    decay_every: int = 0
+    decay: float = 0.5
+    checkpoint_seconds: float = 120.0
+    snapshot_every: int = 25
+    max_rollbacks: int = 5
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss stayed non-finite after the allowed number of rollbacks."""
+
+
+@dataclass
+class LoopState:
+    """What a checkpoint holds besides the module and optimiser states."""
+
+    iteration: int = 0
+    lr_scale: float = 1.0
+    rollbacks: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+LossClosure = Callable[[int], dict[str, torch.Tensor]]
+
+
+def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam; the fused kernel where the parameters' device supports it (much faster on CPU)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+def _save_atomic(obj: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Optimisation:
+    """Run ``config.iterations`` Adam steps on ``module``'s parameters.
+
+    Parameters
+    ----------
+    module
+        Holds every trainable parameter (and buffers that belong in a checkpoint).
+    closure
+        ``closure(iteration) -> {"total": loss, ...}``; other entries are shown and recorded.
+    config
+        Loop settings.
+    checkpoint
+        Path of the checkpoint file, or None for no checkpoints.
+    progress
+        Show a progress bar.
+    description
+        Progress bar label.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        closure: LossClosure,
+        config: LoopConfig,
+        checkpoint: Path | None = None,
+        progress: bool = True,
+        description: str = "optimise",
+    ) -> None:
+        self.module = module
+        self.closure = closure
+        self.config = config
+        self.checkpoint = checkpoint
+        self.progress = progress
+        self.description = description
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.optimiser = _adam(self.params, config.lr)
+        self.state = LoopState()
+
+    def learning_rate(self, iteration: int) -> float:
+        """Step-decayed learning rate at ``iteration``, including rollback reductions."""
+        c = self.config
+        steps = iteration // c.decay_every if c.decay_every > 0 else 0
+        return c.lr * c.decay**steps * self.state.lr_scale
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "module": copy.deepcopy(self.module.state_dict()),
+            "optimiser": copy.deepcopy(self.optimiser.state_dict()),
+            "state": copy.deepcopy(self.state),
+        }
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        self.module.load_state_dict(snap["module"])
+        self.optimiser.load_state_dict(snap["optimiser"])
+        self.state = copy.deepcopy(snap["state"])
+
+    def save(self) -> None:
+        """Write the checkpoint (atomically)."""
+        if self.checkpoint is None:
+            return
+        _save_atomic(
+            {
+                "module": self.module.state_dict(),
+                "optimiser": self.optimiser.state_dict(),
+                "state": asdict(self.state),
+                "config": asdict(self.config),
+                "rng": torch.get_rng_state(),
+            },
+            self.checkpoint,
+        )
+
+    def load(self) -> None:
+        """Continue from the checkpoint file."""
+        if self.checkpoint is None or not self.checkpoint.exists():
+            raise FileNotFoundError(f"no checkpoint to resume from at {self.checkpoint}")
+        ckpt = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+        self.module.load_state_dict(ckpt["module"])
+        self.optimiser.load_state_dict(ckpt["optimiser"])
+        self.state = LoopState(**ckpt["state"])
+        torch.set_rng_state(ckpt["rng"])
+
+    def _finite_step(self, iteration: int) -> dict[str, float] | None:
+        """One step; None (and no parameter update) when the loss or a gradient is non-finite."""
+        for group in self.optimiser.param_groups:
+            group["lr"] = self.learning_rate(iteration)
+        self.optimiser.zero_grad(set_to_none=True)
+        losses = self.closure(iteration)
+        total = losses["total"]
+        if not torch.isfinite(total):
+            return None
+        total.backward()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if grads and not all(torch.isfinite(g).all() for g in grads):
+            return None
+        self.optimiser.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def run(self, resume: bool = False) -> list[dict[str, float]]:
+        """Optimise; returns the loss history (one dict per iteration)."""
+        if resume:
+            self.load()
+        c = self.config
+        last_save = time.monotonic()
+        snap = self._snapshot()
+        bar = tqdm(
+            total=c.iterations,
+            initial=self.state.iteration,
+            desc=self.description,
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        while self.state.iteration < c.iterations:
+            it = self.state.iteration
+            record = self._finite_step(it)
+            if record is None:
+                rollbacks = self.state.rollbacks + 1
+                if rollbacks > c.max_rollbacks:
+                    raise NonFiniteLossError(
+                        f"loss or gradient non-finite at iteration {it} after "
+                        f"{c.max_rollbacks} rollbacks with halved learning rates"
+                    )
+                self._restore(snap)
+                self.state.rollbacks = rollbacks
+                self.state.lr_scale *= 0.5
+                bar.n = self.state.iteration
+                bar.set_postfix_str(f"non-finite loss: rolled back to {self.state.iteration}")
+                continue
+            self.state.history.append(record)
+            self.state.iteration = it + 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()}, refresh=False)
+            if self.state.iteration % c.snapshot_every == 0:
+                snap = self._snapshot()
+            if time.monotonic() - last_save > c.checkpoint_seconds:
+                self.save()
+                last_save = time.monotonic()
+        bar.close()
+        self.save()
+        return self.state.history
