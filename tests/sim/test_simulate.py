@@ -7,7 +7,7 @@ import torch
 from lorein.physics.operators import EncodingOperator
 from lorein.physics.signal_models import signal_model
 from lorein.sim.presets import PRESETS, Preset, get_preset
-from lorein.sim.simulate import band_limit, centred_affine, simulate
+from lorein.sim.simulate import band_limit, simulate
 
 
 def tiny(shared: bool = False, oversampling: int = 2, model: str = "vfa_megre") -> Preset:
@@ -97,9 +97,3 @@ def test_presets_follow_the_paper() -> None:
         assert a.accelerations == b.accelerations
         torch.testing.assert_close(a.contrast_table().echo_time, b.contrast_table().echo_time)
         assert all(abs(fa - fb) < 1 for fa, fb in zip(a.fov, b.fov, strict=True))
-
-
-def test_centred_affine_puts_centre_voxel_at_origin() -> None:
-    aff = centred_affine((10, 12, 5), (2.0, 2.0, 4.0))
-    centre = aff @ [5, 6, 2, 1]
-    assert list(centre[:3]) == [0.0, 0.0, 0.0]

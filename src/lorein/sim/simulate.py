@@ -12,7 +12,6 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -21,7 +20,7 @@ from lorein.physics.coils import rss_normalise, simulate_coils
 from lorein.physics.fft import centered_fft, centered_ifft
 from lorein.physics.sampling import LineSampling, sample_lines
 from lorein.physics.signal_models import signal_model
-from lorein.sim.phantom import BrainPhantom, PhantomMaps
+from lorein.sim.phantom import BrainPhantom, PhantomMaps, grid_affine
 from lorein.sim.presets import Preset
 
 MAP_NAMES = ("M0", "T1", "T2", "T2star", "B0", "phase0")
@@ -35,13 +34,6 @@ class Simulation:
     truth: Truth
     noise_std: float
     seconds: float
-
-
-def centred_affine(matrix: tuple[int, int, int], voxel_size: tuple[float, ...]) -> np.ndarray:
-    """4x4 RAS affine [mm] of a grid centred on the origin: voxel ``n // 2`` sits at 0."""
-    affine = np.diag([*voxel_size, 1.0]).astype(np.float64)
-    affine[:3, 3] = [-(n // 2) * d for n, d in zip(matrix, voxel_size, strict=True)]
-    return affine
 
 
 def crop_kspace(k: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -158,7 +150,7 @@ def simulate(
         contrasts=contrasts,
         matrix=preset.matrix,
         voxel_size=preset.voxel_size,
-        affine=centred_affine(preset.matrix, preset.voxel_size),
+        affine=grid_affine(preset.matrix, preset.voxel_size),
         coils=None,
         source=f"preset {preset.name}",
     )
