@@ -5,9 +5,11 @@ import torch
 
 from lorein.physics.operators import (
     CoilOperator,
+    ContrastDataTerm,
     EncodingOperator,
     FourierOperator,
     SamplingOperator,
+    SubspaceDataTerm,
     SubspaceOperator,
     subspace_gram,
 )
@@ -98,26 +100,45 @@ def test_gram_matches_naive(lines, phi: torch.Tensor) -> None:
     torch.testing.assert_close(gram, naive)
 
 
-def test_normal_and_data_term_match_naive(lines, phi: torch.Tensor) -> None:
+def test_normal_matches_naive(lines, phi: torch.Tensor) -> None:
     ky, kz, contrast = lines
     coils = randn_complex(NC, NZ, NY, NX, seed=13)
     enc = EncodingOperator(coils, ky, kz, contrast, phi)
     x = randn_complex(K, NZ, NY, NX, seed=14)
-    y = randn_complex(L, NC, NX, seed=15)
     torch.testing.assert_close(enc.normal(x), enc.H(enc(x)), rtol=1e-5, atol=1e-5)
-    naive = (y - enc(x)).abs().pow(2).sum()
-    fast = enc.data_term(x, enc.H(y), y.abs().pow(2).sum())
+
+
+def test_subspace_data_term_matches_naive(lines, phi: torch.Tensor) -> None:
+    ky, kz, contrast = lines
+    coils = randn_complex(NC, NZ, NY, NX, seed=13)
+    x = randn_complex(K, NZ, NY, NX, seed=14)
+    y = randn_complex(L, NC, NX, seed=15)
+    naive = (y - EncodingOperator(coils, ky, kz, contrast, phi)(x)).abs().pow(2).sum()
+    fast = SubspaceDataTerm(y, ky, kz, contrast, phi, (NZ, NY, NX))(x, coils)
     assert abs(fast - naive) <= 1e-5 * naive
 
 
-def test_data_term_gradient_matches_naive(lines, phi: torch.Tensor) -> None:
+@pytest.mark.parametrize("chunk", [1, 3, 16])
+def test_contrast_data_term_matches_naive(lines, chunk: int) -> None:
     ky, kz, contrast = lines
-    coils = randn_complex(NC, NZ, NY, NX, seed=16)
-    enc = EncodingOperator(coils, ky, kz, contrast, phi)
+    coils = randn_complex(NC, NZ, NY, NX, seed=19)
+    images = randn_complex(T, NZ, NY, NX, seed=20)
+    y = randn_complex(L, NC, NX, seed=21)
+    naive = (y - EncodingOperator(coils, ky, kz, contrast, n_contrasts=T)(images)).abs().pow(2)
+    exact = ContrastDataTerm(y, ky, kz, contrast, (NZ, NY, NX), chunk=chunk)(images, coils)
+    assert abs(exact - naive.sum()) <= 1e-5 * naive.sum()
+
+
+def test_data_terms_gradients_match_naive(lines, phi: torch.Tensor) -> None:
+    """Gradients w.r.t. coefficients and coils of the fast forms equal the naive ones."""
+    ky, kz, contrast = lines
     y = randn_complex(L, NC, NX, seed=17)
-    b, y2 = enc.H(y), y.abs().pow(2).sum()
+    fast = SubspaceDataTerm(y, ky, kz, contrast, phi, (NZ, NY, NX))
     x1 = randn_complex(K, NZ, NY, NX, seed=18).requires_grad_(True)
+    c1 = randn_complex(NC, NZ, NY, NX, seed=22).requires_grad_(True)
     x2 = x1.detach().clone().requires_grad_(True)
-    enc.data_term(x1, b, y2).backward()
-    (y - enc(x2)).abs().pow(2).sum().backward()
+    c2 = c1.detach().clone().requires_grad_(True)
+    fast(x1, c1).backward()
+    (y - EncodingOperator(c2, ky, kz, contrast, phi)(x2)).abs().pow(2).sum().backward()
     torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(c1.grad, c2.grad, rtol=1e-4, atol=1e-4)

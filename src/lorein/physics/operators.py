@@ -202,6 +202,25 @@ def subspace_gram(
     return gram.view(nz, ny, k, k)
 
 
+def image_modulation(grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    """``[nz, ny, nx]`` image-side modulation ``b`` of the centred 3D FFT (see ``fft.py``)."""
+    nz, ny, nx = grid
+    pz, py, px = (modulation(n, device)[0] for n in grid)
+    return pz.view(nz, 1, 1) * py.view(1, ny, 1) * px.view(1, 1, nx)
+
+
+def line_modulation(ky: torch.Tensor, kz: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """``[L, 1, nx]`` k-space-side modulation ``a`` of the centred 3D FFT at each line."""
+    nz, ny, nx = grid
+    az, ay, ax = (modulation(n, ky.device)[1] for n in grid)
+    return (az[kz.long()] * ay[ky.long()]).view(-1, 1, 1) * ax.view(1, 1, nx)
+
+
+def apply_gram(gram: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``G k``: per-location ``[nz, ny, K, K]`` matrices on k-space ``[K, coil, nz, ny, nx]``."""
+    return torch.einsum("zyab,bczyx->aczyx", gram, k)
+
+
 class EncodingOperator(LinearOperator):
     """Full forward model ``E = M F C Phi`` from coefficient images to acquired lines.
 
@@ -233,15 +252,8 @@ class EncodingOperator(LinearOperator):
         n_coils, nz, ny, nx = coils.shape
         self.grid = (nz, ny, nx)
         self.n_coils = n_coils
-        dev = coils.device
-        pre_z, post_z = modulation(nz, dev)
-        pre_y, post_y = modulation(ny, dev)
-        pre_x, post_x = modulation(nx, dev)
-        image_phase = pre_z.view(nz, 1, 1) * pre_y.view(1, ny, 1) * pre_x.view(1, 1, nx)
-        self.coils = coils * image_phase  # b folded in
-        self.line_phase = (post_z[kz.long()] * post_y[ky.long()]).view(-1, 1, 1) * post_x.view(
-            1, 1, nx
-        )  # a folded into the lines, [L, 1, nx]
+        self.coils = coils * image_modulation(self.grid, coils.device)  # b folded in
+        self.line_phase = line_modulation(ky, kz, self.grid)  # a folded into the lines
         if phi is not None:
             n_frames = phi.shape[1]
         else:
@@ -274,19 +286,103 @@ class EncodingOperator(LinearOperator):
             self._gram = subspace_gram(s.ky, s.kz, s.contrast, self.phi, self.grid[:2])
         return self._gram
 
-    def _gram_quadratic(self, k: torch.Tensor) -> torch.Tensor:
-        """``G k`` for coefficient k-space ``[K, coil, nz, ny, nx]``."""
-        return torch.einsum("zyab,bczyx->aczyx", self.gram, k)
-
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         """``E^H E x`` through the Gram form: ``K * n_coils`` FFTs each way, no line gathering."""
-        return self._image(self._gram_quadratic(self._kspace(x)))
+        return self._image(apply_gram(self.gram, self._kspace(x)))
 
-    def data_term(self, x: torch.Tensor, b: torch.Tensor, y_norm2: torch.Tensor) -> torch.Tensor:
-        """``||y - E x||^2`` from ``b = E^H y`` and ``||y||^2``, without forming ``E x``.
 
-        ``||y||^2 - 2 Re<b, x> + <F C x, G F C x>``; differentiable in ``x``.
-        """
-        k = self._kspace(x)
-        quad = torch.vdot(k.flatten(), self._gram_quadratic(k).flatten()).real
-        return y_norm2 - 2 * torch.vdot(b.flatten(), x.flatten()).real + quad
+class SubspaceDataTerm:
+    """``||y - M F C Phi u||^2`` for any coefficients ``u`` AND coil maps ``C``, in Gram form.
+
+    With ``Y = (M Phi)^H y`` kept in (modulated) k-space once, the data term is
+    ``||y||^2 - 2 Re<Y, F C u> + <F C u, G F C u>`` (DESIGN.md section 4): ``K * n_coils`` FFTs
+    per evaluation, no per-contrast FFTs, no line gathering, and exact (also for learned coils).
+
+    Parameters
+    ----------
+    y
+        ``[L, coil, nx]`` complex64 acquired lines.
+    ky, kz, contrast
+        ``[L]`` line locations and contrasts.
+    phi
+        ``[T, K]`` complex64 orthonormal temporal basis.
+    grid
+        ``(nz, ny, nx)``.
+    """
+
+    def __init__(
+        self,
+        y: torch.Tensor,
+        ky: torch.Tensor,
+        kz: torch.Tensor,
+        contrast: torch.Tensor,
+        phi: torch.Tensor,
+        grid: tuple[int, int, int],
+    ) -> None:
+        n_coils = y.shape[1]
+        shape = (phi.shape[1], n_coils, *grid)
+        sampling = SamplingOperator(ky, kz, contrast, shape, phi)
+        self.image_phase = image_modulation(grid, y.device)
+        self.yk = sampling.adjoint(y * line_modulation(ky, kz, grid).conj())
+        self.gram = subspace_gram(ky, kz, contrast, phi, grid[:2])
+        self.y_norm2 = y.abs().pow(2).sum()
+
+    def __call__(self, u: torch.Tensor, coils: torch.Tensor) -> torch.Tensor:
+        """The data term for coefficients ``u [K, nz, ny, nx]`` and coils ``[C, nz, ny, nx]``."""
+        k = torch.fft.fftn(
+            u.unsqueeze(1) * (coils * self.image_phase), dim=(-3, -2, -1), norm="ortho"
+        )
+        quad = torch.vdot(k.flatten(), apply_gram(self.gram, k).flatten()).real
+        return self.y_norm2 - 2 * torch.vdot(self.yk.flatten(), k.flatten()).real + quad
+
+
+class ContrastDataTerm:
+    """``||y - M F C I||^2`` for contrast images ``I [T, nz, ny, nx]`` and coils, exactly.
+
+    Contrasts are processed in chunks so that only ``chunk * n_coils`` volumes of k-space exist
+    at once: the exact (per-contrast FFT) path, memory bounded.
+
+    Parameters
+    ----------
+    y
+        ``[L, coil, nx]`` complex64 acquired lines.
+    ky, kz, contrast
+        ``[L]`` line locations and contrasts.
+    grid
+        ``(nz, ny, nx)``.
+    chunk
+        Contrasts per chunk.
+    """
+
+    def __init__(
+        self,
+        y: torch.Tensor,
+        ky: torch.Tensor,
+        kz: torch.Tensor,
+        contrast: torch.Tensor,
+        grid: tuple[int, int, int],
+        chunk: int = 16,
+    ) -> None:
+        self.image_phase = image_modulation(grid, y.device)
+        target = y * line_modulation(ky, kz, grid).conj()
+        n_contrasts = int(contrast.max()) + 1
+        self.chunks: list[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+        self.chunks = []
+        for lo in range(0, n_contrasts, chunk):
+            hi = min(lo + chunk, n_contrasts)
+            rows = torch.nonzero((contrast >= lo) & (contrast < hi)).squeeze(1)
+            if len(rows):
+                self.chunks.append(
+                    (lo, hi, contrast[rows] - lo, kz[rows].long(), ky[rows].long(), target[rows])
+                )
+
+    def __call__(self, images: torch.Tensor, coils: torch.Tensor) -> torch.Tensor:
+        """The data term for ``images [T, nz, ny, nx]`` and ``coils [C, nz, ny, nx]``."""
+        modulated = coils * self.image_phase
+        total = images.new_zeros((), dtype=images.real.dtype)
+        for lo, hi, t, kz, ky, target in self.chunks:
+            k = torch.fft.fftn(
+                images[lo:hi].unsqueeze(1) * modulated, dim=(-3, -2, -1), norm="ortho"
+            )
+            total = total + (k[t, :, kz, ky, :] - target).abs().pow(2).sum()
+        return total
