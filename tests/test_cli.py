@@ -41,3 +41,20 @@ def test_unknown_preset_leaves_no_output(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["simulate", "--preset", "sim3", "--R", "4", "-o", str(out)]) == 2
     assert "sim1-small" in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_ismrmrd_round_trip(problem_file: Path, tmp_path: Path) -> None:
+    raw, back = tmp_path / "raw.h5", tmp_path / "back.h5"
+    assert (
+        main(["export-ismrmrd", str(problem_file), "-o", str(raw), "--calibration", "12", "4"]) == 0
+    )
+    assert main(["import", str(raw), "-o", str(back)]) == 0
+    with h5py.File(problem_file, "r") as a, h5py.File(back, "r") as b:
+        assert (a["kspace/data"][()] == b["kspace/data"][()]).all()
+        assert (a["kspace/ky"][()] == b["kspace/ky"][()]).all()
+
+
+def test_import_reports_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["import", str(tmp_path / "raw.h5"), "-o", str(tmp_path / "p.h5")]) == 2
+    assert "raw.h5" in capsys.readouterr().err
+    assert not (tmp_path / "p.h5").exists()

@@ -32,13 +32,78 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
     )
 
 
+def _format_value(value: object) -> str:
+    """Readable value for ``lorein info``: 4 significant digits, lists inline."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_format_value(v)}" for k, v in value.items())
+    return str(value)
+
+
+DISPLAY_UNITS = {
+    "flip_angle": (180 / 3.141592653589793, "deg"),
+    "echo_time": (1e3, "ms"),
+    "repetition_time": (1e3, "ms"),
+    "prep_time": (1e3, "ms"),
+}
+"""Contrast columns shown in CLI units: (factor from SI, unit)."""
+
+
 def _cmd_info(args: argparse.Namespace) -> None:
     from lorein.data.problem import problem_summary
 
     summary = problem_summary(args.problem)
+    ranges = summary.pop("contrast_ranges", {})
+    for name, (lo, hi) in ranges.items():
+        factor, unit = DISPLAY_UNITS.get(name, (1.0, ""))
+        summary[f"{name} range"] = f"{lo * factor:.4g} - {hi * factor:.4g} {unit}".rstrip()
     width = max(len(k) for k in summary)
     for key, value in summary.items():
-        print(f"{key:<{width}}  {value}")
+        print(f"{key:<{width}}  {_format_value(value)}")
+
+
+def _read_sidecar(path: Path | None) -> dict | None:
+    import tomllib
+
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from None
+
+
+def _cmd_import(args: argparse.Namespace) -> None:
+    from lorein.data.ismrmrd_io import import_ismrmrd
+    from lorein.data.problem import write_problem
+
+    problem = import_ismrmrd(
+        args.raw,
+        signal_model=args.signal_model,
+        sidecar=_read_sidecar(args.sidecar),
+        remove_oversampling=not args.keep_oversampling,
+        noise_prewhitening=not args.no_prewhitening,
+    )
+    write_problem(args.output, problem, attrs={"imported_from": str(args.raw)})
+    print(
+        f"wrote {args.output}: {problem.signal_model}, matrix {list(problem.matrix)}, "
+        f"{problem.n_coils} coils, {problem.n_contrasts} contrasts, R = {problem.acceleration:.2f}"
+    )
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from lorein.data.ismrmrd_io import export_ismrmrd
+    from lorein.data.problem import read_problem, read_truth
+
+    problem = read_problem(args.problem)
+    truth = read_truth(args.problem) if args.with_truth else None
+    calibration = tuple(args.calibration) if args.calibration else None
+    export_ismrmrd(problem, args.output, truth=truth, calibration=calibration)
+    print(f"wrote {args.output}: {problem.n_lines} acquisitions")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +136,45 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="summarise a problem file")
     info.add_argument("problem", type=Path, help="problem file (.h5)")
     info.set_defaults(func=_cmd_info)
+
+    imp = sub.add_parser(
+        "import",
+        help="convert an ISMRMRD raw-data file into a problem file",
+        description="Read a Cartesian 3D multi-contrast ISMRMRD file (kspace_encode_step_1/2 -> "
+        "ky/kz; contrast, set, repetition, segment -> contrast rows; TR/TE/flip angle from the "
+        "header) and write a problem file. Sequence parameters missing from the header come from "
+        "a TOML sidecar with keys signal_model, flip_angle_deg, echo_time_ms, "
+        "repetition_time_ms, prep_time_ms, segment (a value or one per contrast).",
+    )
+    imp.add_argument("raw", type=Path, help="ISMRMRD HDF5 file")
+    imp.add_argument("-o", "--output", type=Path, required=True, help="problem file to write")
+    imp.add_argument("--signal-model", choices=("vfa_megre", "t2ir_gre"), default=None)
+    imp.add_argument("--sidecar", type=Path, default=None, help="TOML file of sequence parameters")
+    imp.add_argument(
+        "--keep-oversampling", action="store_true", help="keep the readout oversampling"
+    )
+    imp.add_argument(
+        "--no-prewhitening", action="store_true", help="do not whiten with the noise scans"
+    )
+    imp.set_defaults(func=_cmd_import)
+
+    exp = sub.add_parser(
+        "export-ismrmrd",
+        help="write a problem file as ISMRMRD raw data",
+        description="Write a problem file's acquired lines as an ISMRMRD dataset, for BART, "
+        "Gadgetron or a round trip through 'lorein import'.",
+    )
+    exp.add_argument("problem", type=Path, help="problem file (.h5)")
+    exp.add_argument("-o", "--output", type=Path, required=True, help="ISMRMRD file to write")
+    exp.add_argument("--with-truth", action="store_true", help="also write truth/ as images")
+    exp.add_argument(
+        "--calibration",
+        type=int,
+        nargs=2,
+        metavar=("CCY", "CCZ"),
+        help="flag lines in this central ky x kz region as calibration",
+    )
+    exp.set_defaults(func=_cmd_export)
     return parser
 
 
