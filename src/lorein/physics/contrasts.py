@@ -50,6 +50,10 @@ class ContrastTable:
         """The rows ``index`` of the table, as a new table."""
         return ContrastTable(**{name: col[index] for name, col in self.columns().items()})
 
+    def to(self, device: torch.device | str) -> ContrastTable:
+        """The table on ``device``."""
+        return ContrastTable(**{name: col.to(device) for name, col in self.columns().items()})
+
     def echo_index(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Index of each contrast's echo time among the distinct echo times.
 
