@@ -1,0 +1,1 @@
+"""Implicit neural representations: hash encoding, MLPs and fields on the voxel grid."""

@@ -1,0 +1,139 @@
+"""A neural field on the voxel grid: hash encoding, MLP(s) and an output transform."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from lorein.inr.hash_encoding import GridHashEncoding, HashEncoding
+from lorein.inr.mlp import MLP
+
+Output = Literal["linear", "exp", "complex"]
+
+
+class Field(nn.Module):
+    """``f(z, y, x)`` for every voxel of a fixed grid (paper section III.B, eq. 11).
+
+    Outputs (``h`` is the MLP output, one row per point):
+
+    - ``"linear"``: ``h``, real.
+    - ``"exp"``: ``exp(h)``, positive, clamped to ``bounds`` (applied to ``h`` in the log
+      domain, so no overflow; beyond a bound the gradient is zero, as with ``torch.clamp``).
+      E.g. ``bounds=(None, 5.0)`` for T1 <= 5 s.
+    - ``"complex"``: complex64 ``h_re + i h_im`` with ``out_features // 2`` channels. With
+      ``separate_complex_mlps`` (the paper's choice, the default) the real and imaginary parts
+      come from two MLPs of ``out_features // 2`` outputs on the same encoding; otherwise one
+      MLP gives both (first half real, second half imaginary), at about half the MLP cost
+      (``benchmarks/hash_encoding.py``).
+
+    Parameters
+    ----------
+    grid_shape
+        ``(nz, ny, nx)``; voxel centres as in :func:`lorein.inr.hash_encoding.grid_coordinates`.
+    out_features
+        Number of real outputs; even for ``"complex"``.
+    encoding_kwargs
+        Keyword arguments of :class:`HashEncoding` (its defaults where None).
+    mlp_kwargs
+        Keyword arguments of :class:`MLP` other than the widths (its defaults where None).
+    output
+        ``"linear"``, ``"exp"`` or ``"complex"``.
+    bounds
+        ``(lower, upper)`` for ``"exp"``, each None (no bound), a float, or one value per
+        output; lower bounds must be positive.
+    separate_complex_mlps
+        For ``"complex"``: two MLPs (True) or one (False).
+    """
+
+    def __init__(
+        self,
+        grid_shape: tuple[int, int, int],
+        out_features: int,
+        encoding_kwargs: dict[str, Any] | None = None,
+        mlp_kwargs: dict[str, Any] | None = None,
+        output: Output = "linear",
+        bounds: tuple[float | Sequence[float] | None, float | Sequence[float] | None] = (
+            None,
+            None,
+        ),
+        separate_complex_mlps: bool = True,
+    ) -> None:
+        super().__init__()
+        if output not in ("linear", "exp", "complex"):
+            raise ValueError(f"unknown output {output!r}")
+        if out_features < 1 or (output == "complex" and out_features % 2):
+            raise ValueError(f"out_features {out_features} must be positive (even if complex)")
+        if output != "exp" and bounds != (None, None):
+            raise ValueError('bounds apply to output="exp" only')
+        self.grid_shape = tuple(int(n) for n in grid_shape)
+        self.out_features = out_features
+        self.output = output
+        encoding = HashEncoding(**(encoding_kwargs or {}))
+        self.grid_encoding = GridHashEncoding(encoding, self.grid_shape)
+        mlp_kwargs = mlp_kwargs or {}
+        n_heads = 2 if output == "complex" and separate_complex_mlps else 1
+        self.mlps = nn.ModuleList(
+            MLP(encoding.out_features, out_features // n_heads, **mlp_kwargs)
+            for _ in range(n_heads)
+        )
+        lower, upper = self._log_bound(bounds[0], -math.inf), self._log_bound(bounds[1], math.inf)
+        self.register_buffer("log_lower", lower, persistent=False)
+        self.register_buffer("log_upper", upper, persistent=False)
+        if bool((self.log_lower > self.log_upper).any()):
+            raise ValueError(f"lower bounds exceed upper bounds: {bounds}")
+
+    def _log_bound(self, bound: float | Sequence[float] | None, default: float) -> torch.Tensor:
+        """``[out_features]`` float32 log of a bound (``default`` where None)."""
+        if bound is None:
+            return torch.full((self.out_features,), default)
+        values = torch.as_tensor(bound, dtype=torch.float64).expand(self.out_features)
+        if bool((values <= 0).any()):
+            raise ValueError(f"exp bounds must be positive, got {bound}")
+        return values.log().float()
+
+    @property
+    def encoding(self) -> HashEncoding:
+        """The hash encoding (shared by the grid and the arbitrary-coordinate paths)."""
+        return self.grid_encoding.encoding
+
+    def _decode(self, features: torch.Tensor) -> torch.Tensor:
+        """MLP(s) and output transform: ``[N, L F]`` -> ``[N, out]`` or complex ``[N, out/2]``."""
+        h = torch.cat([mlp(features) for mlp in self.mlps], dim=1)
+        if self.output == "exp":
+            return torch.clamp(h, self.log_lower, self.log_upper).exp()
+        if self.output == "complex":
+            re, im = h.chunk(2, dim=1)
+            return torch.complex(re, im)
+        return h
+
+    def forward(self) -> torch.Tensor:
+        """Evaluate on the grid.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[out_features, nz, ny, nx]`` float32, or ``[out_features // 2, nz, ny, nx]``
+            complex64 for ``"complex"``.
+        """
+        values = self._decode(self.grid_encoding())
+        return values.T.reshape(-1, *self.grid_shape)
+
+    def forward_at(self, coords: torch.Tensor) -> torch.Tensor:
+        """Evaluate at arbitrary points (general encoding path, slower than :meth:`forward`).
+
+        Parameters
+        ----------
+        coords
+            ``[N, 3]`` float32 in ``[0, 1]``, columns ``(z, y, x)``; voxel ``(i_z, i_y, i_x)``
+            of the grid is at ``((i_z + 0.5) / nz, (i_y + 0.5) / ny, (i_x + 0.5) / nx)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[N, out_features]`` float32, or ``[N, out_features // 2]`` complex64.
+        """
+        return self._decode(self.encoding(coords))
