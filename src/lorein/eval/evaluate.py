@@ -1,0 +1,46 @@
+"""Evaluate a reconstruction's maps against a problem file's ground truth (evaluation only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import torch
+
+from lorein.data.problem import Truth
+from lorein.eval.metrics import map_error, ssim_of_map
+
+EVALUATED = ("M0", "T1", "T2", "T2star", "B0")
+"""Maps scored, when both the reconstruction and the truth have them."""
+
+
+def read_maps(out: Path) -> dict[str, torch.Tensor]:
+    """The maps of an output folder's ``maps.h5`` (float32 ``[nz, ny, nx]``)."""
+    path = Path(out) / "maps.h5"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no maps.h5 in the output folder (run 'lorein recon')")
+    with h5py.File(path, "r") as f:
+        return {name: torch.from_numpy(f[name][()]) for name in f if f[name].ndim == 3}
+
+
+def evaluate_maps(maps: dict[str, torch.Tensor], truth: Truth) -> dict[str, dict[str, float]]:
+    """Per map: the paper's error (capped NRMSE; M0 after a least-squares scale; B0 RMSE [Hz])
+    and SSIM, inside the truth mask.
+
+    Returns
+    -------
+    ``{map: {"nrmse" or "rmse_hz": value, "ssim": value}}``.
+    """
+    mask = truth.mask
+    results: dict[str, dict[str, float]] = {}
+    for name in EVALUATED:
+        ref = getattr(truth, name)
+        if name not in maps or ref is None:
+            continue
+        x = maps[name].float()
+        key = "rmse_hz" if name == "B0" else "nrmse"
+        results[name] = {
+            key: map_error(name, x, ref, mask),
+            "ssim": ssim_of_map(name, x, ref, mask),
+        }
+    return results

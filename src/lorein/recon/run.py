@@ -1,0 +1,209 @@
+"""Run a reconstruction method on a problem file and write the output folder.
+
+Methods share one entry point so that the command line, the comparison and the benchmarks treat
+them alike: each has a configuration dataclass (its hyper-parameters, overridable from TOML) and a
+``reconstruct(problem, config, device, seed, checkpoint, resume, progress) -> Maps`` function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import resource
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorein import __version__
+from lorein.data.output import Maps, write_output
+from lorein.data.problem import Problem, read_problem
+from lorein.recon import lorein
+
+
+@dataclass(frozen=True)
+class Method:
+    """A reconstruction method: its configuration class and its entry point."""
+
+    name: str
+    config: type
+    reconstruct: Callable[..., Maps]
+    description: str
+
+
+METHODS: dict[str, Method] = {
+    "lorein": Method(
+        "lorein", lorein.LoreinConfig, lorein.reconstruct, "LoREIN: LRR + PMR blocks, jointly"
+    ),
+}
+
+
+def get_method(name: str) -> Method:
+    """Look up a method; the error lists the known ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def load_config(method: Method, path: Path | None, overrides: dict[str, Any] | None = None) -> Any:
+    """The method's configuration: defaults, then the TOML file's keys, then ``overrides``.
+
+    A key the configuration does not have is an error naming the file and the valid keys.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                values = tomllib.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: configuration file not found") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path}: not valid TOML: {err}") from None
+        values = values.get(method.name, values)
+    values.update(overrides or {})
+    names = {f.name for f in dataclasses.fields(method.config)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = path if path is not None else "overrides"
+        raise ValueError(
+            f"{where}: unknown {method.name} setting(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(sorted(names))}"
+        )
+    return method.config(**values)
+
+
+def config_toml(config: Any) -> str:
+    """A configuration as TOML text (the format ``--config`` reads)."""
+    lines = []
+    tables = []
+    for key, value in dataclasses.asdict(config).items():
+        if value is None:
+            lines.append(f"# {key} = (unset)")
+        elif isinstance(value, dict):
+            inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
+            tables.append(f"{key} = {{ {inner} }}")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines + tables) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes available on ``device`` (free GPU memory, or physical memory on CPU)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def estimate_memory(problem: Problem, config: Any) -> int:
+    """Rough peak bytes of a LoREIN-style run (fields, hash buffers, data terms, images)."""
+    nx, ny, nz = problem.matrix
+    n = nx * ny * nz
+    coils = getattr(config, "coil_compression", None) or problem.n_coils
+    rank = getattr(config, "rank", 15)
+    fields = 7
+    hash_buffers = fields * 16 * n * 8 * 16  # precomputed corner rows, weights and transpose
+    tables = fields * 16 * min(2**19, 2 * n) * 2 * 4 * 4  # parameters, gradients, Adam moments
+    data_terms = 6 * rank * coils * n * 8  # Gram-form k-space, its gradient and temporaries
+    contrast_chunk = 4 * 16 * coils * n * 8
+    images = 4 * problem.n_contrasts * n * 8
+    return hash_buffers + tables + data_terms + contrast_chunk + images
+
+
+def _versions() -> dict[str, str]:
+    return {"lorein": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _peak_memory(device: torch.device) -> float:
+    """Peak memory [GiB] of this process (GPU allocator peak on CUDA)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run(
+    problem_path: Path,
+    out: Path,
+    method_name: str = "lorein",
+    config_path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Reconstruct ``problem_path`` with a method and write the output folder ``out``.
+
+    Checks everything that can fail early (problem file, configuration, device, memory) before
+    creating ``out``; the checkpoint lives in ``out/checkpoint.pt`` while the run goes on.
+
+    Returns
+    -------
+    The report written to ``out/report.json``.
+    """
+    method = get_method(method_name)
+    problem = read_problem(problem_path)
+    config = load_config(method, config_path, overrides)
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here (use --device cpu)")
+    need, have = estimate_memory(problem, config), available_memory(dev)
+    if need > 0.9 * have:
+        raise MemoryError(
+            f"{problem_path}: this {method.name} run needs about {need / 2**30:.1f} GiB but only "
+            f"{have / 2**30:.1f} GiB are available on {dev}; use coil_compression in the config, "
+            "a GPU, or a smaller matrix"
+        )
+    checkpoint = Path(out) / "checkpoint.pt"
+    if resume and not checkpoint.exists():
+        raise FileNotFoundError(f"{checkpoint}: nothing to resume (no checkpoint)")
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    start = time.perf_counter()
+    maps = method.reconstruct(
+        problem,
+        config,
+        device=device,
+        seed=seed,
+        checkpoint=checkpoint,
+        resume=resume,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    history = maps.extras.pop("history", [])
+    report = {
+        "method": method.name,
+        "problem": str(problem_path),
+        "config": dataclasses.asdict(config),
+        "seed": seed,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else platform.processor(),
+        "versions": _versions(),
+        "wall_seconds": seconds,
+        "peak_memory_gib": _peak_memory(dev),
+        "estimated_memory_gib": need / 2**30,
+        "iterations": len(history),
+        "final_losses": history[-1] if history else {},
+        "losses_every_10": history[::10],
+        **{k: v for k, v in maps.extras.items() if k != "config"},
+    }
+    write_output(Path(out), maps, problem.affine, report, method=method.name)
+    return report
