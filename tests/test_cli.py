@@ -19,7 +19,7 @@ def test_simulate_writes_only_acquired_lines(problem_file: Path) -> None:
     with h5py.File(problem_file, "r") as f:
         assert f.attrs["format"] == "lorein-problem"
         n_lines, n_coils, nx = f["kspace/data"].shape
-        assert (n_coils, nx) == (8, 56)
+        assert (n_coils, nx) == (24, 56)
         assert abs(60 * 56 * 8 / n_lines / 27 - 1) < 0.02
         assert "truth/T1" in f and "truth/mask" in f
 

@@ -41,6 +41,7 @@ from lorein.physics.subspace import (
 from lorein.recon.blocks import LowRankBlock, ParameterBlock
 from lorein.recon.calibration import CalibrationEstimate, estimate_from_calibration
 from lorein.recon.loop import LoopConfig, Optimisation
+from lorein.recon.warm_start import subspace_cg, warm_start
 from lorein.recon.wnnm import WNNMRegulariser, mask_from_amplitude
 
 Mode = Literal["joint", "pmr-only", "lrr-fit"]
@@ -89,6 +90,10 @@ class LoreinConfig:
         Steps of LRR-only pre-training (paper: 20 epochs).
     coil_warmup
         Steps fitting the coil field to the calibration estimate.
+    warm_start
+        Steps regressing the basis and parameter fields to a CG subspace reconstruction and its
+        voxel fit before the joint optimisation (0: start from scratch, as the paper does);
+        see :mod:`lorein.recon.warm_start`.
     lr
         Adam learning rate (paper: 1e-3).
     decay_every
@@ -123,6 +128,7 @@ class LoreinConfig:
     iterations: int = 800
     pretrain: int = 150
     coil_warmup: int = 150
+    warm_start: int = 150
     lr: float = 1e-3
     decay_every: int = 300
     wnnm_start: int = 500
@@ -324,6 +330,19 @@ def reconstruct(
     net = LoreinModel(lrr, pmr)
     if not resume:
         _fit_coil_field(lrr, calib, config.coil_warmup)
+        if config.warm_start > 0 and use_lrr:
+            with torch.no_grad():
+                coils0 = lrr.coils()
+            u0 = subspace_cg(
+                kspace,
+                problem.ky.to(dev),
+                problem.kz.to(dev),
+                problem.contrast.to(dev),
+                coils0,
+                subspace,
+            )
+            cpu_model = signal_model(problem.signal_model, problem.contrasts)
+            warm_start(lrr, pmr, u0, subspace, cpu_model, calib.support, config.warm_start)
 
     def closure(it: int) -> dict[str, torch.Tensor]:
         coils = lrr.coils()

@@ -1,0 +1,104 @@
+"""Warm start of LoREIN's fields from a classical subspace reconstruction (data only).
+
+Hash-encoded fields trained from scratch need thousands of Adam steps to reach the image scale
+and structure; on a laptop CPU that is most of the budget. We start them close instead:
+
+1. spatial coefficients ``u0`` by a few CG iterations on the damped normal equations of
+   ``E = M F C Phi`` with the calibration coil estimate (the LRT reference without its
+   regulariser), from which the basis field is regressed;
+2. maps by a voxel-wise fit of ``Phi u0`` (:func:`lorein.recon.fitting.fit_maps`), from which the
+   parameter fields are regressed (log-domain for the positive maps).
+
+The joint optimisation of eq. 17 then starts from there. Nothing here sees the truth.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lorein.physics.operators import EncodingOperator
+from lorein.physics.signal_models import SignalModel
+from lorein.physics.subspace import Subspace
+from lorein.recon.blocks import B0_UNIT_HZ, POSITIVE_BOUNDS, LowRankBlock, ParameterBlock
+from lorein.recon.cg import conjugate_gradient
+from lorein.recon.fitting import fit_maps
+
+
+def subspace_cg(
+    kspace: torch.Tensor,
+    ky: torch.Tensor,
+    kz: torch.Tensor,
+    contrast: torch.Tensor,
+    coils: torch.Tensor,
+    subspace: Subspace,
+    iterations: int = 10,
+) -> torch.Tensor:
+    """``[K, nz, ny, nx]`` coefficients from CG on ``(E^H E + d I) u = E^H y`` (d: 1% of scale)."""
+    phi = subspace.phi.to(kspace.device, torch.complex64)
+    enc = EncodingOperator(coils, ky, kz, contrast, phi)
+    rhs = enc.H(kspace)
+    probe = enc.normal(rhs)
+    damping = 0.01 * float(torch.vdot(rhs.flatten(), probe.flatten()).real / rhs.norm() ** 2)
+    return conjugate_gradient(enc.normal, rhs, iterations=iterations, damping=damping)
+
+
+def _regress(module: torch.nn.Module, loss_fn, steps: int, lr: float) -> None:
+    params = [p for p in module.parameters() if p.requires_grad]
+    try:
+        opt = torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        opt = torch.optim.Adam(params, lr=lr)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+
+
+def warm_start(
+    lrr: LowRankBlock,
+    pmr: ParameterBlock | None,
+    u0: torch.Tensor,
+    subspace: Subspace,
+    model: SignalModel,
+    support: torch.Tensor,
+    steps: int,
+    lr: float = 1e-2,
+) -> dict[str, torch.Tensor] | None:
+    """Regress the basis field to ``u0`` and the parameter fields to the voxel fit of ``Phi u0``.
+
+    Returns the fitted maps (None without a parameter block).
+    """
+    weight = support.float()
+    n = weight.sum().clamp_min(1)
+    scale = u0.abs().pow(2).mean().clamp_min(1e-12)
+    _regress(
+        lrr.bases,
+        lambda: ((lrr.bases() - u0).abs().pow(2) * weight).sum() / (n * scale * u0.shape[0]),
+        steps,
+        lr,
+    )
+    if pmr is None:
+        return None
+    images = subspace.expand(u0.to(subspace.phi.dtype).cpu(), dim=0).to(torch.complex64)
+    fitted = fit_maps(images, model, mask=support.cpu())
+    targets: dict[str, torch.Tensor] = {}
+    for name in pmr.positive:
+        lo, hi = POSITIVE_BOUNDS[name]
+        targets[name] = fitted[name].clamp(lo, hi).log().to(u0.device)
+    b0 = (fitted["B0"] / B0_UNIT_HZ).to(u0.device)
+    phase0 = fitted["phase0"].to(u0.device)
+
+    def loss() -> torch.Tensor:
+        total = torch.zeros((), device=u0.device)
+        for name, f in pmr.positive.items():
+            total = total + ((f()[0].log() - targets[name]).pow(2) * weight).sum()
+        phase = pmr.phase()
+        # phase0 is compared as a phasor: the fit's phase is only defined modulo 2 pi
+        wrapped = (phase[1] - phase0 + math.pi) % (2 * math.pi) - math.pi
+        total = total + (((phase[0] - b0).pow(2) + wrapped.pow(2)) * weight).sum()
+        return total / n
+
+    _regress(pmr, loss, steps, lr)
+    return fitted
