@@ -101,7 +101,9 @@ class LoreinConfig:
     wnnm_start
         Step at which WNNM switches on (block matching is computed then).
     dc1, dc2, prior, wnnm
-        Loss weights (eq. 18; ``wnnm`` is lambda).
+        Loss weights (eq. 18; ``wnnm`` is lambda). WNNM's weights ``c sqrt(N) / (s_hat + 1e-6)``
+        reach ~5e6 on noise-only singular values, so its value is many orders above the mean
+        squared data terms; lambda = 1e-6 brings it to their scale (the paper gives no value).
     wnnm_maps
         Per-map WNNM weights (paper: A 0.05, T1 and phase 0.2, T2 and T2* 2).
     dc2_path
@@ -135,7 +137,7 @@ class LoreinConfig:
     dc1: float = 1.0
     dc2: float = 1.0
     prior: float = 1.0
-    wnnm: float = 1e-3
+    wnnm: float = 1e-6
     wnnm_maps: dict[str, float] = field(
         default_factory=lambda: {"M0": 0.05, "T1": 0.2, "T2": 2.0, "T2star": 2.0, "B0": 0.2}
     )
