@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from tqdm import tqdm
 
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
@@ -240,14 +241,16 @@ def start_wnnm(maps: dict[str, torch.Tensor], config: LoreinConfig) -> WNNMRegul
     return WNNMRegulariser.from_maps(detached["T1"], mask, weights)
 
 
-def _fit_coil_field(lrr: LowRankBlock, calib: CalibrationEstimate, steps: int) -> None:
+def _fit_coil_field(
+    lrr: LowRankBlock, calib: CalibrationEstimate, steps: int, progress: bool
+) -> None:
     """Warm start: fit the coil field to the calibration estimate inside its support."""
     if steps <= 0:
         return
     params = list(lrr.coils.parameters())
     opt = torch.optim.Adam(params, lr=1e-2)
     target, support = calib.coils, calib.support
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="coil warm-up", disable=not progress, leave=False):
         opt.zero_grad(set_to_none=True)
         loss = ((lrr.coils() - target).abs().pow(2) * support).sum() / support.sum()
         loss.backward()
@@ -331,7 +334,7 @@ def reconstruct(
         ).to(dev)
     net = LoreinModel(lrr, pmr)
     if not resume:
-        _fit_coil_field(lrr, calib, config.coil_warmup)
+        _fit_coil_field(lrr, calib, config.coil_warmup, progress)
         if config.warm_start > 0 and use_lrr:
             with torch.no_grad():
                 coils0 = lrr.coils()
@@ -344,7 +347,16 @@ def reconstruct(
                 subspace,
             )
             cpu_model = signal_model(problem.signal_model, problem.contrasts)
-            warm_start(lrr, pmr, u0, subspace, cpu_model, calib.support, config.warm_start)
+            warm_start(
+                lrr,
+                pmr,
+                u0,
+                subspace,
+                cpu_model,
+                calib.support,
+                config.warm_start,
+                progress=progress,
+            )
 
     def closure(it: int) -> dict[str, torch.Tensor]:
         coils = lrr.coils()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+from tqdm import tqdm
 
 from lorein.physics.operators import EncodingOperator
 from lorein.physics.signal_models import SignalModel
@@ -44,13 +45,15 @@ def subspace_cg(
     return conjugate_gradient(enc.normal, rhs, iterations=iterations, damping=damping)
 
 
-def _regress(module: torch.nn.Module, loss_fn, steps: int, lr: float) -> None:
+def _regress(
+    module: torch.nn.Module, loss_fn, steps: int, lr: float, desc: str, progress: bool
+) -> None:
     params = [p for p in module.parameters() if p.requires_grad]
     try:
         opt = torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError):
         opt = torch.optim.Adam(params, lr=lr)
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
         opt.zero_grad(set_to_none=True)
         loss_fn().backward()
         opt.step()
@@ -65,6 +68,7 @@ def warm_start(
     support: torch.Tensor,
     steps: int,
     lr: float = 1e-2,
+    progress: bool = False,
 ) -> dict[str, torch.Tensor] | None:
     """Regress the basis field to ``u0`` and the parameter fields to the voxel fit of ``Phi u0``.
 
@@ -78,6 +82,8 @@ def warm_start(
         lambda: ((lrr.bases() - u0).abs().pow(2) * weight).sum() / (n * scale * u0.shape[0]),
         steps,
         lr,
+        "warm start: bases",
+        progress,
     )
     if pmr is None:
         return None
@@ -100,5 +106,5 @@ def warm_start(
         total = total + (((phase[0] - b0).pow(2) + wrapped.pow(2)) * weight).sum()
         return total / n
 
-    _regress(pmr, loss, steps, lr)
+    _regress(pmr, loss, steps, lr, "warm start: maps", progress)
     return fitted
