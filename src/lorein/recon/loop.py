@@ -74,7 +74,7 @@ class LoopState:
 LossClosure = Callable[[int], dict[str, torch.Tensor]]
 
 
-def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
+def adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
     """Adam; the fused kernel where the parameters' device supports it (much faster on CPU)."""
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)
@@ -123,7 +123,7 @@ class Optimisation:
         self.progress = progress
         self.description = description
         self.params = [p for p in module.parameters() if p.requires_grad]
-        self.optimiser = _adam(self.params, config.lr)
+        self.optimiser = adam(self.params, config.lr)
         self.state = LoopState()
 
     def learning_rate(self, iteration: int) -> float:

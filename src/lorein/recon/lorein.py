@@ -41,7 +41,7 @@ from lorein.physics.subspace import (
 )
 from lorein.recon.blocks import LowRankBlock, ParameterBlock
 from lorein.recon.calibration import CalibrationEstimate, estimate_from_calibration
-from lorein.recon.loop import LoopConfig, Optimisation
+from lorein.recon.loop import LoopConfig, Optimisation, adam
 from lorein.recon.warm_start import subspace_cg, warm_start
 from lorein.recon.wnnm import WNNMRegulariser, mask_from_amplitude
 
@@ -247,8 +247,7 @@ def _fit_coil_field(
     """Warm start: fit the coil field to the calibration estimate inside its support."""
     if steps <= 0:
         return
-    params = list(lrr.coils.parameters())
-    opt = torch.optim.Adam(params, lr=1e-2)
+    opt = adam(list(lrr.coils.parameters()), 1e-2)
     target, support = calib.coils, calib.support
     for _ in tqdm(range(steps), desc="coil warm-up", disable=not progress, leave=False):
         opt.zero_grad(set_to_none=True)

@@ -25,6 +25,7 @@ from lorein.physics.subspace import Subspace
 from lorein.recon.blocks import B0_UNIT_HZ, POSITIVE_BOUNDS, LowRankBlock, ParameterBlock
 from lorein.recon.cg import conjugate_gradient
 from lorein.recon.fitting import fit_maps
+from lorein.recon.loop import adam
 
 
 def subspace_cg(
@@ -48,11 +49,7 @@ def subspace_cg(
 def _regress(
     module: torch.nn.Module, loss_fn, steps: int, lr: float, desc: str, progress: bool
 ) -> None:
-    params = [p for p in module.parameters() if p.requires_grad]
-    try:
-        opt = torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError):
-        opt = torch.optim.Adam(params, lr=lr)
+    opt = adam([p for p in module.parameters() if p.requires_grad], lr)
     for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
         opt.zero_grad(set_to_none=True)
         loss_fn().backward()
