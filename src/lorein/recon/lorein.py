@@ -193,23 +193,19 @@ def initial_m0(model: SignalModel, config: LoreinConfig, image_level: float) -> 
 
 
 class LoreinLosses:
-    """The loss terms of eq. 17 for one problem (precomputed data terms, subspace, model)."""
+    """The data and prior terms of eq. 17 for one problem (precomputed data terms, subspace)."""
 
     def __init__(
         self,
         problem: Problem,
         kspace: torch.Tensor,
         subspace: Subspace,
-        model: SignalModel,
-        config: LoreinConfig,
     ) -> None:
         nx, ny, nz = problem.matrix
         grid = (nz, ny, nx)
         dev = kspace.device
         ky, kz, contrast = problem.ky.to(dev), problem.kz.to(dev), problem.contrast.to(dev)
-        self.phi = subspace.phi.to(dev)
-        self.model = model
-        self.config = config
+        self.phi = subspace.phi.to(dev, torch.complex64)
         self.n_samples = kspace.numel()
         self.n_image = problem.n_contrasts * nz * ny * nx
         self.subspace_term = SubspaceDataTerm(kspace, ky, kz, contrast, self.phi, grid)
@@ -303,7 +299,7 @@ def reconstruct(
 
     model = signal_model(problem.signal_model, problem.contrasts.to(dev))
     subspace = temporal_subspace(model, config, seed)
-    losses = LoreinLosses(problem, kspace, subspace, model, config)
+    losses = LoreinLosses(problem, kspace, subspace)
 
     use_lrr = config.mode != "pmr-only"
     use_pmr = config.mode != "lrr-fit"
