@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import torch
 
+from lorein.sim.presets import Preset
+
 
 def rng(seed: int = 0) -> torch.Generator:
     """Return a seeded CPU generator; every test draws its data from one."""
@@ -36,3 +38,17 @@ def dotproduct_adjointness_test(
     rhs = torch.vdot(u.flatten().to(torch.complex128), ahv.flatten().to(torch.complex128))
     scale = au.abs().norm() * v.abs().norm()
     assert (lhs - rhs).abs() <= rtol * scale, f"<Au,v>={lhs} != <u,A^H v>={rhs}"
+
+
+TINY = Preset(
+    name="tiny",
+    signal_model="vfa_megre",
+    matrix=(24, 24, 4),
+    voxel_size=(9.0, 9.0, 16.0),
+    n_coils=4,
+    accelerations=(8,),
+    calibration=(8, 2),
+    shared_echo_lines=False,
+)
+"""A 24 x 24 x 4, 4-coil ``vfa_megre`` problem for end-to-end tests of reconstruction methods
+(simulate it with ``simulate(TINY, 8, seed=..., snr=..., progress=False)``)."""

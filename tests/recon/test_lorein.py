@@ -7,19 +7,8 @@ import pytest
 import torch
 
 from lorein.recon.lorein import LoreinConfig, reconstruct, resolve_encoding
-from lorein.sim.presets import Preset
 from lorein.sim.simulate import Simulation, simulate
-
-TINY = Preset(
-    name="tiny",
-    signal_model="vfa_megre",
-    matrix=(24, 24, 4),
-    voxel_size=(9.0, 9.0, 16.0),
-    n_coils=4,
-    accelerations=(8,),
-    calibration=(8, 2),
-    shared_echo_lines=False,
-)
+from tests.helpers import TINY
 
 
 def tiny_config(**kw) -> LoreinConfig:

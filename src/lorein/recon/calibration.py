@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from lorein.data.problem import Problem
-from lorein.physics.coils import calibration_region
+from lorein.physics.coils import calibration_region, espirit
 from lorein.physics.fft import centered_ifft
 
 
@@ -45,6 +45,31 @@ def covered_calibration_size(ky: torch.Tensor, kz: torch.Tensor, grid: tuple[int
             if ccy * ccz > best[0] * best[1]:
                 best = (ccy, ccz)
     return best
+
+
+def problem_calibration(
+    problem: Problem, kspace: torch.Tensor
+) -> tuple[tuple[int, int], torch.Tensor]:
+    """The largest fully covered calibration region of a problem and its averaged k-space.
+
+    Returns
+    -------
+    ``(ccy, ccz)`` and the ``[n_coils, ccz, ccy, nx]`` calibration k-space (on the CPU).
+
+    Raises
+    ------
+    ValueError
+        Naming the problem file when the union of lines covers no usable central region.
+    """
+    nx, ny, nz = problem.matrix
+    size = covered_calibration_size(problem.ky, problem.kz, (ny, nz))
+    if size[0] < 2 or size[1] < 1:
+        raise ValueError(
+            f"{problem.source}: kspace: expected a fully covered central calibration region "
+            f"(union of lines over contrasts), found only {size[0]} x {size[1]} locations"
+        )
+    calib = calibration_region(kspace.cpu(), problem.ky.cpu(), problem.kz.cpu(), (ny, nz), size)
+    return size, calib
 
 
 @dataclass
@@ -83,13 +108,7 @@ def estimate_from_calibration(problem: Problem, kspace: torch.Tensor) -> Calibra
         ``[L, n_coils, nx]`` acquired lines (possibly coil-compressed).
     """
     nx, ny, nz = problem.matrix
-    size = covered_calibration_size(problem.ky, problem.kz, (ny, nz))
-    if size[0] < 2 or size[1] < 1:
-        raise ValueError(
-            f"{problem.source}: kspace: expected a fully covered central calibration region "
-            f"(union of lines over contrasts), found only {size[0]} x {size[1]} locations"
-        )
-    calib = calibration_region(kspace.cpu(), problem.ky.cpu(), problem.kz.cpu(), (ny, nz), size)
+    size, calib = problem_calibration(problem, kspace)
     ccy, ccz = size
     window = torch.outer(
         torch.hann_window(ccz + 2, periodic=False)[1:-1],
@@ -106,3 +125,26 @@ def estimate_from_calibration(problem: Problem, kspace: torch.Tensor) -> Calibra
     level = float(rss[support].median()) / scale
     dev = kspace.device
     return CalibrationEstimate(scale, coils.to(dev), support.to(dev), size, level)
+
+
+def espirit_coils(problem: Problem, kspace: torch.Tensor | None = None) -> torch.Tensor:
+    """ESPIRiT coil sensitivities from the problem's calibration region (the baselines' coils).
+
+    Parameters
+    ----------
+    problem
+        The problem (line locations and grid).
+    kspace
+        ``[L, n_coils, nx]`` acquired lines to use instead of ``problem.kspace`` (e.g. after coil
+        compression).
+
+    Returns
+    -------
+    ``[n_coils, nz, ny, nx]`` complex64 maps on ``kspace``'s device, unit norm over coils where
+    the ESPIRiT eigenvalue passes its crop, zero elsewhere.
+    """
+    kspace = problem.kspace if kspace is None else kspace
+    nx, ny, nz = problem.matrix
+    size, calib = problem_calibration(problem, kspace)
+    maps = espirit(calib.to(torch.complex64), (nx, ny, nz))
+    return maps.to(kspace.device, torch.complex64)
