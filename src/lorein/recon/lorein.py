@@ -330,7 +330,7 @@ def reconstruct(
     net = LoreinModel(lrr, pmr)
     if not resume:
         _fit_coil_field(lrr, calib, config.coil_warmup, progress)
-        if config.warm_start > 0 and use_lrr:
+        if config.warm_start > 0:
             with torch.no_grad():
                 coils0 = lrr.coils()
             u0 = subspace_cg(
@@ -343,7 +343,7 @@ def reconstruct(
             )
             cpu_model = signal_model(problem.signal_model, problem.contrasts)
             warm_start(
-                lrr,
+                lrr if use_lrr else None,
                 pmr,
                 u0,
                 subspace,

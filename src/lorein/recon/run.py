@@ -23,7 +23,7 @@ import torch
 from lorein import __version__
 from lorein.data.output import Maps, write_output
 from lorein.data.problem import Problem, read_problem
-from lorein.recon import lorein
+from lorein.recon import fit, lorein, summit
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,12 @@ class Method:
 METHODS: dict[str, Method] = {
     "lorein": Method(
         "lorein", lorein.LoreinConfig, lorein.reconstruct, "LoREIN: LRR + PMR blocks, jointly"
+    ),
+    "summit": Method(
+        "summit", summit.SummitConfig, summit.reconstruct, "SUMMIT: parameter fields alone"
+    ),
+    "fit": Method(
+        "fit", fit.FitConfig, fit.reconstruct, "CG-SENSE or zero-filled images, voxel-wise fit"
     ),
 }
 

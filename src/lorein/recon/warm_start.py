@@ -57,7 +57,7 @@ def _regress(
 
 
 def warm_start(
-    lrr: LowRankBlock,
+    lrr: LowRankBlock | None,
     pmr: ParameterBlock | None,
     u0: torch.Tensor,
     subspace: Subspace,
@@ -69,19 +69,23 @@ def warm_start(
 ) -> dict[str, torch.Tensor] | None:
     """Regress the basis field to ``u0`` and the parameter fields to the voxel fit of ``Phi u0``.
 
+    Either block may be None (``pmr-only`` and ``lrr-fit`` modes).
+
     Returns the fitted maps (None without a parameter block).
     """
     weight = support.float()
     n = weight.sum().clamp_min(1)
-    scale = u0.abs().pow(2).mean().clamp_min(1e-12)
-    _regress(
-        lrr.bases,
-        lambda: ((lrr.bases() - u0).abs().pow(2) * weight).sum() / (n * scale * u0.shape[0]),
-        steps,
-        lr,
-        "warm start: bases",
-        progress,
-    )
+    if lrr is not None:
+        bases = lrr.bases
+        scale = u0.abs().pow(2).mean().clamp_min(1e-12)
+        _regress(
+            bases,
+            lambda: ((bases() - u0).abs().pow(2) * weight).sum() / (n * scale * u0.shape[0]),
+            steps,
+            lr,
+            "warm start: bases",
+            progress,
+        )
     if pmr is None:
         return None
     images = subspace.expand(u0.to(subspace.phi.dtype).cpu(), dim=0).to(torch.complex64)
