@@ -1,21 +1,91 @@
-"""Command line: simulate -> info round trip; bad input gives one line and exit status 2."""
+"""Command line: simulate -> info -> ISMRMRD round trip, one config file for every command,
+flags over the file, one-line errors with exit status 2, weighted images on request."""
 
+import json
+import math
+import tomllib
 from pathlib import Path
 
 import h5py
+import nibabel as nib
+import numpy as np
 import pytest
 
-from lorein.cli import main
+from lorein.cli import build_parser, main, parse_args
+from lorein.config import COMMANDS
+from lorein.data.problem import read_problem, write_problem
+from lorein.recon.run import METHODS, load_config
+from lorein.sim.simulate import simulate
+from tests.helpers import TINY
+
+SHARED = """
+# one file for every command
+[simulate]
+preset = "sim1-small"
+R = 27
+seed = 0
+
+[info]
+
+[import]
+prewhitening = false
+
+[export-ismrmrd]
+calibration = [12, 4]
+
+[eval]
+label = "LoREIN"
+"""
+
+TINY_LOREIN = """
+[recon]
+save_images = true
+quiet = true
+
+[lorein]
+rank = 4
+dictionary_atoms = 200
+iterations = 3
+pretrain = 1
+coil_warmup = 2
+warm_start = 2
+decay_every = 2
+wnnm_start = 2
+cnn_channels = 4
+hidden = 8
+layers = 1
+basis_encoding = { n_levels = 2, n_features = 2, log2_table = 8, n_min = 4, growth = "auto" }
+map_encoding = { n_levels = 2, n_features = 2, log2_table = 8, n_min = 4, growth = "auto" }
+phase_encoding = { n_levels = 2, n_features = 2, log2_table = 8, n_min = 1, growth = "auto" }
+coil_encoding = { n_levels = 2, n_features = 2, log2_table = 4, n_min = 1, growth = 1.5 }
+"""
+"""A [recon] table and a LoREIN run of a few seconds on the tiny problem."""
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _one_line_error(capsys: pytest.CaptureFixture) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err.strip()
 
 
 @pytest.fixture(scope="module")
-def problem_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def shared_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write(tmp_path_factory.mktemp("config") / "study.toml", SHARED)
+
+
+@pytest.fixture(scope="module")
+def problem_file(tmp_path_factory: pytest.TempPathFactory, shared_config: Path) -> Path:
     out = tmp_path_factory.mktemp("cli") / "p.h5"
-    assert main(["simulate", "--preset", "sim1-small", "--R", "27", "-o", str(out)]) == 0
+    assert main(["simulate", "--config", str(shared_config), "-o", str(out)]) == 0
     return out
 
 
-def test_simulate_writes_only_acquired_lines(problem_file: Path) -> None:
+def test_simulate_takes_its_settings_from_the_config(problem_file: Path) -> None:
     with h5py.File(problem_file, "r") as f:
         assert f.attrs["format"] == "lorein-problem"
         n_lines, n_coils, nx = f["kspace/data"].shape
@@ -24,16 +94,146 @@ def test_simulate_writes_only_acquired_lines(problem_file: Path) -> None:
         assert "truth/T1" in f and "truth/mask" in f
 
 
-def test_info_prints_the_summary(problem_file: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["info", str(problem_file)]) == 0
+def test_info_prints_the_summary(
+    problem_file: Path, shared_config: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["info", str(problem_file), "--config", str(shared_config)]) == 0
     out = capsys.readouterr().out
     assert "vfa_megre" in out and "56" in out
 
 
+def test_flags_override_the_config_which_overrides_the_defaults(
+    shared_config: Path, tmp_path: Path
+) -> None:
+    out = str(tmp_path / "p.h5")
+    args = parse_args(["simulate", "--config", str(shared_config), "--R", "12", "-o", out])
+    assert (args.preset, args.R, args.seed, args.pattern) == ("sim1-small", 12.0, 0, "vd-random")
+    args = parse_args(["import", "raw.h5", "-o", out, "--config", str(shared_config)])
+    assert args.prewhitening is False and args.keep_oversampling is False
+    args = parse_args(
+        ["import", "raw.h5", "-o", out, "--config", str(shared_config), "--prewhitening"]
+    )
+    assert args.prewhitening is True
+    assert parse_args(["import", "raw.h5", "-o", out]).prewhitening is True
+    recon = _write(tmp_path / "r.toml", TINY_LOREIN)
+    args = parse_args(["recon", "p.h5", "-o", "out", "--config", str(recon), "--no-save-images"])
+    assert (args.save_images, args.quiet, args.method) == (False, True, "lorein")
+
+
+def test_import_table_holds_sidecar_keys_and_the_sidecar_overrides_it(
+    problem_file: Path, tmp_path: Path
+) -> None:
+    raw, back = tmp_path / "raw.h5", tmp_path / "back.h5"
+    config = _write(tmp_path / "c.toml", "[import]\necho_time_ms = 3\n")
+    assert main(["export-ismrmrd", str(problem_file), "-o", str(raw), "--config", str(config)]) == 0
+    assert main(["import", str(raw), "-o", str(back), "--config", str(config)]) == 0
+    assert np.allclose(read_problem(back).contrasts.echo_time, 3e-3)
+    sidecar = _write(tmp_path / "seq.toml", "echo_time_ms = 4.5\n")
+    command = ["import", str(raw), "-o", str(back), "--config", str(config)]
+    assert main([*command, "--sidecar", str(sidecar)]) == 0
+    assert np.allclose(read_problem(back).contrasts.echo_time, 4.5e-3)
+
+
+@pytest.mark.parametrize(
+    ("command", "text", "expected"),
+    [
+        (
+            ["simulate", "-o", "p.h5"],
+            "[simulate]\nsede = 1\n",
+            "valid: R, pattern, preset, seed, snr",
+        ),
+        (["info", "p.h5"], "[info]\nverbose = true\n", "unknown key(s) verbose; valid: none"),
+        (["eval", "out", "--truth", "p.h5"], "[eval]\nlabel = 3\n", "label = 3: expected a string"),
+        (["simulate", "-o", "p.h5"], "[simulate]\nR = '27'\n", "expected a number"),
+        (["simulate", "-o", "p.h5"], "simulate = 3\n", "simulate must be a table"),
+    ],
+)
+def test_bad_config_keys_are_one_line_errors(
+    command: list[str],
+    text: str,
+    expected: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    config = _write(tmp_path / "bad.toml", text)
+    assert main([*command, "--config", str(config)]) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith("lorein: error:") and str(config) in err and expected in err
+    table = command[0]
+    assert f"[{table}]" in err or "must be a table" in err
+    assert list(tmp_path.iterdir()) == [config]
+
+
+def test_unknown_method_setting_is_one_line_error_before_any_output(
+    problem_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = _write(tmp_path / "bad.toml", "[lorein]\nrnk = 3\n")
+    out = tmp_path / "out"
+    assert main(["recon", str(problem_file), "-o", str(out), "--config", str(config)]) == 2
+    err = _one_line_error(capsys)
+    assert f"{config} [lorein]: unknown lorein setting(s) rnk; valid:" in err and "rank" in err
+    assert not out.exists()
+
+
+def test_method_settings_in_a_table_or_outside_the_tables(tmp_path: Path) -> None:
+    lorein = METHODS["lorein"]
+    assert load_config(lorein, Path("configs/sim1-small.toml")).iterations == 150
+    loose = _write(tmp_path / "loose.toml", 'lr = 1\n[simulate]\npreset = "sim1"\n')
+    assert load_config(lorein, loose).lr == 1.0
+    both = _write(tmp_path / "both.toml", "lr = 1\n[lorein]\niterations = 5\n")
+    with pytest.raises(ValueError, match=r"both.toml: key\(s\) lr outside any table"):
+        load_config(lorein, both)
+    with pytest.raises(ValueError, match=r"\[lorein\]: iterations = 5.5: expected an integer"):
+        load_config(lorein, _write(tmp_path / "t.toml", "[lorein]\niterations = 5.5\n"))
+
+
+def test_config_show_prints_tables_that_read_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["config", "show", *COMMANDS, "lorein"]) == 0
+    text = capsys.readouterr().out
+    shown = tomllib.loads(text)
+    assert set(shown) == {*COMMANDS, "lorein"}
+    assert shown["simulate"] == {"seed": 0, "pattern": "vd-random"}
+    assert shown["import"] == {"keep_oversampling": False, "prewhitening": True}
+    assert "# echo_time_ms = (unset)" in text
+    config = _write(tmp_path / "all.toml", text)
+    assert parse_args(["recon", "p.h5", "-o", "out", "--config", str(config)]).method == "lorein"
+    assert load_config(METHODS["lorein"], config) == load_config(METHODS["lorein"], None)
+    legacy = "configs/sim1-small.toml"
+    assert main(["config", "show", "lorein", "--config", legacy]) == 0
+    assert tomllib.loads(capsys.readouterr().out)["lorein"]["iterations"] == 150
+
+
+def test_every_command_has_a_config_table_and_help(capsys: pytest.CaptureFixture) -> None:
+    _, commands = build_parser()
+    assert tuple(commands) == COMMANDS
+    for name in (*COMMANDS, "config"):
+        assert main([name, "--help"]) == 0
+        assert "--config FILE.toml" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["simulate", "--preset", "sim1"], ["recon", "p.h5", "-o", "o", "--bogus"], ["nope"]],
+)
+def test_usage_errors_are_one_line(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    assert main(argv) == 2
+    assert "error:" in _one_line_error(capsys)
+
+
 def test_missing_file_is_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["info", str(tmp_path / "nope.h5")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("lorein: error:") and "nope.h5" in err and "\n" not in err
+    err = _one_line_error(capsys)
+    assert err.startswith("lorein: error:") and "nope.h5" in err
+
+
+def test_missing_required_setting_names_flag_and_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["simulate", "--preset", "sim1-small", "-o", str(tmp_path / "x.h5")]) == 2
+    assert "missing --R" in _one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_preset_leaves_no_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -43,12 +243,12 @@ def test_unknown_preset_leaves_no_output(tmp_path: Path, capsys: pytest.CaptureF
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_ismrmrd_round_trip(problem_file: Path, tmp_path: Path) -> None:
+def test_ismrmrd_round_trip(problem_file: Path, shared_config: Path, tmp_path: Path) -> None:
     raw, back = tmp_path / "raw.h5", tmp_path / "back.h5"
     assert (
         main(["export-ismrmrd", str(problem_file), "-o", str(raw), "--calibration", "12", "4"]) == 0
     )
-    assert main(["import", str(raw), "-o", str(back)]) == 0
+    assert main(["import", str(raw), "-o", str(back), "--config", str(shared_config)]) == 0
     with h5py.File(problem_file, "r") as a, h5py.File(back, "r") as b:
         assert (a["kspace/data"][()] == b["kspace/data"][()]).all()
         assert (a["kspace/ky"][()] == b["kspace/ky"][()]).all()
@@ -58,3 +258,30 @@ def test_import_reports_missing_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["import", str(tmp_path / "raw.h5"), "-o", str(tmp_path / "p.h5")]) == 2
     assert "raw.h5" in capsys.readouterr().err
     assert not (tmp_path / "p.h5").exists()
+
+
+def test_recon_saves_weighted_images_on_request_and_eval_scores_chosen_maps(
+    tmp_path: Path,
+) -> None:
+    sim = simulate(TINY, 8, seed=1, snr=math.inf, progress=False)
+    problem = tmp_path / "tiny.h5"
+    write_problem(problem, sim.problem, truth=sim.truth)
+    config = _write(tmp_path / "tiny.toml", TINY_LOREIN + '[eval]\nmaps = ["T1", "T2star"]\n')
+    out = tmp_path / "out"
+    assert main(["recon", str(problem), "-o", str(out), "--config", str(config)]) == 0
+    t1 = nib.load(out / "nifti" / "T1map.nii.gz")
+    for part, units in (("mag", "arbitrary"), ("phase", "rad")):
+        img = nib.load(out / "nifti" / f"weighted_{part}.nii.gz")
+        assert img.shape == (24, 24, 4, 60) and img.get_data_dtype() == np.float32
+        assert nib.aff2axcodes(img.affine) == nib.aff2axcodes(t1.affine)
+        assert np.allclose(img.affine, t1.affine)
+        sidecar = json.loads((out / "nifti" / f"weighted_{part}.json").read_text())
+        assert sidecar["Units"] == units and sidecar["Volumes"] == 60
+        assert np.allclose(sidecar["EchoTime"], sim.problem.contrasts.echo_time, rtol=1e-5)
+        assert sidecar["FlipAngle"][:13] == [5.0] * 12 + [10.0]
+        assert sidecar["ContrastUnits"]["FlipAngle"] == "deg"
+    phase = nib.load(out / "nifti" / "weighted_phase.nii.gz").get_fdata()
+    assert np.abs(phase).max() <= math.pi + 1e-6
+    assert json.loads((out / "report.json").read_text())["saved_images"] is True
+    assert main(["eval", str(out), "--truth", str(problem), "--config", str(config)]) == 0
+    assert set(json.loads((out / "eval.json").read_text())) == {"T1", "T2star"}

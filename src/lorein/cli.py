@@ -1,13 +1,32 @@
-"""Command-line interface: ``lorein simulate``, ``lorein info``."""
+"""Command-line interface ``lorein``: simulate, info, import, export-ismrmrd, recon, eval, config.
+
+Every command takes ``--config FILE.toml``; the command's table in that file sets its options, and
+flags on the command line override the file (:mod:`lorein.config`). Every error is one line on
+stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NoReturn
 
 from lorein import __version__
+from lorein.config import check_keys, read_toml, setting_value, table, toml_table
+
+
+def _require(args: argparse.Namespace, *keys: str) -> None:
+    """A one-line error naming the options neither the command line nor the config gave."""
+    missing = [key for key in keys if getattr(args, key) is None]
+    if missing:
+        flags = ", ".join(f"--{key.replace('_', '-')}" for key in missing)
+        raise ValueError(
+            f"missing {flags} (give it on the command line, or {', '.join(missing)} in the "
+            f"[{args.command}] table of --config)"
+        )
 
 
 def _cmd_simulate(args: argparse.Namespace) -> None:
@@ -15,6 +34,7 @@ def _cmd_simulate(args: argparse.Namespace) -> None:
     from lorein.sim.presets import get_preset
     from lorein.sim.simulate import simulate
 
+    _require(args, "preset", "R")
     preset = get_preset(args.preset)
     sim = simulate(preset, args.R, seed=args.seed, snr=args.snr, pattern=args.pattern)
     attrs = {
@@ -65,28 +85,26 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(f"{key:<{width}}  {_format_value(value)}")
 
 
-def _read_sidecar(path: Path | None) -> dict | None:
-    import tomllib
+def _sidecar_keys() -> dict[str, str]:
+    """Sequence-parameter keys of an ``[import]`` table and of a ``--sidecar`` file."""
+    from lorein.data.ismrmrd_io import SIDECAR_KEYS
 
-    if path is None:
-        return None
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML: {err}") from None
+    return SIDECAR_KEYS
 
 
 def _cmd_import(args: argparse.Namespace) -> None:
     from lorein.data.ismrmrd_io import import_ismrmrd
     from lorein.data.problem import write_problem
 
+    sidecar = dict(args.extra)
+    if args.sidecar is not None:
+        sidecar.update(read_toml(args.sidecar, "sidecar file"))
     problem = import_ismrmrd(
         args.raw,
         signal_model=args.signal_model,
-        sidecar=_read_sidecar(args.sidecar),
+        sidecar=sidecar,
         remove_oversampling=not args.keep_oversampling,
-        noise_prewhitening=not args.no_prewhitening,
+        noise_prewhitening=args.prewhitening,
     )
     write_problem(args.output, problem, attrs={"imported_from": str(args.raw)})
     print(
@@ -120,23 +138,33 @@ def _cmd_recon(args: argparse.Namespace) -> None:
         seed=args.seed,
         resume=args.resume,
         progress=not args.quiet,
+        save_images=args.save_images,
     )
     print(
         f"wrote {args.output}: {report['method']}, {report['iterations']} iterations, "
         f"{report['wall_seconds']:.1f} s, peak {report['peak_memory_gib']:.2f} GiB"
     )
+    if args.save_images and not report["saved_images"]:
+        print(f"lorein: note: {report['method']} returns no weighted images", file=sys.stderr)
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     import json
 
     from lorein.data.problem import read_truth
-    from lorein.eval.evaluate import evaluate_maps, read_maps
+    from lorein.eval.evaluate import EVALUATED, evaluate_maps, read_maps
     from lorein.eval.figures import comparison_figure
 
     maps = read_maps(args.output)
+    if args.maps is not None:
+        unknown = sorted(set(args.maps) - set(EVALUATED))
+        if unknown:
+            raise ValueError(f"--maps: unknown {', '.join(unknown)}; valid: {', '.join(EVALUATED)}")
+        maps = {name: value for name, value in maps.items() if name in args.maps}
     truth = read_truth(args.truth)
     scores = evaluate_maps(maps, truth)
+    if not scores:
+        raise ValueError(f"{args.output}: no map of maps.h5 has a truth in {args.truth} to score")
     (args.output / "eval.json").write_text(json.dumps(scores, indent=2) + "\n")
     truth_maps = {k: v for k, v in truth.maps().items() if k in maps}
     label = args.label or args.output.name
@@ -149,133 +177,449 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(f"wrote {args.output / 'eval.json'} and {figure}")
 
 
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from lorein.eval.compare import compare
+
+    _require(args, "methods")
+    result = compare(
+        args.problem,
+        args.methods,
+        args.output,
+        config=args.config,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.quiet,
+        timeout_s=args.timeout_s,
+    )
+    print((args.output / "compare.md").read_text(), end="")
+    failed = [m for m, r in result["methods"].items() if r["status"] != "ok"]
+    note = f" ({len(failed)} failed: {', '.join(failed)})" if failed else ""
+    print(f"wrote {args.output}/compare.json, compare.md, compare.png{note}")
+
+
 def _cmd_config(args: argparse.Namespace) -> None:
-    from lorein.recon.run import config_toml, get_method, load_config
+    import dataclasses
 
-    method = get_method(args.method)
-    print(f"# {method.name}: {method.description}")
-    print(config_toml(load_config(method, None)), end="")
+    from lorein.recon.run import METHODS, load_config
+
+    _, commands = build_parser()
+    config = {} if args.config is None else read_toml(args.config)
+    parts = []
+    for name in args.names:
+        if name in commands:
+            command = commands[name]
+            values = {} if args.config is None else command.table(config, args.config)
+            parts.append(command.toml(values))
+        elif name in METHODS:
+            method = METHODS[name]
+            values = dataclasses.asdict(load_config(method, args.config))
+            parts.append(f"# {method.name}: {method.description}\n{toml_table(name, values, {})}")
+        else:
+            raise ValueError(
+                f"unknown name {name!r}; commands: {', '.join(commands)}; "
+                f"methods: {', '.join(METHODS)}"
+            )
+    print("\n".join(parts), end="")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``lorein`` argument parser."""
-    parser = argparse.ArgumentParser(
+@dataclass
+class Command:
+    """A subcommand: its parser and the keys of its table in a ``--config`` file.
+
+    Attributes
+    ----------
+    name
+        Command and table name.
+    parser
+        The command's parser.
+    settings
+        Options that the table may set: key (the flag's long name, dashes as underscores) -> the
+        option's action, which checks and converts the table's value.
+    extra_keys
+        Returns further table keys -> what they give; the command reads their values from
+        ``args.extra`` (a function, so that the module defining them loads only when needed).
+    """
+
+    name: str
+    parser: argparse.ArgumentParser
+    settings: dict[str, argparse.Action] = field(default_factory=dict)
+    extra_keys: Callable[[], Mapping[str, str]] = dict
+
+    def option(self, *flags: str, **kwargs: Any) -> None:
+        """Add an option that the command's config table may set too."""
+        action = self.parser.add_argument(*flags, **kwargs)
+        self.settings[action.dest] = action
+
+    def table(self, config: Mapping[str, Any], path: Path) -> dict[str, Any]:
+        """The command's table of a parsed config file, its keys and values checked."""
+        values = table(config, path, self.name)
+        extra = self.extra_keys()
+        where = f"{path} [{self.name}]"
+        check_keys(values, [*self.settings, *extra], where)
+        return {
+            key: value if key in extra else setting_value(self.settings[key], value, where)
+            for key, value in values.items()
+        }
+
+    def toml(self, values: Mapping[str, Any]) -> str:
+        """The table as TOML: ``values`` over the defaults, each key under its help text."""
+        extra = self.extra_keys()
+        current = {key: values.get(key, action.default) for key, action in self.settings.items()}
+        current |= {key: values.get(key) for key in extra}
+        comments = {
+            key: (action.help or "").removeprefix("(config) ")
+            for key, action in self.settings.items()
+        }
+        return toml_table(self.name, current, comments | dict(extra))
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other error of lorein."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    func: Callable[[argparse.Namespace], None],
+    summary: str,
+    description: str,
+    config_help: str,
+) -> Command:
+    parser = sub.add_parser(name, help=summary, description=description)
+    parser.set_defaults(func=func, extra={})
+    parser.add_argument("--config", type=Path, metavar="FILE.toml", default=None, help=config_help)
+    return Command(name, parser)
+
+
+def _config_help(name: str, more: str = "") -> str:
+    return (
+        f"TOML file whose [{name}] table sets the options marked (config) below (flag name, "
+        f"dashes as underscores: see 'lorein config show {name}'); flags given here override it"
+        + more
+    )
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
+    """The ``lorein`` argument parser and its commands that read a config table, by name."""
+    parser = _Parser(
         prog="lorein",
-        description="Quantitative MRI maps from undersampled multi-contrast k-space (LoREIN).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Quantitative MRI maps (M0, T1, T2, T2*, B0) from undersampled multi-coil,\n"
+        "multi-contrast 3D k-space: LoREIN and the methods it is compared against, on one\n"
+        "problem-file format.",
+        epilog="typical use:\n"
+        "  lorein simulate --preset sim1-small --R 27 -o sim.h5    # or: lorein import raw.h5 "
+        "-o sim.h5\n"
+        "  lorein recon sim.h5 -o out --config configs/sim1-small.toml\n"
+        "  lorein eval out --truth sim.h5\n\n"
+        "Every command takes --config FILE.toml: one file with a table per command and per\n"
+        "method ('lorein config show NAME' prints the defaults). Sequence times are shown and\n"
+        "given in ms, flip angles in degrees; files store SI units (s, rad, Hz). Errors are one\n"
+        "line on stderr with exit status 2; 'lorein COMMAND --help' describes each command.",
     )
     parser.add_argument("--version", action="version", version=f"lorein {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: dict[str, Command] = {}
+    on_off = argparse.BooleanOptionalAction
 
-    sim = sub.add_parser(
+    sim = _command(
+        sub,
         "simulate",
-        help="simulate a problem file from a preset",
-        description="Simulate undersampled multi-coil k-space of a brain phantom and write a "
-        "problem file (acquired lines only, with the ground truth under truth/).",
+        _cmd_simulate,
+        "simulate an acquisition of a brain phantom and write it as a problem file",
+        "Simulate undersampled multi-coil k-space of a brain phantom from a preset of the paper's "
+        "protocols and write a problem file: the acquired lines only, with the ground-truth maps "
+        "under truth/ for 'lorein eval'.",
+        _config_help("simulate"),
     )
-    sim.add_argument("--preset", required=True, help="sim1, sim2, sim1-small or sim2-small")
-    sim.add_argument("--R", type=float, required=True, help="acceleration factor (paper eq. 19)")
-    sim.add_argument("--seed", type=int, default=0, help="seed of anatomy, sampling and noise")
-    sim.add_argument(
-        "--snr", type=float, default=None, help="signal-to-noise ratio (default: preset)"
+    sim.option(
+        "--preset",
+        help="(config) sim1 or sim2 (paper sizes), sim1-small or sim2-small (CPU-sized); required",
     )
-    sim.add_argument(
-        "--pattern", choices=("vd-random", "poisson"), default="vd-random", help="ky-kz pattern"
+    sim.option(
+        "--R",
+        type=float,
+        help="(config) acceleration factor (paper eq. 19: samples of the full k-space of all "
+        "contrasts / acquired samples), e.g. 27; required",
     )
-    sim.add_argument("-o", "--output", type=Path, required=True, help="problem file to write (.h5)")
-    sim.set_defaults(func=_cmd_simulate)
+    sim.option(
+        "--seed",
+        type=int,
+        default=0,
+        help="(config) seed of anatomy, sampling and noise (default: 0)",
+    )
+    sim.option(
+        "--snr",
+        type=float,
+        default=None,
+        help="(config) signal-to-noise ratio of the k-space data (default: the preset's; inf: "
+        "no noise)",
+    )
+    sim.option(
+        "--pattern",
+        choices=("vd-random", "poisson"),
+        default="vd-random",
+        help="(config) ky-kz sampling: variable-density random or Poisson disc (default: "
+        "vd-random)",
+    )
+    sim.parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="problem file to write (.h5)"
+    )
+    commands["simulate"] = sim
 
-    info = sub.add_parser("info", help="summarise a problem file")
-    info.add_argument("problem", type=Path, help="problem file (.h5)")
-    info.set_defaults(func=_cmd_info)
+    info = _command(
+        sub,
+        "info",
+        _cmd_info,
+        "summarise a problem file: matrix, coils, contrasts, R, sequence parameters",
+        "Print a problem file's signal model, matrix, voxel size, coils, contrasts, acquired "
+        "lines, acceleration R and the range of each sequence parameter (times in ms, flip "
+        "angles in degrees).",
+        "TOML file shared with the other commands (info has no settings: its [info] table, if "
+        "any, must be empty)",
+    )
+    info.parser.add_argument("problem", type=Path, help="problem file (.h5)")
+    commands["info"] = info
 
-    imp = sub.add_parser(
+    imp = _command(
+        sub,
         "import",
-        help="convert an ISMRMRD raw-data file into a problem file",
-        description="Read a Cartesian 3D multi-contrast ISMRMRD file (kspace_encode_step_1/2 -> "
-        "ky/kz; contrast, set, repetition, segment -> contrast rows; TR/TE/flip angle from the "
-        "header) and write a problem file. Sequence parameters missing from the header come from "
-        "a TOML sidecar with keys signal_model, flip_angle_deg, echo_time_ms, "
-        "repetition_time_ms, prep_time_ms, segment (a value or one per contrast).",
+        _cmd_import,
+        "convert ISMRMRD raw data into a problem file",
+        "Read Cartesian 3D multi-contrast ISMRMRD raw data (kspace_encode_step_1/2 -> ky/kz; "
+        "contrast, set, repetition, segment -> rows of the contrast table; TR, TE [ms] and flip "
+        "angle [deg] from the XML header) and write a problem file in SI units. Sequence "
+        "parameters the header lacks come from a TOML sidecar, or the [import] table of "
+        "--config, with keys signal_model, flip_angle_deg, echo_time_ms, repetition_time_ms, "
+        "prep_time_ms and segment, each one value or one per contrast.",
+        _config_help("import", "; the table may also hold the --sidecar keys"),
     )
-    imp.add_argument("raw", type=Path, help="ISMRMRD HDF5 file")
-    imp.add_argument("-o", "--output", type=Path, required=True, help="problem file to write")
-    imp.add_argument("--signal-model", choices=("vfa_megre", "t2ir_gre"), default=None)
-    imp.add_argument("--sidecar", type=Path, default=None, help="TOML file of sequence parameters")
-    imp.add_argument(
-        "--keep-oversampling", action="store_true", help="keep the readout oversampling"
+    imp.parser.add_argument("raw", type=Path, help="ISMRMRD raw-data file (.h5)")
+    imp.parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="problem file to write (.h5)"
     )
-    imp.add_argument(
-        "--no-prewhitening", action="store_true", help="do not whiten with the noise scans"
+    imp.parser.add_argument(
+        "--signal-model",
+        choices=("vfa_megre", "t2ir_gre"),
+        default=None,
+        help="vfa_megre (variable-flip-angle multi-echo GRE) or t2ir_gre (T2-prepared "
+        "inversion-recovery GRE); default: the sidecar's, then the raw file's",
     )
-    imp.set_defaults(func=_cmd_import)
+    imp.parser.add_argument(
+        "--sidecar",
+        type=Path,
+        default=None,
+        metavar="FILE.toml",
+        help="sequence parameters the raw file lacks (keys above; times in ms, angles in deg); "
+        "overrides the same keys of the config's [import] table",
+    )
+    imp.option(
+        "--keep-oversampling",
+        action=on_off,
+        default=False,
+        help="(config) keep the readout oversampling (default: crop to the reconstructed field "
+        "of view)",
+    )
+    imp.option(
+        "--prewhitening",
+        action=on_off,
+        default=True,
+        help="(config) whiten the coils with the file's noise scans, if any (default: on)",
+    )
+    imp.extra_keys = _sidecar_keys
+    commands["import"] = imp
 
-    exp = sub.add_parser(
+    exp = _command(
+        sub,
         "export-ismrmrd",
-        help="write a problem file as ISMRMRD raw data",
-        description="Write a problem file's acquired lines as an ISMRMRD dataset, for BART, "
-        "Gadgetron or a round trip through 'lorein import'.",
+        _cmd_export,
+        "write a problem file as ISMRMRD raw data (for BART, Gadgetron, 'lorein import')",
+        "Write a problem file's acquired lines as an ISMRMRD dataset: one acquisition per line, "
+        "the sequence parameters in the XML header (ms, degrees), readable by BART, Gadgetron "
+        "or 'lorein import'.",
+        _config_help("export-ismrmrd"),
     )
-    exp.add_argument("problem", type=Path, help="problem file (.h5)")
-    exp.add_argument("-o", "--output", type=Path, required=True, help="ISMRMRD file to write")
-    exp.add_argument("--with-truth", action="store_true", help="also write truth/ as images")
-    exp.add_argument(
+    exp.parser.add_argument("problem", type=Path, help="problem file (.h5)")
+    exp.parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="ISMRMRD file to write (.h5)"
+    )
+    exp.option(
+        "--with-truth",
+        action=on_off,
+        default=False,
+        help="(config) also write the problem's truth/ maps as ISMRMRD images (default: off)",
+    )
+    exp.option(
         "--calibration",
         type=int,
         nargs=2,
         metavar=("CCY", "CCZ"),
-        help="flag lines in this central ky x kz region as calibration",
+        help="(config) flag the lines in this central ky x kz region as calibration lines",
     )
-    exp.set_defaults(func=_cmd_export)
+    commands["export-ismrmrd"] = exp
 
-    rec = sub.add_parser(
+    rec = _command(
+        sub,
         "recon",
-        help="reconstruct quantitative maps from a problem file",
-        description="Reconstruct M0, T1, T2 (t2ir_gre), T2* and B0 maps and write OUT/maps.h5, "
-        "OUT/nifti/*.nii.gz with JSON sidecars and OUT/report.json. A checkpoint is kept in "
+        _cmd_recon,
+        "reconstruct quantitative maps from a problem file",
+        "Reconstruct M0, T1, T2 (t2ir_gre), T2* and B0 maps and write OUT/maps.h5, "
+        "OUT/nifti/*.nii.gz with JSON sidecars, and OUT/report.json. A checkpoint is kept in "
         "OUT/checkpoint.pt; --resume continues a stopped run.",
+        _config_help(
+            "recon",
+            "; the method's hyper-parameters come from its table, e.g. [lorein] (see 'lorein "
+            "config show lorein'), or from keys outside any table, as in configs/*.toml",
+        ),
     )
-    rec.add_argument("problem", type=Path, help="problem file (.h5)")
-    rec.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    rec.add_argument("--method", default="lorein", help="reconstruction method (default lorein)")
-    rec.add_argument("--config", type=Path, default=None, help="TOML file of hyper-parameters")
-    rec.add_argument("--device", default="cpu", help="cpu or cuda")
-    rec.add_argument("--seed", type=int, default=0, help="seed of all random initialisations")
-    rec.add_argument("--iterations", type=int, default=None, help="override the iteration count")
-    rec.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    rec.add_argument("--quiet", action="store_true", help="no progress bar")
-    rec.set_defaults(func=_cmd_recon)
+    rec.parser.add_argument("problem", type=Path, help="problem file (.h5)")
+    rec.parser.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="OUT", help="output folder"
+    )
+    rec.option(
+        "--method",
+        default="lorein",
+        help="(config) reconstruction method (default: lorein; a wrong name lists the others)",
+    )
+    rec.option("--device", default="cpu", help="(config) cpu, cuda or cuda:N (default: cpu)")
+    rec.option(
+        "--seed",
+        type=int,
+        default=0,
+        help="(config) seed of all random initialisations (default: 0)",
+    )
+    rec.parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="number of optimisation steps, overriding the method's iterations setting",
+    )
+    rec.parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    rec.option(
+        "--quiet", action=on_off, default=False, help="(config) no progress bar (default: off)"
+    )
+    rec.option(
+        "--save-images",
+        action=on_off,
+        default=False,
+        help="(config) also write the weighted images as OUT/nifti/weighted_mag.nii.gz and "
+        "weighted_phase.nii.gz (4D, one volume per contrast; default: off)",
+    )
+    commands["recon"] = rec
 
-    ev = sub.add_parser(
+    ev = _command(
+        sub,
         "eval",
-        help="score a reconstruction against a problem file's ground truth",
-        description="NRMSE inside the truth mask with T1, T2, T2* capped to 0-3.5 s, 0-0.2 s, "
-        "0-0.1 s (paper), M0 after a least-squares scale, B0 RMSE in Hz, and SSIM; writes "
-        "OUT/eval.json and OUT/figure.png.",
+        _cmd_eval,
+        "score reconstructed maps against a simulation's ground truth",
+        "Score OUT/maps.h5 against the truth/ of a problem file: NRMSE inside the truth mask with "
+        "T1, T2, T2* capped to 0-3.5 s, 0-0.2 s, 0-0.1 s (as in the paper), M0 after a "
+        "least-squares scale, B0 as RMSE in Hz, and SSIM. Writes OUT/eval.json and "
+        "OUT/figure.png (truth, reconstruction and error maps).",
+        _config_help("eval"),
     )
-    ev.add_argument("output", type=Path, help="output folder of 'lorein recon'")
-    ev.add_argument("--truth", type=Path, required=True, help="problem file with truth/")
-    ev.add_argument("--label", default=None, help="row label in the figure")
-    ev.set_defaults(func=_cmd_eval)
+    ev.parser.add_argument(
+        "output", type=Path, metavar="OUT", help="output folder of 'lorein recon'"
+    )
+    ev.parser.add_argument(
+        "--truth", type=Path, required=True, help="problem file with truth/ (.h5)"
+    )
+    ev.option(
+        "--label", default=None, help="(config) row label in the figure (default: OUT's name)"
+    )
+    ev.option(
+        "--maps",
+        nargs="+",
+        default=None,
+        metavar="MAP",
+        help="(config) maps to score among M0, T1, T2, T2star, B0 (default: all that exist)",
+    )
+    commands["eval"] = ev
+
+    cmp = _command(
+        sub,
+        "compare",
+        _cmd_compare,
+        "run several methods on one simulated problem and compare them side by side",
+        "Run each method ('lorein recon' in its own process, so one failure does not stop the "
+        "others and peak memory is per method), score each against the problem's truth/ "
+        "(capped NRMSE, SSIM, per-tissue mean and bias for WM, GM and deep GM), and write "
+        "OUT/compare.json, OUT/compare.md (tables) and OUT/compare.png (truth row, then maps "
+        "and error maps per method, as the paper's Figs. 4-5). The same --config file is passed "
+        "to every method, each reading its own [METHOD] table.",
+        _config_help("compare"),
+    )
+    cmp.parser.add_argument("problem", type=Path, help="problem file with truth/ (.h5)")
+    cmp.parser.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="OUT", help="output folder"
+    )
+    cmp.option(
+        "--methods",
+        type=lambda text: [m for m in text.split(",") if m],
+        default=None,
+        help="(config) comma-separated methods, e.g. lorein,summit,lrt,fit",
+    )
+    cmp.option("--device", default="cpu", help="(config) cpu, cuda or cuda:N (default: cpu)")
+    cmp.option("--seed", type=int, default=0, help="(config) seed of every method (default: 0)")
+    cmp.option(
+        "--timeout-s",
+        type=float,
+        default=None,
+        help="(config) wall-clock limit per method [s]; a method past it counts as failed",
+    )
+    cmp.option(
+        "--quiet", action=on_off, default=False, help="(config) no progress bars (default: off)"
+    )
+    commands["compare"] = cmp
 
     cfg = sub.add_parser(
         "config",
-        help="print a method's default hyper-parameters as TOML",
-        description="'lorein config show METHOD' prints the defaults; save them to a file, edit, "
-        "and pass it to 'lorein recon --config'.",
+        help="print the settings of commands or methods as TOML, to edit and pass as --config",
+        description="'lorein config show NAME ...' prints, as TOML tables, the default settings "
+        "of commands (simulate, import, recon, ...) and the hyper-parameters of methods (lorein, "
+        "...); with --config FILE, the values that FILE gives. Save, edit and pass the file to "
+        "any command's --config; one file may hold all tables.",
     )
-    cfg.add_argument("action", choices=("show",))
-    cfg.add_argument("method", help="method name, e.g. lorein")
+    cfg.add_argument("action", choices=("show",), help="show: print the tables")
+    cfg.add_argument(
+        "names", nargs="+", metavar="NAME", help="command or method, e.g. recon lorein"
+    )
+    cfg.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.toml",
+        default=None,
+        help="show the values this file gives (checked as the commands check them)",
+    )
     cfg.set_defaults(func=_cmd_config)
-    return parser
+    return parser, commands
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a command line; with ``--config``, the command's table supplies option defaults."""
+    parser, commands = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is None or args.command not in commands:
+        return args
+    command = commands[args.command]
+    values = command.table(read_toml(args.config), args.config)
+    extra = {key: values.pop(key) for key in list(values) if key not in command.settings}
+    command.parser.set_defaults(extra=extra, **values)
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status. Errors are one line on stderr, exit status 2."""
-    args = build_parser().parse_args(argv)
     try:
+        args = parse_args(argv)
         args.func(args)
+    except SystemExit as stop:  # --help, --version, or a usage error already printed
+        return int(stop.code or 0)
     except (ValueError, OSError, KeyError, MemoryError) as err:
-        message = str(err) or type(err).__name__
+        message = str(err).replace("\n", " ") or type(err).__name__
         print(f"lorein: error: {message}", file=sys.stderr)
         return 2
     return 0

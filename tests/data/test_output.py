@@ -1,6 +1,8 @@
-"""Output folder: contract layout, NIfTI orientation and units, atomic replacement."""
+"""Output folder: contract layout, NIfTI orientation and units, weighted images on request,
+atomic replacement."""
 
 import json
+import math
 from pathlib import Path
 
 import h5py
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 from lorein.data.output import Maps, write_output
+from lorein.physics.contrasts import ContrastTable
 
 
 def _maps() -> Maps:
@@ -35,6 +38,41 @@ def test_layout_and_orientation(tmp_path: Path) -> None:
     assert sidecar["Units"] == "Hz"
     assert json.loads((out / "report.json").read_text())["seconds"] == 1.0
     assert not (out / "nifti" / "T2map.nii.gz").exists()  # no T2 map was given
+
+
+def test_weighted_images_only_on_request(tmp_path: Path) -> None:
+    affine = np.diag([-2.0, 3.0, 4.0, 1.0])  # x runs right to left: L, A, S
+    maps = _maps()
+    x = torch.arange(6.0)
+    phase = torch.tensor([-3.0, 0.5, 2.0])[:, None, None, None]
+    maps.images = ((1 + x) * torch.exp(1j * phase)).expand(3, 4, 5, 6).to(torch.complex64)
+    contrasts = ContrastTable(
+        flip_angle=torch.tensor([math.pi / 2, math.pi / 4, math.pi / 4]),
+        echo_time=torch.tensor([0.001, 0.002, 0.003]),
+        repetition_time=torch.full((3,), 0.01),
+        prep_time=torch.tensor([0.0, 0.0, 0.05]),
+        segment=torch.tensor([1, 2, 1]),
+    )
+    out = tmp_path / "out"
+    write_output(out, maps, affine, {}, method="test", contrasts=contrasts)
+    mag = nib.load(out / "nifti" / "weighted_mag.nii.gz")
+    assert mag.shape == (6, 5, 4, 3) and mag.get_data_dtype() == np.float32
+    assert nib.aff2axcodes(mag.affine) == ("L", "A", "S")
+    assert np.allclose(mag.affine, nib.load(out / "nifti" / "T1map.nii.gz").affine)
+    assert np.allclose(mag.get_fdata()[:, 0, 0, 1], 1 + np.arange(6))  # x along the first axis
+    angle = nib.load(out / "nifti" / "weighted_phase.nii.gz").get_fdata()
+    assert np.allclose(angle[2, 1, 3, :], [-3.0, 0.5, 2.0], atol=1e-6)  # one volume per contrast
+    sidecar = json.loads((out / "nifti" / "weighted_phase.json").read_text())
+    assert (sidecar["Units"], sidecar["ImageComponent"], sidecar["Volumes"]) == ("rad", "phase", 3)
+    assert sidecar["FlipAngle"] == [90.0, 45.0, 45.0] and sidecar["EchoTime"] == [
+        0.001,
+        0.002,
+        0.003,
+    ]
+    assert sidecar["T2PrepTime"] == [0.0, 0.0, 0.05] and sidecar["Segment"] == [1, 2, 1]
+    assert sidecar["ContrastUnits"]["FlipAngle"] == "deg"
+    write_output(out, maps, affine, {}, method="test")  # again, without asking for the images
+    assert not list((out / "nifti").glob("weighted*"))
 
 
 def test_failure_leaves_previous_output(tmp_path: Path) -> None:

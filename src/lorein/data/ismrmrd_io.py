@@ -57,15 +57,15 @@ from lorein.physics.fft import centered_fft, centered_ifft
 DATASET = "dataset"
 """Name of the ISMRMRD group inside the HDF5 file (the library's default)."""
 
-SIDECAR_KEYS = (
-    "signal_model",
-    "flip_angle_deg",
-    "echo_time_ms",
-    "repetition_time_ms",
-    "prep_time_ms",
-    "segment",
-)
-"""Keys accepted in the TOML sidecar of :func:`import_ismrmrd`."""
+SIDECAR_KEYS: dict[str, str] = {
+    "signal_model": '"vfa_megre" or "t2ir_gre" (else the raw file\'s lorein.signal_model)',
+    "flip_angle_deg": "flip angle [deg]: one value or one per contrast (else the header's)",
+    "echo_time_ms": "echo time [ms]: one value or one per contrast (else the header's)",
+    "repetition_time_ms": "repetition time [ms]: one value or one per contrast (else the header's)",
+    "prep_time_ms": "t2ir_gre: T2-preparation time tau [ms], one value or one per contrast",
+    "segment": "t2ir_gre: readout index n after the inversion (from 1), one per contrast",
+}
+"""Keys accepted in the TOML sidecar of :func:`import_ismrmrd`, with what they give."""
 
 SIGNAL_MODEL_PARAMETER = "lorein.signal_model"
 """``userParameterString`` holding the signal model."""

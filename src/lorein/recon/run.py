@@ -12,7 +12,6 @@ import os
 import platform
 import resource
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from lorein import __version__
+from lorein.config import method_table, read_toml
 from lorein.data.output import Maps, write_output
 from lorein.data.problem import Problem, read_problem
 from lorein.recon import fit, lorein, summit
@@ -57,55 +57,52 @@ def get_method(name: str) -> Method:
 
 
 def load_config(method: Method, path: Path | None, overrides: dict[str, Any] | None = None) -> Any:
-    """The method's configuration: defaults, then the TOML file's keys, then ``overrides``.
+    """The method's configuration: defaults, then the file's hyper-parameters, then ``overrides``.
 
-    A key the configuration does not have is an error naming the file and the valid keys.
+    The file's hyper-parameters are its ``[METHOD]`` table or, without one, its keys outside the
+    command tables (:func:`lorein.config.method_table`). A key the configuration does not have, or
+    a value of the wrong type, is a one-line error naming the file, the table and the valid keys.
     """
-    values: dict[str, Any] = {}
+    default = method.config()
+    defaults = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)}
+    sources = [(overrides or {}, "overrides")]
     if path is not None:
-        try:
-            with open(path, "rb") as f:
-                values = tomllib.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: configuration file not found") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{path}: not valid TOML: {err}") from None
-        values = values.get(method.name, values)
-    values.update(overrides or {})
-    names = {f.name for f in dataclasses.fields(method.config)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        where = path if path is not None else "overrides"
-        raise ValueError(
-            f"{where}: unknown {method.name} setting(s) {', '.join(unknown)}; "
-            f"valid: {', '.join(sorted(names))}"
-        )
+        sources.insert(0, method_table(read_toml(path), path, method.name, METHODS))
+    values: dict[str, Any] = {}
+    for given, where in sources:
+        unknown = sorted(set(given) - set(defaults))
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown {method.name} setting(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(sorted(defaults))}"
+            )
+        values.update({key: _typed(key, v, defaults[key], where) for key, v in given.items()})
     return method.config(**values)
 
 
-def config_toml(config: Any) -> str:
-    """A configuration as TOML text (the format ``--config`` reads)."""
-    lines = []
-    tables = []
-    for key, value in dataclasses.asdict(config).items():
-        if value is None:
-            lines.append(f"# {key} = (unset)")
-        elif isinstance(value, dict):
-            inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
-            tables.append(f"{key} = {{ {inner} }}")
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines + tables) + "\n"
+_KINDS = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    dict: "a table",
+}
+"""Types of hyper-parameters checked in configuration files, as error messages name them."""
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return repr(value)
+def _typed(key: str, value: Any, default: Any, where: str) -> Any:
+    """``value`` if it has the type of the setting's ``default`` (an integer passes as a float).
+
+    Settings whose default is ``None`` or of another type are passed through unchecked.
+    """
+    kind = type(default)
+    if kind not in _KINDS:
+        return value
+    if kind is float and type(value) is int:
+        return float(value)
+    if type(value) is not kind:
+        raise ValueError(f"{where}: {key} = {value!r}: expected {_KINDS[kind]}")
+    return value
 
 
 def available_memory(device: torch.device) -> int:
@@ -152,11 +149,14 @@ def run(
     seed: int = 0,
     resume: bool = False,
     progress: bool = True,
+    save_images: bool = False,
 ) -> dict[str, Any]:
     """Reconstruct ``problem_path`` with a method and write the output folder ``out``.
 
     Checks everything that can fail early (problem file, configuration, device, memory) before
-    creating ``out``; the checkpoint lives in ``out/checkpoint.pt`` while the run goes on.
+    creating ``out``; the checkpoint lives in ``out/checkpoint.pt`` while the run goes on. With
+    ``save_images``, the method's weighted images (if it returns any) are written as well
+    (:func:`~lorein.data.output.write_output`); ``report["saved_images"]`` says whether they were.
 
     Returns
     -------
@@ -210,6 +210,8 @@ def run(
         "final_losses": history[-1] if history else {},
         "losses_every_10": history[::10],
         **{k: v for k, v in maps.extras.items() if k != "config"},
+        "saved_images": save_images and maps.images is not None,
     }
-    write_output(Path(out), maps, problem.affine, report, method=method.name)
+    contrasts = problem.contrasts if save_images else None
+    write_output(Path(out), maps, problem.affine, report, method=method.name, contrasts=contrasts)
     return report

@@ -1,0 +1,265 @@
+"""The paper's comparison protocol (section III.F, Figs. 4-5) on the CPU-sized presets.
+
+Usage::
+
+    python benchmarks/paper_table.py [--presets sim1-small sim2-small] [--R 27 48]
+        [--methods lorein fit] [--seed 0] [--device cpu] [--workdir benchmarks/work]
+
+``sim1-small`` at R = 12, 20, 27, 48 and ``sim2-small`` at R = 160, 480, 960, every registered
+method by default. Each case is simulated once (``WORKDIR/PRESET/seedS/R*/problem.h5``) and run
+through :func:`lorein.eval.compare.compare` into ``.../compare/`` with ``configs/PRESET.toml``
+when that file exists; cases whose ``compare.json`` already lists the requested methods are
+skipped (failed runs included), so an interrupted run resumes where it stopped; delete a case's
+``compare/`` folder to run it again.
+
+A reference row fits ``fit`` to the same phantom fully sampled (R = 1), noiseless, with the true
+coil sensitivities stored in the problem: the phantom is rendered on a twice finer grid and
+band-limited, so even this case has a partial-volume / Gibbs error floor, which every table cell
+should be read against. Its k-space is 0.3 GiB for sim1-small and 6.8 GiB for sim2-small
+(``--reference-max-gib`` skips larger ones). Writes the section ``paper_table`` of
+docs/BENCHMARKS.md and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import machine, update_section  # noqa: E402
+
+from lorein import __version__  # noqa: E402
+from lorein.data.problem import write_problem  # noqa: E402
+from lorein.eval.compare import compare  # noqa: E402
+from lorein.recon.run import METHODS  # noqa: E402
+from lorein.sim.presets import Preset, get_preset  # noqa: E402
+from lorein.sim.simulate import simulate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PROTOCOL: dict[str, tuple[float, ...]] = {
+    "sim1-small": (12, 20, 27, 48),
+    "sim2-small": (160, 480, 960),
+}
+"""Preset -> the acceleration factors R of the paper's experiments run on it."""
+
+REFERENCE = "fit, fully sampled, noiseless, true coils"
+"""Row label of the error floor."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", nargs="+", default=list(PROTOCOL), choices=list(PROTOCOL))
+    parser.add_argument("--R", type=float, nargs="+", help="subset of the protocol's R values")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), help="registered methods")
+    parser.add_argument("--seed", type=int, default=0, help="seed of phantom, sampling, methods")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=ROOT / "benchmarks" / "work",
+        help="problem files and comparison folders",
+    )
+    parser.add_argument("--configs", type=Path, default=ROOT / "configs", help="PRESET.toml here")
+    parser.add_argument("--timeout-s", type=float, default=None, help="limit per method run [s]")
+    parser.add_argument(
+        "--reference-max-gib",
+        type=float,
+        default=8.0,
+        help="skip the fully sampled reference when its k-space would exceed this [GiB]",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-report", action="store_true", help="print only; leave docs alone")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    if args.R is not None:
+        extra = [r for r in args.R if not any(r in PROTOCOL[p] for p in args.presets)]
+        if extra:
+            parser.error(f"--R {' '.join(f'{r:g}' for r in extra)}: not in the chosen protocol")
+    return args
+
+
+def cases(args: argparse.Namespace) -> dict[str, tuple[float, ...]]:
+    """Preset -> the R values to run."""
+    return {p: tuple(r for r in PROTOCOL[p] if args.R is None or r in args.R) for p in args.presets}
+
+
+def simulate_case(
+    preset: Preset, R: float, seed: int, path: Path, snr: float | None, true_coils: bool
+) -> None:
+    """Write the problem file of one case (with truth), unless it exists already.
+
+    Parameters
+    ----------
+    R
+        Acceleration factor (paper eq. 19).
+    snr
+        Signal-to-noise ratio (None: the preset's, ``inf``: noiseless).
+    true_coils
+        Store the true coil sensitivities in the problem (``coils``), for the reference fit.
+    """
+    if path.exists():
+        return
+    print(f"simulate {preset.name} R = {R:g} -> {path}", flush=True)
+    sim = simulate(preset, R, seed=seed, snr=snr, progress=False)
+    problem = dataclasses.replace(sim.problem, coils=sim.truth.coils) if true_coils else sim.problem
+    attrs = {
+        "preset": preset.name,
+        "seed": seed,
+        "snr": preset.snr if snr is None else snr,
+        "noise_std": sim.noise_std,
+        "requested_R": R,
+        "lorein_version": __version__,
+    }
+    write_problem(path, problem, truth=sim.truth, attrs=attrs)
+
+
+def run_case(
+    problem: Path, methods: list[str], out: Path, config: Path | None, args: argparse.Namespace
+) -> dict[str, Any]:
+    """``compare.json`` of one case: read if it lists ``methods``, else computed."""
+    done = out / "compare.json"
+    if done.exists():
+        record = json.loads(done.read_text())
+        if set(methods) <= set(record["methods"]):
+            print(f"skip {out} (done)", flush=True)
+            return record
+        missing = sorted(set(methods) - set(record["methods"]))
+        print(f"rerun {out}: it lacks {', '.join(missing)}", flush=True)
+    print(f"compare {', '.join(methods)} on {problem}", flush=True)
+    return compare(
+        problem,
+        methods,
+        out,
+        config=config,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.quiet,
+        timeout_s=args.timeout_s,
+    )
+
+
+def reference_gib(preset: Preset) -> float:
+    """Size of the fully sampled k-space of ``preset`` [GiB] (complex64)."""
+    nx, ny, nz = preset.matrix
+    n_lines = preset.contrast_table().n_contrasts * ny * nz
+    return n_lines * preset.n_coils * nx * 8 / 2**30
+
+
+def table_maps(preset: Preset) -> tuple[str, ...]:
+    """Maps whose NRMSE a table cell shows: T1, T2* (and T2 for ``t2ir_gre``)."""
+    return ("T1", "T2", "T2star") if preset.signal_model == "t2ir_gre" else ("T1", "T2star")
+
+
+def cell(record: dict[str, Any], method: str, maps: tuple[str, ...]) -> str:
+    """``T1 / T2* (wall s)`` NRMSEs of ``method`` in a case, ``failed``, or ``-`` if not run."""
+    result = record["methods"].get(method)
+    if result is None:
+        return "-"
+    if result["status"] != "ok":
+        return "failed"
+    scores = result["scores"]
+    values = " / ".join(f"{scores[m]['nrmse']:.3f}" if m in scores else "-" for m in maps)
+    return f"{values} ({result['wall_seconds']:.0f} s)"
+
+
+def preset_table(
+    preset: Preset, records: dict[float, dict[str, Any]], reference: str, methods: list[str]
+) -> list[str]:
+    """Markdown lines of one preset: rows are methods, columns R (R = 1: the reference).
+
+    Parameters
+    ----------
+    records
+        R -> ``compare.json`` of the case.
+    reference
+        Cell of the reference row.
+    """
+    maps = table_maps(preset)
+    names = " / ".join({"T2star": "T2*"}.get(m, m) for m in maps)
+    rs = sorted(records)
+    header = ["method", "R = 1", *(f"R = {r:g}" for r in rs)]
+    rows = [[REFERENCE, reference, *("" for _ in rs)]]
+    rows += [[m, "", *(cell(records[r], m, maps) for r in rs)] for m in methods]
+    nx, ny, nz = preset.matrix
+    return [
+        f"### {preset.name}: {preset.signal_model}, {nx} x {ny} x {nz}, {preset.n_coils} coils, "
+        f"{preset.contrast_table().n_contrasts} contrasts, SNR {preset.snr:g}",
+        "",
+        f"Cells: NRMSE {names} (capped, inside the truth mask), then the method's wall time.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def report_body(
+    args: argparse.Namespace,
+    tables: list[list[str]],
+    configs: dict[str, Path | None],
+) -> str:
+    """The docs/BENCHMARKS.md section: protocol, machine, then one table per preset."""
+    used = ", ".join(f"{p}: {_shown(c)}" for p, c in configs.items())
+    lines = [
+        "## Paper protocol at CPU size (`benchmarks/paper_table.py`)",
+        "",
+        f"Machine: {machine()}; device {args.device}; {datetime.date.today().isoformat()}. "
+        f"Seed {args.seed}. Configurations: {used}.",
+        "",
+        f"Row '{REFERENCE}': `fit` on the same phantom at R = 1 without noise and with the true "
+        "coils. The phantom is rendered on a 2x finer grid and band-limited, so this is the "
+        "partial-volume / Gibbs floor of a voxel-wise fit; read the other rows against it. "
+        "Per case, `WORKDIR/PRESET/seedS/R*/compare/compare.md` adds M0, B0, SSIM, per-tissue "
+        "bias and peak memory.",
+    ]
+    for table in tables:
+        lines += ["", *table]
+    return "\n".join(lines)
+
+
+def _shown(path: Path | None) -> str:
+    """A configuration file as the report names it (relative to the repository)."""
+    if path is None:
+        return "defaults"
+    path = path.resolve()
+    return f"`{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    tables, configs = [], {}
+    for name, rs in cases(args).items():
+        preset = get_preset(name)
+        config = args.configs / f"{name}.toml"
+        configs[name] = config if config.exists() else None
+        base = args.workdir / name / f"seed{args.seed}"
+        size = reference_gib(preset)
+        reference = f"skipped: k-space {size:.1f} GiB > --reference-max-gib"
+        if size <= args.reference_max_gib:
+            path = base / "reference" / "problem.h5"
+            simulate_case(preset, 1, args.seed, path, snr=math.inf, true_coils=True)
+            record = run_case(path, ["fit"], path.parent / "compare", configs[name], args)
+            reference = cell(record, "fit", table_maps(preset))
+        records = {}
+        for R in rs:
+            path = base / f"R{R:g}" / "problem.h5"
+            simulate_case(preset, R, args.seed, path, snr=None, true_coils=False)
+            records[R] = run_case(path, args.methods, path.parent / "compare", configs[name], args)
+        tables.append(preset_table(preset, records, reference, args.methods))
+    body = report_body(args, tables, configs)
+    print(body)
+    if not args.no_report:
+        update_section("paper_table", body)
+
+
+if __name__ == "__main__":
+    main()
