@@ -23,7 +23,7 @@ from lorein import __version__
 from lorein.config import method_table, read_toml
 from lorein.data.output import Maps, write_output
 from lorein.data.problem import Problem, read_problem
-from lorein.recon import fit, lorein, summit
+from lorein.recon import fit, lorein, lrt, summit
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,9 @@ METHODS: dict[str, Method] = {
     ),
     "summit": Method(
         "summit", summit.SummitConfig, summit.reconstruct, "SUMMIT: parameter fields alone"
+    ),
+    "lrt": Method(
+        "lrt", lrt.LrtConfig, lrt.reconstruct, "low-rank subspace + TV (ADMM), then voxel fit"
     ),
     "fit": Method(
         "fit", fit.FitConfig, fit.reconstruct, "CG-SENSE or zero-filled images, voxel-wise fit"
