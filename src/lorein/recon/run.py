@@ -23,7 +23,7 @@ from lorein import __version__
 from lorein.config import method_table, read_toml
 from lorein.data.output import Maps, write_output
 from lorein.data.problem import Problem, read_problem
-from lorein.recon import fit, lorein, lrt, summit
+from lorein.recon import fit, lorein, lrt, summit, zero_deepsub
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,12 @@ METHODS: dict[str, Method] = {
     ),
     "lrt": Method(
         "lrt", lrt.LrtConfig, lrt.reconstruct, "low-rank subspace + TV (ADMM), then voxel fit"
+    ),
+    "zero-deepsub": Method(
+        "zero-deepsub",
+        zero_deepsub.ZeroDeepSubConfig,
+        zero_deepsub.reconstruct,
+        "Zero-DeepSub: zero-shot self-supervised unrolled subspace network, then voxel fit",
     ),
     "fit": Method(
         "fit", fit.FitConfig, fit.reconstruct, "CG-SENSE or zero-filled images, voxel-wise fit"
