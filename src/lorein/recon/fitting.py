@@ -674,8 +674,8 @@ def _levenberg_marquardt(
 # --------------------------------------------------------------------------------------------
 
 
-def _default_b0_max(model: SignalModel) -> float:
-    """``1 / (2 dTE_min)`` [Hz] over the distinct echo times."""
+def default_b0_max(model: SignalModel) -> float:
+    """``1 / (2 dTE_min)`` [Hz] over the distinct echo times: the unambiguous ``|B0|`` range."""
     spacing = torch.diff(model.echo_times.double())
     return float(0.5 / spacing.min())
 
@@ -751,7 +751,7 @@ def fit_maps(
 
     with torch.no_grad():
         factorised = _Factorised(model, images.device)
-        b0_max = bounds.b0 if bounds.b0 is not None else _default_b0_max(model)
+        b0_max = bounds.b0 if bounds.b0 is not None else default_b0_max(model)
         layout = _Layout(factorised.readout_parameters)
         limits = layout.lower_upper(bounds, b0_max, images.device)
         if dictionary_size is None:

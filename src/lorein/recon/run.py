@@ -23,7 +23,7 @@ from lorein import __version__
 from lorein.config import method_table, read_toml
 from lorein.data.output import Maps, write_output
 from lorein.data.problem import Problem, read_problem
-from lorein.recon import fit, lorein, lrt, summit, zero_deepsub
+from lorein.recon import fit, joint_maple, lorein, lrt, summit, zero_deepsub
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,12 @@ METHODS: dict[str, Method] = {
         zero_deepsub.ZeroDeepSubConfig,
         zero_deepsub.reconstruct,
         "Zero-DeepSub: zero-shot self-supervised unrolled subspace network, then voxel fit",
+    ),
+    "joint-maple": Method(
+        "joint-maple",
+        joint_maple.JointMapleConfig,
+        joint_maple.reconstruct,
+        "Joint-MAPLE: zero-shot unrolled multi-contrast network, then joint map estimation",
     ),
     "fit": Method(
         "fit", fit.FitConfig, fit.reconstruct, "CG-SENSE or zero-filled images, voxel-wise fit"
