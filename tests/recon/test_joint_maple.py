@@ -1,5 +1,5 @@
-"""Joint-MAPLE: the ZS-SSL line split, the hybrid-space encoding, the joint map refinement,
-resuming the training, and a tiny end-to-end run against zero-filled fitting."""
+"""Joint-MAPLE: the hybrid-space encoding, the joint map refinement, resuming the training, and a
+tiny end-to-end run against zero-filled fitting (the ZS-SSL line split: ``test_zero_shot.py``)."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -21,10 +21,10 @@ from lorein.recon.joint_maple import (
     plane_images,
     reconstruct,
     refine_maps,
-    split_lines,
     train_network,
     volume_images,
 )
+from lorein.recon.zero_shot import split_lines
 from lorein.sim.presets import vfa_megre_table
 from lorein.sim.simulate import Simulation, simulate
 from tests.helpers import TINY, randn_complex, rng
@@ -35,31 +35,6 @@ GRID = (2, 8, 6)  # nz, ny, nx
 @pytest.fixture(scope="module")
 def tiny() -> Simulation:
     return simulate(TINY, 8, seed=3, snr=30.0, progress=False)
-
-
-def test_split_is_a_deterministic_partition() -> None:
-    contrast = torch.cat([torch.randint(0, 7, (300,), generator=rng(1)), torch.tensor([7, 8, 8])])
-    split = split_lines(contrast, 0.2, 0.4, n_masks=3, seed=5)
-    again = split_lines(contrast, 0.2, 0.4, n_masks=3, seed=5)
-    other = split_lines(contrast, 0.2, 0.4, n_masks=3, seed=6)
-    assert torch.equal(split.heldout, again.heldout)
-    assert not torch.equal(split.heldout, other.heldout)
-    counts = torch.bincount(contrast)
-    held = torch.bincount(contrast[split.heldout], minlength=9)
-    assert bool(
-        (held >= torch.floor(0.2 * counts)).all() and (held <= torch.ceil(0.2 * counts)).all()
-    )
-    assert held[7] == 0  # a contrast's only line is never held out
-    for k in range(3):
-        assert torch.equal(split.dc[k], again.dc[k]) and torch.equal(split.loss[k], again.loss[k])
-        together = torch.cat([split.heldout, split.dc[k], split.loss[k]])
-        assert torch.equal(together.sort().values, torch.arange(contrast.numel()))  # a partition
-        assert bool((torch.bincount(contrast[split.dc[k]], minlength=9) > 0).all())
-        rest = (counts - held).float()
-        per_loss = torch.bincount(contrast[split.loss[k]], minlength=9)
-        assert bool((per_loss >= torch.floor(0.4 * rest)).all())
-        assert bool((per_loss <= torch.ceil(0.4 * rest)).all())
-    assert not torch.equal(split.loss[0], split.loss[1])  # the masks differ
 
 
 def _lines(n_contrasts: int, per_contrast: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -151,27 +126,28 @@ def test_training_resumes_to_the_same_network(tiny: Simulation, tmp_path: Path) 
     encoding = PlaneEncoding(
         problem.kspace, problem.ky, problem.kz, problem.contrast, coils, problem.n_contrasts
     )
-    split = split_lines(problem.contrast, 0.2, 0.4, n_masks=4, seed=0)
+    split = split_lines(problem.contrast, 0.2, 0.4, n_masks=4, seed=0, stochastic_rounding=True)
     config = JointMapleConfig(unrolls=1, channels=8, blocks=1, cg_iterations=2, validate_every=5)
 
     def train(iterations: int, checkpoint: Path | None = None, resume: bool = False) -> tuple:
         torch.manual_seed(0)
         net = UnrolledNetwork(problem.n_contrasts, config.network_sizes(), config.mu)
         cfg = replace(config, iterations=iterations)
-        history = train_network(net, encoding, split, cfg, 0, checkpoint, resume, False)
-        return net, history
+        history, stopping = train_network(net, encoding, split, cfg, 0, checkpoint, resume, False)
+        return net, history, stopping
 
-    straight, history = train(20)
+    straight, history, stopping = train(20)
     train(10, tmp_path / "net.pt")
-    resumed, resumed_history = train(20, tmp_path / "net.pt", resume=True)
+    resumed, resumed_history, _ = train(20, tmp_path / "net.pt", resume=True)
     assert len(history) == 20 and sum("heldout" in h for h in history) == 4
     for again, first in zip(resumed_history, history, strict=True):
         assert again == pytest.approx(first)
-    assert resumed.trainable_state().keys() == straight.trainable_state().keys()
-    for name, value in straight.trainable_state().items():
-        torch.testing.assert_close(resumed.trainable_state()[name], value)
+    assert resumed.state_dict().keys() == straight.state_dict().keys()
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value)
     # the best weights are the ones kept: their held-out loss is the recorded best
-    assert heldout_loss(straight, encoding, split) == pytest.approx(straight.record["best"])
+    assert history[stopping.best_iteration]["heldout"] == stopping.best_loss
+    assert heldout_loss(straight, encoding, split) == pytest.approx(stopping.best_loss)
 
 
 def test_beats_zero_filled_fitting(tiny: Simulation) -> None:

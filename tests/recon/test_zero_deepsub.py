@@ -1,4 +1,5 @@
-"""Zero-DeepSub: the line split, the unrolled network, early stopping, and a tiny end-to-end run."""
+"""Zero-DeepSub: the unrolled network and a tiny end-to-end run (split, loss and early stopping:
+``test_zero_shot.py``)."""
 
 import math
 from pathlib import Path
@@ -14,13 +15,11 @@ from lorein.recon.calibration import espirit_coils, estimate_from_calibration
 from lorein.recon.cg import conjugate_gradient
 from lorein.recon.fitting import fit_maps, zero_filled_images
 from lorein.recon.zero_deepsub import (
-    EarlyStopping,
     SubspaceData,
     UnrolledSubspaceNet,
     ZeroDeepSubConfig,
     effective_config,
     reconstruct,
-    split_lines,
 )
 from lorein.sim.simulate import Simulation, simulate
 from tests.helpers import TINY, rng
@@ -44,30 +43,6 @@ def test_full_size_selects_the_original_sizes() -> None:
     assert (full.blocks, full.channels, full.unrolls, full.cg_iterations) == (15, 128, 10, 10)
     assert (full.epochs, full.patience) == (300, 25)
     assert effective_config(ZeroDeepSubConfig()) == ZeroDeepSubConfig()
-
-
-def test_split_is_a_seeded_partition_of_the_lines(sim: Simulation) -> None:
-    p = sim.problem
-    nx, ny, nz = p.matrix
-    args = (p.ky, p.kz, p.contrast, (ny, nz), 0.2, 0.4, 3, (4, 2))
-    split = split_lines(*args, seed=1)
-    everything = torch.arange(p.n_lines)
-    for dc, loss in zip(split.dc, split.loss, strict=True):
-        union = torch.cat([dc, loss, split.validation])
-        assert len(union) == p.n_lines  # disjoint ...
-        assert torch.equal(union.sort().values, everything)  # ... and covering
-        assert 0.3 < len(loss) / (len(loss) + len(dc)) < 0.5
-    assert 0.15 < len(split.validation) / p.n_lines < 0.25
-    assert not torch.equal(split.loss[0], split.loss[1])  # the masks differ
-    # lines in the central (ky, kz) block never leave the DC set
-    centre = (
-        (p.ky >= ny // 2 - 2) & (p.ky < ny // 2 + 2) & (p.kz >= nz // 2 - 1) & (p.kz < nz // 2 + 1)
-    )
-    assert centre.any() and not centre[split.validation].any() and not centre[split.loss[0]].any()
-    # seeded: the same seed gives the same split, another seed another one
-    again = split_lines(*args, seed=1)
-    assert torch.equal(again.validation, split.validation) and torch.equal(again.dc[2], split.dc[2])
-    assert not torch.equal(split_lines(*args, seed=2).validation, split.validation)
 
 
 def _tiny_system(sim: Simulation, rank: int = 4) -> tuple[SubspaceData, torch.Tensor, torch.Tensor]:
@@ -120,24 +95,6 @@ def test_gradients_reach_the_denoiser_and_mu(sim: Simulation) -> None:
     assert tail is not None and torch.isfinite(tail).all() and tail.abs().max() > 0
 
 
-def test_early_stopping_keeps_the_best_weights() -> None:
-    module = torch.nn.Linear(2, 1)
-    stopping = EarlyStopping(patience=2)
-    stops = []
-    for iteration, loss in enumerate([3.0, 2.0, 2.5, 1.5, 1.7, 1.6]):
-        with torch.no_grad():
-            module.weight.fill_(loss)
-        stopping.update(loss, iteration, module)
-        stops.append(stopping.stop)
-    assert stops == [False, False, False, False, False, True]
-    assert stopping.best_iteration == 3 and stopping.best_loss == 1.5
-    assert stopping.best_state is not None
-    assert torch.all(stopping.best_state["weight"] == 1.5)
-    restored = EarlyStopping(patience=2)
-    restored.load_state_dict(stopping.state_dict())
-    assert restored.stop and restored.losses == stopping.losses
-
-
 def test_run_reports_and_keeps_the_best_validation(sim: Simulation, maps: Maps) -> None:
     nx, ny, nz = sim.problem.matrix
     assert set(maps.values) == {"M0", "T1", "T2star", "B0", "phase0"}
@@ -164,7 +121,7 @@ def test_beats_zero_filled_fitting(sim: Simulation, maps: Maps) -> None:
     model = signal_model(problem.signal_model, problem.contrasts)
     support = estimate_from_calibration(problem, problem.kspace).support
     zero_filled = fit_maps(zero_filled_images(problem, espirit_coils(problem)), model, mask=support)
-    # Measured (seed 0, ESPIRiT threshold 0.1): T1 0.460 vs 0.663, T2* 0.366 vs 0.448. T2* has
+    # Measured (seed 0, ESPIRiT threshold 0.1): T1 0.466 vs 0.663, T2* 0.378 vs 0.448. T2* has
     # little room: fully sampled noise-free data reach about 0.34 on this coarse phantom.
     errors = {}
     for name in ("T1", "T2star"):

@@ -2,15 +2,18 @@
 
 Follows Heydari et al., "Joint-MAPLE" (MRM 2024), in two stages:
 
-1. **Zero-shot self-supervised unrolled reconstruction of all contrasts jointly** (ZS-SSL). The
-   acquired lines are split, per contrast and with a fixed seed, into a held-out set (for early
-   stopping only) and, ``n_masks`` times, into a data-consistency (DC) set and a loss set. The
-   network is ``x_0 = DC(0)``, then ``unrolls`` times ``z = D(x); x = DC(z)`` with one shared CNN
-   ``D`` and ``DC(z) = argmin_x ||M_dc (y - E x)||^2 + mu ||x - z||^2`` solved by conjugate
-   gradients per contrast and plane (learned ``mu``). Training minimises ``0.5 relL2 + 0.5 relL1``
-   of the loss lines predicted from the DC lines; it stops once the held-out loss (DC on DC + loss
-   lines) has not improved for ``patience`` iterations and keeps the best weights. The final
-   images use DC on every acquired line.
+1. **Zero-shot self-supervised unrolled reconstruction of all contrasts jointly** (ZS-SSL,
+   :mod:`lorein.recon.zero_shot`). The acquired lines are split, per contrast and with a fixed
+   seed, into a held-out set (for early stopping only) and, ``n_masks`` times, into a
+   data-consistency (DC) set and a loss set (:func:`~lorein.recon.zero_shot.split_lines`); each
+   contrast's counts are rounded up or down at random, so contrasts with 3-4 lines, as in sim 2,
+   still contribute their share, and every contrast keeps at least one DC line. The network is
+   ``x_0 = DC(0)``, then ``unrolls`` times ``z = D(x); x = DC(z)`` with one shared CNN ``D`` and
+   ``DC(z) = argmin_x ||M_dc (y - E x)||^2 + mu ||x - z||^2`` solved by conjugate gradients per
+   contrast and plane (learned ``mu``). Training minimises ``0.5 relL2 + 0.5 relL1`` of the loss
+   lines predicted from the DC lines; it stops once the held-out loss (DC on DC + loss lines) has
+   not improved for ``patience`` iterations and keeps the best weights. The final images use DC
+   on every acquired line.
 2. **Joint parameter estimation.** Maps are initialised by :func:`~lorein.recon.fitting.fit_maps`
    of the network images, then refined by Adam on
    ``||I - S(maps)||^2 / (T V) + beta ||y - E S(maps)||^2 / n_samples``: image consistency with the
@@ -67,6 +70,16 @@ from lorein.recon.calibration import espirit_coils, estimate_from_calibration
 from lorein.recon.cg import conjugate_gradient
 from lorein.recon.fitting import FitBounds, default_b0_max, fit_maps
 from lorein.recon.loop import LoopConfig, Optimisation
+from lorein.recon.zero_shot import (
+    EarlyStopping,
+    LineSplit,
+    ResidualBlock,
+    Training,
+    kspace_loss,
+    loss_parts,
+    normalised_loss,
+    split_lines,
+)
 
 FULL_SIZE = {"unrolls": 8, "channels": 128, "blocks": 12, "cg_iterations": 6}
 """Network sizes of the original Joint-MAPLE."""
@@ -147,100 +160,6 @@ class JointMapleConfig:
         if self.full_size:
             return dict(FULL_SIZE)
         return {k: getattr(self, k) for k in FULL_SIZE}
-
-
-# --------------------------------------------------------------------------------------------
-# the ZS-SSL line split
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LineSplit:
-    """Partitions of the acquired lines (row indices into the problem's lines, sorted).
-
-    Attributes
-    ----------
-    heldout
-        ``[n_heldout]`` lines used only for early stopping.
-    dc, loss
-        One ``[n]`` index tensor per mask: DC lines and loss lines. With ``heldout`` each pair
-        partitions all lines.
-    """
-
-    heldout: torch.Tensor
-    dc: list[torch.Tensor]
-    loss: list[torch.Tensor]
-
-
-def _rank_within_contrast(contrast: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random rank ``[L]`` of each line among the lines of its contrast (0-based)."""
-    order = torch.argsort(torch.rand(contrast.numel(), generator=generator))
-    order = order[torch.argsort(contrast[order], stable=True)]  # by contrast, random within
-    counts = torch.bincount(contrast)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(contrast)
-    rank[order] = torch.arange(contrast.numel()) - starts[contrast[order]]
-    return rank
-
-
-def _quota(counts: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
-    """``fraction * counts`` stochastically rounded per contrast, at most ``counts - 1``."""
-    jitter = torch.rand(counts.numel(), generator=generator)
-    quota = torch.floor(fraction * counts + jitter).long()
-    return torch.minimum(quota, (counts - 1).clamp_min(0))
-
-
-def split_lines(
-    contrast: torch.Tensor,
-    heldout_fraction: float,
-    loss_fraction: float,
-    n_masks: int,
-    seed: int,
-) -> LineSplit:
-    """Split the lines of every contrast into held-out, DC and loss sets (ZS-SSL).
-
-    Per contrast with ``n`` lines, ``heldout_fraction n`` random lines are held out; of the ``m``
-    others, each mask puts ``loss_fraction m`` random ones into its loss set and the rest into its
-    DC set. The counts are rounded up or down at random (so contrasts with 3-4 lines, as in sim 2,
-    still contribute their share) and leave every contrast at least one DC line.
-
-    Parameters
-    ----------
-    contrast
-        ``[L]`` contrast of each acquired line.
-    heldout_fraction, loss_fraction
-        Fractions in ``[0, 1)``.
-    n_masks
-        Number of DC / loss partitions.
-    seed
-        Seeds the split (the same seed gives the same split).
-
-    Raises
-    ------
-    ValueError
-        If the fractions are out of range or the held-out set is empty.
-    """
-    if not (0 <= heldout_fraction < 1 and 0 <= loss_fraction < 1) or n_masks < 1:
-        raise ValueError(
-            f"fractions must be in [0, 1) and n_masks >= 1, got {heldout_fraction}, "
-            f"{loss_fraction}, {n_masks}"
-        )
-    contrast = contrast.long().cpu()
-    generator = torch.Generator().manual_seed(seed)
-    counts = torch.bincount(contrast)
-    n_heldout = _quota(counts, heldout_fraction, generator)
-    heldout = _rank_within_contrast(contrast, generator) < n_heldout[contrast]
-    if not bool(heldout.any()):
-        raise ValueError("the held-out set is empty: too few lines per contrast")
-    rest = torch.nonzero(~heldout).squeeze(1)
-    rest_counts = torch.bincount(contrast[rest], minlength=counts.numel())
-    dc, loss = [], []
-    for _ in range(n_masks):
-        n_loss = _quota(rest_counts, loss_fraction, generator)
-        in_loss = _rank_within_contrast(contrast[rest], generator) < n_loss[contrast[rest]]
-        dc.append(rest[~in_loss])
-        loss.append(rest[in_loss])
-    return LineSplit(torch.nonzero(heldout).squeeze(1), dc, loss)
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,21 +271,6 @@ def volume_images(planes: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-class ResidualBlock(nn.Module):
-    """``f + 0.1 conv(relu(conv(f)))`` (the ZS-SSL ResNet block)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1),
-        )
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return f + 0.1 * self.body(f)
-
-
 class Denoiser(nn.Module):
     """Residual CNN on the complex images of all contrasts of (z, y) planes.
 
@@ -388,7 +292,7 @@ class Denoiser(nn.Module):
         super().__init__()
         self.project = nn.Conv2d(2 * n_contrasts, channels, 1)
         self.head = nn.Conv2d(channels, channels, 3, padding=1)
-        self.body = nn.Sequential(*(ResidualBlock(channels) for _ in range(blocks)))
+        self.body = nn.Sequential(*(ResidualBlock(channels, bias=True) for _ in range(blocks)))
         self.tail = nn.Conv2d(channels, channels, 3, padding=1)
         self.expand = nn.Conv2d(channels, 2 * n_contrasts, 1)
         nn.init.zeros_(self.expand.weight)
@@ -410,9 +314,6 @@ class UnrolledNetwork(nn.Module):
     ``DC(z)`` solves ``(E^H M E + mu I) x = E^H M y + mu z`` per plane and contrast by
     ``cg_iterations`` CG steps from ``z``; ``mu = exp(log_mu)`` is learned.
 
-    The early-stopping record (best held-out loss, the step that reached it, its weights) is the
-    module's extra state, so checkpoints and rollbacks of the training loop carry it.
-
     Parameters
     ----------
     n_contrasts
@@ -429,17 +330,6 @@ class UnrolledNetwork(nn.Module):
         self.log_mu = nn.Parameter(torch.tensor(math.log(mu)))
         self.unrolls = sizes["unrolls"]
         self.cg_iterations = sizes["cg_iterations"]
-        self.record: dict[str, Any] = {"best": math.inf, "best_at": 0, "weights": None}
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return self.record
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.record = state
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """Copy of the state without the early-stopping record."""
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if k != "_extra_state"}
 
     def forward(
         self,
@@ -467,18 +357,6 @@ class UnrolledNetwork(nn.Module):
         return x
 
 
-def _loss_parts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``[||r||_2^2, ||r||_1, ||y||_2^2, ||y||_1]`` with L1 over real and imaginary parts."""
-    r = torch.view_as_real(pred - target)
-    y = torch.view_as_real(target)
-    return torch.stack([r.square().sum(), r.abs().sum(), y.square().sum(), y.abs().sum()])
-
-
-def _normalised_loss(parts: torch.Tensor) -> torch.Tensor:
-    """ZS-SSL loss ``0.5 ||r||_2 / ||y||_2 + 0.5 ||r||_1 / ||y||_1`` from :func:`_loss_parts`."""
-    return 0.5 * (parts[0] / parts[2]).sqrt() + 0.5 * parts[1] / parts[3]
-
-
 def _plane_chunks(encoding: PlaneEncoding) -> list[torch.Tensor]:
     """All planes in chunks whose coil k-space stays under :data:`_INFERENCE_BYTES`."""
     t, nz, ny, nx = encoding.shape
@@ -490,13 +368,13 @@ def _plane_chunks(encoding: PlaneEncoding) -> list[torch.Tensor]:
 @torch.no_grad()
 def heldout_loss(net: UnrolledNetwork, encoding: PlaneEncoding, split: LineSplit) -> float:
     """ZS-SSL loss of the held-out lines predicted from all other lines, over all planes."""
-    rows = torch.cat([split.dc[0], split.loss[0]]).to(encoding.ky.device)
-    held = split.heldout.to(rows.device)
+    rows = split.remainder.to(encoding.ky.device)
+    held = split.validation.to(rows.device)
     parts = torch.zeros(4, device=rows.device)
     for xs in _plane_chunks(encoding):
         x = net(encoding, rows, xs)
-        parts += _loss_parts(encoding.predict(x, held, xs), encoding.measured(held, xs))
-    return float(_normalised_loss(parts))
+        parts += loss_parts(encoding.predict(x, held, xs), encoding.measured(held, xs))
+    return float(normalised_loss(parts))
 
 
 @torch.no_grad()
@@ -526,13 +404,18 @@ def train_network(
     checkpoint: Path | None,
     resume: bool,
     progress: bool,
-) -> list[dict[str, float]]:
+) -> tuple[list[dict[str, float]], EarlyStopping]:
     """ZS-SSL training with early stopping on the held-out loss; loads the best weights.
+
+    The held-out loss is evaluated every ``config.validate_every`` steps; training stops once
+    ``config.patience`` steps passed without a new minimum, i.e. after
+    ``ceil(patience / validate_every)`` evaluations. The early-stopping record is checkpointed
+    with the network (:class:`~lorein.recon.zero_shot.Training`).
 
     Returns
     -------
     One dict per step: ``loss`` (= ``total``), and ``heldout`` on the steps after which it was
-    evaluated.
+    evaluated; and the early-stopping record (its iterations index this history).
     """
     dev = encoding.ky.device
     dc = [rows.to(dev) for rows in split.dc]
@@ -542,12 +425,13 @@ def train_network(
         k = step % len(dc)
         xs = _planes_of_step(step, encoding.n_planes, config.planes_per_step, seed).to(dev)
         x = net(encoding, dc[k], xs)
-        parts = _loss_parts(encoding.predict(x, loss[k], xs), encoding.measured(loss[k], xs))
-        value = _normalised_loss(parts)
+        value = kspace_loss(encoding.predict(x, loss[k], xs), encoding.measured(loss[k], xs))
         return {"total": value, "loss": value.detach()}
 
+    training = Training(net, math.ceil(config.patience / config.validate_every))
+    stopping = training.stopping  # a rollback in the loop restores its contents in place
     loop = LoopConfig(iterations=0, lr=config.lr, snapshot_every=config.validate_every)
-    optimisation = Optimisation(net, closure, loop, checkpoint, progress=False)
+    optimisation = Optimisation(training, closure, loop, checkpoint, progress=False)
     if resume:
         optimisation.load()
     bar = tqdm(
@@ -557,13 +441,7 @@ def train_network(
         disable=not progress,
         dynamic_ncols=True,
     )
-
-    def training() -> bool:
-        done = optimisation.state.iteration
-        return done < config.iterations and done - net.record["best_at"] < config.patience
-
-    while training():
-        # net.record is read anew after each run: a rollback in the loop replaces it
+    while optimisation.state.iteration < config.iterations and not stopping.stop:
         loop.iterations = min(
             optimisation.state.iteration + config.validate_every, config.iterations
         )
@@ -571,16 +449,14 @@ def train_network(
         value = heldout_loss(net, encoding, split)
         last = optimisation.state.history[-1]
         last["heldout"] = value
-        if value < net.record["best"]:
-            best = {"best": value, "best_at": optimisation.state.iteration}
-            net.record.update(best, weights=net.trainable_state())
+        stopping.update(value, optimisation.state.iteration - 1, net)
         bar.update(optimisation.state.iteration - bar.n)
         bar.set_postfix(loss=f"{last['loss']:.3g}", heldout=f"{value:.3g}")
         optimisation.save()
     bar.close()
-    if net.record["weights"] is not None:
-        net.load_state_dict({**net.record["weights"], "_extra_state": net.record})
-    return optimisation.state.history
+    if stopping.best_state is not None:
+        net.load_state_dict(stopping.best_state)
+    return optimisation.state.history, stopping
 
 
 # --------------------------------------------------------------------------------------------
@@ -772,10 +648,17 @@ def reconstruct(
     encoding = PlaneEncoding(kspace, ky, kz, contrast, coils, problem.n_contrasts)
 
     split = split_lines(
-        problem.contrast, config.heldout_fraction, config.loss_fraction, config.n_masks, seed
+        problem.contrast,
+        config.heldout_fraction,
+        config.loss_fraction,
+        config.n_masks,
+        seed,
+        stochastic_rounding=True,
     )
     net = UnrolledNetwork(problem.n_contrasts, config.network_sizes(), config.mu).to(dev)
-    history = train_network(net, encoding, split, config, seed, checkpoint, resume, progress)
+    history, stopping = train_network(
+        net, encoding, split, config, seed, checkpoint, resume, progress
+    )
     images = network_images(net, encoding)
 
     model = signal_model(problem.signal_model, problem.contrasts.to(dev))
@@ -798,7 +681,7 @@ def reconstruct(
     extras: dict[str, Any] = {
         "history": history + map_history,
         "network_steps": len(history),
-        "heldout_best": float(net.record["best"]),
+        "heldout_best": stopping.best_loss,
         "mu": float(net.log_mu.detach().exp()),
         "config": asdict(config),
         "seconds": time.perf_counter() - start,

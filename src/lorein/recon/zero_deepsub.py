@@ -8,23 +8,27 @@ et al., ICLR 2022) to the ``K`` subspace coefficient images ``u`` of ``I = Phi u
   (:func:`lorein.recon.calibration.espirit_coils`); data divided by the calibration scale
   (:func:`lorein.recon.calibration.estimate_from_calibration`), so every problem reaches the
   network in the same range; M0 and the images are returned in data units.
-- **Split** (:func:`split_lines`). The acquired lines ``Omega`` are split with a fixed seed, per
-  contrast (Zero-DeepSub draws its masks per time point), into a held-out validation set
-  ``Gamma`` (20 % of the lines) and, for each of ``n_masks`` masks, a loss set ``Lambda`` (40 % of
-  the lines left) and a data-consistency set ``Theta`` (the rest). Lines in a small central
-  ``(ky, kz)`` block never leave ``Theta`` (ZS-SSL's ``small_acs_block``). Fractions as ZS-SSL and
-  Zero-DeepSub (``rho_val = 0.2``, ``rho_train = 0.4``).
+- **Split** (:func:`~lorein.recon.zero_shot.split_lines`, shared with Joint-MAPLE). The acquired
+  lines ``Omega`` are split with a fixed seed, per contrast (Zero-DeepSub draws its masks per time
+  point), into a held-out validation set ``Gamma`` (20 % of the lines) and, for each of
+  ``n_masks`` masks, a loss set ``Lambda`` (40 % of the lines left) and a data-consistency set
+  ``Theta`` (the rest), the counts rounded to the nearest integer. Lines in a small central
+  ``(ky, kz)`` block never leave ``Theta`` (ZS-SSL's ``small_acs_block``,
+  :func:`~lorein.recon.zero_shot.central_lines`). Fractions as ZS-SSL and Zero-DeepSub
+  (``rho_val = 0.2``, ``rho_train = 0.4``).
 - **Network** (:class:`UnrolledSubspaceNet`). A first data-consistency block with ``mu = 0``
   (CG-SENSE on the subspace: Zero-DeepSub's ``x0``), then ``unrolls`` iterations of a ResNet
   denoiser ``z = D(x)`` and CG data consistency ``(E^H E + mu I) x = E^H y + mu z`` on the Gram
   form of :class:`~lorein.physics.operators.EncodingOperator` restricted to the DC set, ``mu``
   learnable and shared, the denoiser's weights shared across unrolls (both as ZS-SSL).
 - **Loss.** ``0.5 ||y - E u||_2 / ||y||_2 + 0.5 ||y - E u||_1 / ||y||_1`` on ``Lambda`` (L1 over
-  real and imaginary parts), with ``Theta`` as the DC set; Adam, lr 5e-4 (both as Zero-DeepSub).
-- **Early stopping.** After every epoch (one step per mask) the loss on ``Gamma`` with
-  ``Omega \\ Gamma`` as the DC set is evaluated; training stops after ``patience`` epochs without
-  a new minimum and the best weights are kept. The final reconstruction uses all acquired lines
-  ``Omega`` as the DC set (ZS-SSL's inference), then ``fit_maps`` on ``Phi u`` in the support.
+  real and imaginary parts; :func:`~lorein.recon.zero_shot.kspace_loss`), with ``Theta`` as the
+  DC set; Adam, lr 5e-4 (both as Zero-DeepSub).
+- **Early stopping** (:class:`~lorein.recon.zero_shot.EarlyStopping`). After every epoch (one
+  step per mask) the loss on ``Gamma`` with ``Omega \\ Gamma`` as the DC set is evaluated;
+  training stops after ``patience`` epochs without a new minimum and the best weights are kept.
+  The final reconstruction uses all acquired lines ``Omega`` as the DC set (ZS-SSL's inference),
+  then ``fit_maps`` on ``Phi u`` in the support.
 
 Departures:
 
@@ -32,8 +36,9 @@ Departures:
   zero, so the untrained network is the CG-SENSE start refined by proximal steps; ZS-SSL's ResNet
   (residual blocks, no global skip) starts from a random map and needs hundreds of epochs to learn
   the identity. ``R`` is ZS-SSL's ResNet: a 3x3 convolution to ``channels``, residual blocks
-  ``conv-ReLU-conv`` scaled by 0.1, a 3x3 convolution plus the long skip, a 3x3 convolution back
-  to ``2K`` channels; no bias, no batch normalisation (ZS-SSL's PyTorch defaults).
+  ``conv-ReLU-conv`` scaled by 0.1 (:class:`~lorein.recon.zero_shot.ResidualBlock`), a 3x3
+  convolution plus the long skip, a 3x3 convolution back to ``2K`` channels; no bias, no batch
+  normalisation (ZS-SSL's PyTorch defaults).
 - 2D convolutions on the phase-encoding ``(z, y)`` planes, one batch item per readout position
   ``x``: Zero-DeepSub reconstructs 3D data slice by slice in the hybrid ``(x, ky, kz)`` space,
   where the aliasing lives. The ``K`` complex coefficient images are ``2K`` real channels.
@@ -54,13 +59,11 @@ Departures:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -76,6 +79,13 @@ from lorein.recon.cg import conjugate_gradient
 from lorein.recon.fitting import fit_maps
 from lorein.recon.loop import LoopConfig, Optimisation
 from lorein.recon.lorein import LoreinConfig, temporal_subspace
+from lorein.recon.zero_shot import (
+    ResidualBlock,
+    Training,
+    central_lines,
+    kspace_loss,
+    split_lines,
+)
 
 FULL_SIZE: dict[str, int] = {
     "unrolls": 10,
@@ -161,97 +171,6 @@ def effective_config(config: ZeroDeepSubConfig) -> ZeroDeepSubConfig:
 
 
 @dataclass(frozen=True)
-class LineSplit:
-    """A seeded partition of the acquired lines (row indices into the problem's k-space).
-
-    For every mask ``j``: ``dc[j]``, ``loss[j]`` and ``validation`` are disjoint and together hold
-    every line exactly once.
-
-    Attributes
-    ----------
-    dc
-        Per mask, ``[L_theta]`` int64 indices of the data-consistency set ``Theta``.
-    loss
-        Per mask, ``[L_lambda]`` int64 indices of the loss set ``Lambda``.
-    validation
-        ``[L_gamma]`` int64 indices of the held-out set ``Gamma``.
-    """
-
-    dc: list[torch.Tensor]
-    loss: list[torch.Tensor]
-    validation: torch.Tensor
-
-
-def _select(
-    pool: torch.Tensor,
-    contrast: torch.Tensor,
-    protected: torch.Tensor,
-    fraction: float,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """Draw ``round(fraction n_c)`` unprotected lines of each contrast ``c`` from ``pool``.
-
-    Returns a ``[len(pool)]`` bool mask of the drawn lines.
-    """
-    drawn = torch.zeros(len(pool), dtype=torch.bool)
-    pool_contrast = contrast[pool]
-    for c in torch.unique(pool_contrast).tolist():
-        members = torch.nonzero(pool_contrast == c).squeeze(1)
-        eligible = members[~protected[pool[members]]]
-        count = min(round(fraction * len(members)), len(eligible))
-        order = torch.randperm(len(eligible), generator=generator)
-        drawn[eligible[order[:count]]] = True
-    return drawn
-
-
-def split_lines(
-    ky: torch.Tensor,
-    kz: torch.Tensor,
-    contrast: torch.Tensor,
-    grid: tuple[int, int],
-    validation_fraction: float = 0.2,
-    loss_fraction: float = 0.4,
-    n_masks: int = 1,
-    keep_centre: tuple[int, int] = (4, 4),
-    seed: int = 0,
-) -> LineSplit:
-    """Split the acquired lines into ``Gamma`` and, per mask, ``Theta`` and ``Lambda``.
-
-    Parameters
-    ----------
-    ky, kz, contrast
-        ``[L]`` line locations and contrasts.
-    grid
-        ``(ny, nz)``.
-    validation_fraction
-        Fraction of each contrast's lines in ``Gamma``.
-    loss_fraction
-        Fraction of each contrast's lines outside ``Gamma`` in ``Lambda``.
-    n_masks
-        Number of ``(Theta, Lambda)`` pairs.
-    keep_centre
-        ``(ky, kz)`` size of the central block whose lines always stay in ``Theta``.
-    seed
-        Seeds the draws; the same seed gives the same split.
-    """
-    ny, nz = grid
-    cy, cz = keep_centre
-    y0, z0 = ny // 2 - cy // 2, nz // 2 - cz // 2
-    ky, kz, contrast = ky.long().cpu(), kz.long().cpu(), contrast.long().cpu()
-    protected = (ky >= y0) & (ky < y0 + cy) & (kz >= z0) & (kz < z0 + cz)
-    generator = torch.Generator().manual_seed(seed)
-    everything = torch.arange(len(ky))
-    held_out = _select(everything, contrast, protected, validation_fraction, generator)
-    rest = everything[~held_out]
-    dc, loss = [], []
-    for _ in range(n_masks):
-        drawn = _select(rest, contrast, protected, loss_fraction, generator)
-        dc.append(rest[~drawn])
-        loss.append(rest[drawn])
-    return LineSplit(dc, loss, everything[held_out])
-
-
-@dataclass(frozen=True)
 class DataConsistency:
     """The data-consistency system of one line subset.
 
@@ -272,7 +191,7 @@ class DataConsistency:
 
 @dataclass(frozen=True)
 class KspaceLoss:
-    """Zero-DeepSub's normalised k-space loss on one line subset.
+    """ZS-SSL's normalised k-space loss (:func:`~lorein.recon.zero_shot.kspace_loss`) on a subset.
 
     ``0.5 ||y - E u||_2 / ||y||_2 + 0.5 ||y - E u||_1 / ||y||_1``, the L1 norm over the real and
     imaginary parts.
@@ -290,11 +209,7 @@ class KspaceLoss:
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         """The loss of coefficients ``u [K, nz, ny, nx]``."""
-        residual = torch.view_as_real(self.operator(u) - self.target)
-        target = torch.view_as_real(self.target)
-        l2 = residual.norm() / target.norm()
-        l1 = residual.abs().sum() / target.abs().sum()
-        return 0.5 * (l2 + l1)
+        return kspace_loss(self.operator(u), self.target)
 
 
 class SubspaceData:
@@ -348,19 +263,6 @@ class SubspaceData:
 
 def _conv(c_in: int, c_out: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False)
-
-
-class ResidualBlock(nn.Module):
-    """``x + 0.1 conv(ReLU(conv(x)))`` (ZS-SSL's residual block)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.first = _conv(channels, channels)
-        self.second = _conv(channels, channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W] -> [B, C, H, W]``."""
-        return x + 0.1 * self.second(torch.relu(self.first(x)))
 
 
 class ResNetDenoiser(nn.Module):
@@ -446,69 +348,6 @@ class UnrolledSubspaceNet(nn.Module):
         return x
 
 
-class EarlyStopping:
-    """Validation record: every validation loss, the best one and a copy of the weights there.
-
-    Parameters
-    ----------
-    patience
-        Validations without a new minimum after which :attr:`stop` is set.
-    """
-
-    def __init__(self, patience: int) -> None:
-        self.patience = patience
-        self.losses: list[tuple[int, float]] = []
-        self.best = -1
-        self.best_state: dict[str, torch.Tensor] | None = None
-
-    @property
-    def best_iteration(self) -> int:
-        """Iteration of the best validation (-1 before any finite one)."""
-        return self.losses[self.best][0] if self.best >= 0 else -1
-
-    @property
-    def best_loss(self) -> float:
-        """The lowest validation loss so far."""
-        return self.losses[self.best][1] if self.best >= 0 else math.inf
-
-    @property
-    def stop(self) -> bool:
-        """Whether ``patience`` validations passed without a new minimum."""
-        return len(self.losses) - 1 - self.best >= self.patience
-
-    def update(self, loss: float, iteration: int, module: nn.Module) -> None:
-        """Record the validation ``loss`` of ``module``'s current weights after ``iteration``."""
-        if loss < self.best_loss:
-            self.best = len(self.losses)
-            self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        self.losses.append((iteration, loss))
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue (for checkpoints)."""
-        return {"losses": list(self.losses), "best": self.best, "best_state": self.best_state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        self.losses = [(int(i), float(v)) for i, v in state["losses"]]
-        self.best = state["best"]
-        self.best_state = copy.deepcopy(state["best_state"])
-
-
-class _Training(nn.Module):
-    """The network with its early-stopping record as extra state (checkpoints hold both)."""
-
-    def __init__(self, net: UnrolledSubspaceNet, patience: int) -> None:
-        super().__init__()
-        self.net = net
-        self.stopping = EarlyStopping(patience)
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return self.stopping.state_dict()
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.stopping.load_state_dict(state)
-
-
 def train(
     net: UnrolledSubspaceNet,
     masks: list[tuple[DataConsistency, KspaceLoss]],
@@ -533,7 +372,7 @@ def train(
     ``"validation"`` (the loss of the weights after that step); and the index in it of the best
     validation.
     """
-    training = _Training(net, config.patience)
+    training = Training(net, config.patience)
     stopping = training.stopping
     n_masks = len(masks)
 
@@ -638,20 +477,16 @@ def reconstruct(
         config.cg_iterations,
     )
     split = split_lines(
-        problem.ky,
-        problem.kz,
         problem.contrast,
-        (ny, nz),
         config.validation_fraction,
         config.loss_fraction,
         config.n_masks,
-        tuple(config.keep_centre),
         seed,
+        protected=central_lines(problem.ky, problem.kz, (ny, nz), tuple(config.keep_centre)),
     )
     with torch.no_grad():
         masks = [(data.dc(d), data.loss(lo)) for d, lo in zip(split.dc, split.loss, strict=True)]
-        remainder = torch.cat([split.dc[0], split.loss[0]])
-        validation = (data.dc(remainder), data.loss(split.validation))
+        validation = (data.dc(split.remainder), data.loss(split.validation))
 
     net = UnrolledSubspaceNet(
         config.rank,
