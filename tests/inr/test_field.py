@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorein.inr.field import Field
+from lorein.inr.field import Field, InwardClamp
 from lorein.inr.hash_encoding import grid_coordinates
 from tests.helpers import rng
 from tests.inr.naive_hash import naive_encode
@@ -90,9 +90,25 @@ def test_exp_positive_and_clamped() -> None:
     clamped = ref[0] > upper[0]
     assert 0 < int(clamped.sum()) < clamped.numel()
     assert 0 < int((ref[1] < lower).sum()) < clamped.numel()
-    # d sum(exp(h)) / d bias = sum of exp(h) over the voxels inside the bounds
-    (grad,) = torch.autograd.grad(values[0].sum(), field.mlps[0].net[-1].bias)
-    torch.testing.assert_close(grad[0], ref[0][~clamped].sum())
+    # Above the upper bound the gradient passes only when descent lowers h (back inside):
+    # d sum(exp(h)) / d bias counts the clamped voxels (at exp(h) = upper), d -sum does not.
+    bias_of = field.mlps[0].net[-1].bias
+    (down,) = torch.autograd.grad(values[0].sum(), bias_of, retain_graph=True)
+    inside = ref[0][~clamped].sum()
+    torch.testing.assert_close(down[0], inside + upper[0] * clamped.sum())
+    (up,) = torch.autograd.grad(-values[0].sum(), bias_of)
+    torch.testing.assert_close(up[0], -inside)
+
+
+def test_inward_clamp_gradient_only_points_back_inside() -> None:
+    h = torch.tensor([-2.0, -2.0, 0.0, 2.0, 2.0], requires_grad=True)
+    lower, upper = torch.tensor(-1.0), torch.tensor(1.0)
+    out = InwardClamp.apply(h, lower, upper)
+    torch.testing.assert_close(out.detach(), torch.tensor([-1.0, -1.0, 0.0, 1.0, 1.0]))
+    weights = torch.tensor([1.0, -1.0, 3.0, 1.0, -1.0])  # d loss / d out
+    (grad,) = torch.autograd.grad((weights * out).sum(), h)
+    # below: descent raises h only for weight -1; above: descent lowers h only for weight +1
+    torch.testing.assert_close(grad, torch.tensor([0.0, -1.0, 3.0, 1.0, 0.0]))
 
 
 def test_invalid_bounds() -> None:

@@ -15,6 +15,27 @@ from lorein.inr.mlp import MLP
 Output = Literal["linear", "exp", "complex"]
 
 
+class InwardClamp(torch.autograd.Function):
+    """``clamp(h, lower, upper)`` whose gradient is zero only where it points further out.
+
+    Forward: the clamp. Backward: inside the bounds the identity; below ``lower`` the gradient
+    passes when descent would raise ``h`` (``grad < 0``), above ``upper`` when it would lower
+    ``h`` (``grad > 0``). A gradient step therefore never moves ``h`` further beyond a bound, and
+    always lets the loss pull it back.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h, lower, upper)
+        return torch.clamp(h, lower, upper)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        h, lower, upper = ctx.saved_tensors
+        outward = ((h < lower) & (grad > 0)) | ((h > upper) & (grad < 0))
+        return torch.where(outward, torch.zeros_like(grad), grad), None, None
+
+
 class Field(nn.Module):
     """``f(z, y, x)`` for every voxel of a fixed grid (paper section III.B, eq. 11).
 
@@ -22,8 +43,10 @@ class Field(nn.Module):
 
     - ``"linear"``: ``h``, real.
     - ``"exp"``: ``exp(h)``, positive, clamped to ``bounds`` (applied to ``h`` in the log
-      domain, so no overflow; beyond a bound the gradient is zero, as with ``torch.clamp``).
-      E.g. ``bounds=(None, 5.0)`` for T1 <= 5 s.
+      domain, so no overflow) by :class:`InwardClamp`: beyond a bound the gradient still passes
+      when it points back inside, so a voxel pushed onto a bound can leave it (with
+      ``torch.clamp`` it would be stuck there for good). E.g. ``bounds=(None, 5.0)`` for
+      T1 <= 5 s.
     - ``"complex"``: complex64 ``h_re + i h_im`` with ``out_features // 2`` channels. With
       ``separate_complex_mlps`` (the paper's choice, the default) the real and imaginary parts
       come from two MLPs of ``out_features // 2`` outputs on the same encoding; otherwise one
@@ -104,7 +127,7 @@ class Field(nn.Module):
         """MLP(s) and output transform: ``[N, L F]`` -> ``[N, out]`` or complex ``[N, out/2]``."""
         h = torch.cat([mlp(features) for mlp in self.mlps], dim=1)
         if self.output == "exp":
-            return torch.clamp(h, self.log_lower, self.log_upper).exp()
+            return InwardClamp.apply(h, self.log_lower, self.log_upper).exp()
         if self.output == "complex":
             re, im = h.chunk(2, dim=1)
             return torch.complex(re, im)
