@@ -9,8 +9,9 @@ Usage::
 method by default. Each case is simulated once (``WORKDIR/PRESET/seedS/R*/problem.h5``) and run
 through :func:`lorein.eval.compare.compare` into ``.../compare/`` with ``configs/PRESET.toml``
 when that file exists; cases whose ``compare.json`` already lists the requested methods are
-skipped (failed runs included), so an interrupted run resumes where it stopped; delete a case's
-``compare/`` folder to run it again.
+skipped (failed runs included), and methods whose output folder holds a finished run are reused,
+so an interrupted run resumes where it stopped; delete a case's ``compare/compare.json`` and
+``compare/METHOD`` to run that method again, or ``compare/`` to run the whole case again.
 
 A reference row fits ``fit`` to the same phantom fully sampled (R = 1), noiseless, with the true
 coil sensitivities stored in the problem: the phantom is rendered on a twice finer grid and
@@ -133,7 +134,9 @@ def run_case(
             print(f"skip {out} (done)", flush=True)
             return record
         missing = sorted(set(methods) - set(record["methods"]))
-        print(f"rerun {out}: it lacks {', '.join(missing)}", flush=True)
+        print(
+            f"rerun {out}: it lacks {', '.join(missing)} (finished methods are reused)", flush=True
+        )
     print(f"compare {', '.join(methods)} on {problem}", flush=True)
     return compare(
         problem,
@@ -144,6 +147,7 @@ def run_case(
         seed=args.seed,
         progress=not args.quiet,
         timeout_s=args.timeout_s,
+        reuse=True,
     )
 
 

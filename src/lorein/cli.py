@@ -190,6 +190,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         seed=args.seed,
         progress=not args.quiet,
         timeout_s=args.timeout_s,
+        reuse=args.reuse,
     )
     print((args.output / "compare.md").read_text(), end="")
     failed = [m for m, r in result["methods"].items() if r["status"] != "ok"]
@@ -572,6 +573,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     )
     cmp.option(
         "--quiet", action=on_off, default=False, help="(config) no progress bars (default: off)"
+    )
+    cmp.option(
+        "--reuse",
+        action=on_off,
+        default=False,
+        help="(config) score methods whose OUT/METHOD folder holds a finished run without "
+        "running them again (resume a comparison; delete a folder to rerun that method)",
     )
     commands["compare"] = cmp
 

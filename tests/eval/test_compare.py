@@ -167,3 +167,13 @@ def test_compare_command_reads_methods_from_its_config_table(
     assert "| fit |" in capsys.readouterr().out
     assert main(["compare", str(tiny[0]), "-o", str(tmp_path / "none")]) == 2
     assert "missing --methods" in capsys.readouterr().err
+
+
+def test_reuse_scores_a_finished_run_without_running_it(
+    compared: Path, tiny: tuple[Path, Path]
+) -> None:
+    before = _record(compared)["methods"]["fit"]
+    again = compare(tiny[0], ["fit"], compared, progress=False, reuse=True)["methods"]["fit"]
+    assert again["reused"] and not before["reused"]
+    assert again["scores"] == before["scores"]
+    assert again["process_seconds"] < 1.0

@@ -75,6 +75,7 @@ def compare(
     seed: int = 0,
     progress: bool = True,
     timeout_s: float | None = None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Run several methods on one problem, score them against its truth and write ``out/``.
 
@@ -97,6 +98,10 @@ def compare(
         Show the methods' progress bars and one status line per method on standard error.
     timeout_s
         Wall-clock limit of each method [s]; a method past it is stopped and counted as failed.
+    reuse
+        Score, without running it again, each method whose output folder ``out/METHOD`` already
+        holds a finished run (its ``report.json``): resumes an interrupted comparison, or reruns
+        only the methods whose folders were deleted.
 
     Returns
     -------
@@ -132,6 +137,8 @@ def compare(
         if progress:
             print(f"compare: [{i + 1}/{len(names)}] {name}", file=sys.stderr, flush=True)
         command = recon_command(problem, name, out / name, config, device, seed, progress)
+        if reuse and (out / name / "report.json").is_file():
+            command = None
         results[name], method_maps = _run_and_score(command, out, name, truth, progress, timeout_s)
         if method_maps is not None:
             maps[name] = method_maps
@@ -194,14 +201,14 @@ def recon_command(
 
 
 def _run_and_score(
-    command: list[str],
+    command: list[str] | None,
     out: Path,
     name: str,
     truth: Truth,
     progress: bool,
     timeout_s: float | None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
-    """Run one method's command and score its output folder ``out/name``.
+    """Run one method's command (None: reuse the finished run) and score ``out/name``.
 
     Returns
     -------
@@ -209,11 +216,14 @@ def _run_and_score(
     """
     log = out / f"{name}.log"
     start = time.perf_counter()
-    error = run_logged(command, log, echo=progress, timeout_s=timeout_s)
+    error = None
+    if command is not None:
+        error = run_logged(command, log, echo=progress, timeout_s=timeout_s)
     record: dict[str, Any] = {
         "output": name,
         "log": log.name,
         "process_seconds": time.perf_counter() - start,
+        "reused": command is None,
     }
     if error is not None:
         return {"status": "failed", "error": error, **record}, None
