@@ -77,6 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-report", action="store_true", help="print only; leave docs alone")
+    parser.add_argument(
+        "--note",
+        default=None,
+        help="a sentence added to the report, e.g. how the runs shared the machine",
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
@@ -225,6 +230,8 @@ def report_body(
         "Per case, `WORKDIR/PRESET/seedS/R*/compare/compare.md` adds M0, B0, SSIM, per-tissue "
         "bias and peak memory.",
     ]
+    if args.note:
+        lines += ["", args.note]
     for table in tables:
         lines += ["", *table]
     return "\n".join(lines)

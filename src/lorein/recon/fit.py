@@ -19,7 +19,7 @@ import torch
 
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
-from lorein.physics.coils import coil_compression
+from lorein.physics.coils import apply_coil_compression, coil_compression
 from lorein.physics.signal_models import signal_model
 from lorein.recon.calibration import espirit_coils, estimate_from_calibration
 from lorein.recon.fitting import FitMethod, fit_maps, sense_images, zero_filled_images
@@ -77,8 +77,11 @@ def reconstruct(
     dev = torch.device(device)
     kspace = problem.kspace
     if config.coil_compression is not None and config.coil_compression < problem.n_coils:
-        kspace, _ = coil_compression(kspace, config.coil_compression, coil_dim=1)
-        problem = replace(problem, kspace=kspace, coils=None)
+        kspace, matrix = coil_compression(kspace, config.coil_compression, coil_dim=1)
+        known = problem.coils
+        if known is not None:  # the same virtual coils: exact, since compression is linear
+            known = apply_coil_compression(known, matrix.to(known.device), coil_dim=0)
+        problem = replace(problem, kspace=kspace, coils=known)
     coils = (problem.coils if problem.coils is not None else espirit_coils(problem)).to(dev)
     support = estimate_from_calibration(problem, kspace).support.cpu()
     if config.images == "sense":
