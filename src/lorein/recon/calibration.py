@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from lorein.data.problem import Problem
-from lorein.physics.coils import calibration_region, espirit
+from lorein.physics.coils import calibration_region, coil_compression, espirit
 from lorein.physics.fft import centered_ifft
 
 
@@ -160,3 +160,29 @@ def espirit_coils(problem: Problem, kspace: torch.Tensor | None = None) -> torch
     size, calib = problem_calibration(problem, kspace)
     maps = espirit(calib.to(torch.complex64), (nx, ny, nz), threshold=ESPIRIT_THRESHOLD)
     return maps.to(kspace.device, torch.complex64)
+
+
+def scaled_kspace(
+    problem: Problem, n_virtual: int | None, device: torch.device | str
+) -> tuple[torch.Tensor, CalibrationEstimate]:
+    """The acquired lines on ``device``, SVD-compressed and divided by the calibration scale.
+
+    Parameters
+    ----------
+    problem
+        The problem.
+    n_virtual
+        Number of virtual coils (None, or at least the number of coils: no compression).
+    device
+        Where the lines go.
+
+    Returns
+    -------
+    ``[L, n_coils', nx]`` complex64 lines of unit intensity scale, and the calibration estimate
+    of the (compressed, unscaled) lines whose ``scale`` maps the results back to data units.
+    """
+    kspace = problem.kspace.to(device)
+    if n_virtual is not None and n_virtual < problem.n_coils:
+        kspace, _ = coil_compression(kspace, n_virtual, coil_dim=1)
+    calib = estimate_from_calibration(problem, kspace)
+    return kspace / calib.scale, calib

@@ -62,11 +62,10 @@ from tqdm import tqdm
 
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
-from lorein.physics.coils import coil_compression
 from lorein.physics.fft import centered_ifft, modulation
 from lorein.physics.operators import ContrastDataTerm
 from lorein.physics.signal_models import SignalModel, signal_model
-from lorein.recon.calibration import espirit_coils, estimate_from_calibration
+from lorein.recon.calibration import espirit_coils, scaled_kspace
 from lorein.recon.cg import conjugate_gradient
 from lorein.recon.fitting import FitBounds, default_b0_max, fit_maps
 from lorein.recon.loop import LoopConfig, Optimisation
@@ -637,11 +636,7 @@ def reconstruct(
     torch.manual_seed(seed)
     dev = torch.device(device)
     nx, ny, nz = problem.matrix
-    kspace = problem.kspace.to(dev)
-    if config.coil_compression is not None and config.coil_compression < problem.n_coils:
-        kspace, _ = coil_compression(kspace, config.coil_compression, coil_dim=1)
-    calib = estimate_from_calibration(problem, kspace)
-    kspace = kspace / calib.scale
+    kspace, calib = scaled_kspace(problem, config.coil_compression, dev)
     coils = espirit_coils(problem, kspace).to(dev)
     support = calib.support.to(dev)
     ky, kz, contrast = problem.ky.to(dev), problem.kz.to(dev), problem.contrast.to(dev)

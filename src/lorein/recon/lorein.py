@@ -30,7 +30,6 @@ from tqdm import tqdm
 
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
-from lorein.physics.coils import coil_compression
 from lorein.physics.operators import ContrastDataTerm, SubspaceDataTerm
 from lorein.physics.signal_models import SignalModel, signal_model
 from lorein.physics.subspace import (
@@ -40,7 +39,7 @@ from lorein.physics.subspace import (
     subspace_from_dictionary,
 )
 from lorein.recon.blocks import LowRankBlock, ParameterBlock
-from lorein.recon.calibration import CalibrationEstimate, estimate_from_calibration
+from lorein.recon.calibration import CalibrationEstimate, scaled_kspace
 from lorein.recon.loop import LoopConfig, Optimisation, adam
 from lorein.recon.warm_start import subspace_cg, warm_start
 from lorein.recon.wnnm import WNNMRegulariser, mask_from_amplitude
@@ -183,11 +182,14 @@ class LoreinModel(torch.nn.Module):
         self.wnnm = state
 
 
-def temporal_subspace(model: SignalModel, config: LoreinConfig, seed: int) -> Subspace:
-    """Phi from the SVD of a simulated dictionary over physiological ranges."""
-    ranges = DictionaryRanges(b0=(-config.b0_range_hz, config.b0_range_hz))
-    atoms, _ = simulate_dictionary(model, config.dictionary_atoms, ranges, seed=seed)
-    return subspace_from_dictionary(atoms.to(torch.complex128), config.rank)
+def temporal_subspace(
+    model: SignalModel, rank: int, n_atoms: int, b0_range_hz: float, seed: int
+) -> Subspace:
+    """Phi (``rank`` columns) from the SVD of ``n_atoms`` simulated signals over physiological
+    ranges, off-resonance within ``+-b0_range_hz`` [Hz]."""
+    ranges = DictionaryRanges(b0=(-b0_range_hz, b0_range_hz))
+    atoms, _ = simulate_dictionary(model, n_atoms, ranges, seed=seed)
+    return subspace_from_dictionary(atoms.to(torch.complex128), rank)
 
 
 def initial_m0(model: SignalModel, config: LoreinConfig, image_level: float) -> float:
@@ -297,14 +299,12 @@ def reconstruct(
     dev = torch.device(device)
     nx, ny, nz = problem.matrix
     grid = (nz, ny, nx)
-    kspace = problem.kspace.to(dev)
-    if config.coil_compression is not None and config.coil_compression < problem.n_coils:
-        kspace, _ = coil_compression(kspace, config.coil_compression, coil_dim=1)
-    calib = estimate_from_calibration(problem, kspace)
-    kspace = kspace / calib.scale
+    kspace, calib = scaled_kspace(problem, config.coil_compression, dev)
 
     model = signal_model(problem.signal_model, problem.contrasts.to(dev))
-    subspace = temporal_subspace(model, config, seed)
+    subspace = temporal_subspace(
+        model, config.rank, config.dictionary_atoms, config.b0_range_hz, seed
+    )
     losses = LoreinLosses(problem, kspace, subspace)
 
     use_lrr = config.mode != "pmr-only"

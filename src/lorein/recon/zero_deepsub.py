@@ -71,14 +71,13 @@ from tqdm import tqdm
 
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
-from lorein.physics.coils import coil_compression
 from lorein.physics.operators import EncodingOperator
 from lorein.physics.signal_models import signal_model
-from lorein.recon.calibration import espirit_coils, estimate_from_calibration
+from lorein.recon.calibration import espirit_coils, scaled_kspace
 from lorein.recon.cg import conjugate_gradient
 from lorein.recon.fitting import fit_maps
 from lorein.recon.loop import LoopConfig, Optimisation
-from lorein.recon.lorein import LoreinConfig, temporal_subspace
+from lorein.recon.lorein import temporal_subspace
 from lorein.recon.zero_shot import (
     ResidualBlock,
     Training,
@@ -453,20 +452,14 @@ def reconstruct(
     torch.manual_seed(seed)
     dev = torch.device(device)
     nx, ny, nz = problem.matrix
-    kspace = problem.kspace.to(dev)
-    if config.coil_compression is not None and config.coil_compression < problem.n_coils:
-        kspace, _ = coil_compression(kspace, config.coil_compression, coil_dim=1)
-    calib = estimate_from_calibration(problem, kspace)
-    kspace = kspace / calib.scale
+    kspace, calib = scaled_kspace(problem, config.coil_compression, dev)
     coils = espirit_coils(problem, kspace)
 
     model = signal_model(problem.signal_model, problem.contrasts.to(dev))
-    dictionary = LoreinConfig(
-        rank=config.rank,
-        dictionary_atoms=config.dictionary_atoms,
-        b0_range_hz=config.b0_range_hz,
+    subspace = temporal_subspace(
+        model, config.rank, config.dictionary_atoms, config.b0_range_hz, seed
     )
-    phi = temporal_subspace(model, dictionary, seed).phi.to(dev, torch.complex64)
+    phi = subspace.phi.to(dev, torch.complex64)
     data = SubspaceData(
         kspace,
         problem.ky.to(dev),
