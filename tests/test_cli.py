@@ -1,6 +1,7 @@
 """Command line: simulate -> info -> ISMRMRD round trip, one config file for every command,
 flags over the file, one-line errors with exit status 2, weighted images on request."""
 
+import dataclasses
 import json
 import math
 import tomllib
@@ -10,10 +11,12 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from lorein.cli import build_parser, main, parse_args
 from lorein.config import COMMANDS
 from lorein.data.problem import read_problem, write_problem
+from lorein.recon.loop import NonFiniteLossError
 from lorein.recon.run import METHODS, load_config
 from lorein.sim.simulate import simulate
 from tests.helpers import TINY
@@ -285,3 +288,40 @@ def test_recon_saves_weighted_images_on_request_and_eval_scores_chosen_maps(
     assert json.loads((out / "report.json").read_text())["saved_images"] is True
     assert main(["eval", str(out), "--truth", str(problem), "--config", str(config)]) == 0
     assert set(json.loads((out / "eval.json").read_text())) == {"T1", "T2star"}
+
+
+@pytest.mark.parametrize(
+    ("error", "hint"),
+    [
+        (torch.OutOfMemoryError("CUDA out of memory.\nTried to allocate 2.00 GiB"), "--device cpu"),
+        (NonFiniteLossError("loss not finite after 5 rollbacks"), "lower lr"),
+    ],
+)
+def test_run_failures_are_one_line_with_a_hint(
+    problem_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    error: RuntimeError,
+    hint: str,
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setitem(METHODS, "fit", dataclasses.replace(METHODS["fit"], reconstruct=fail))
+    out = tmp_path / "out"
+    assert main(["recon", str(problem_file), "-o", str(out), "--method", "fit", "--quiet"]) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith("lorein: error:") and hint in err
+    assert not out.exists()
+
+
+def test_unexpected_runtime_error_keeps_its_traceback(
+    problem_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(METHODS, "fit", dataclasses.replace(METHODS["fit"], reconstruct=fail))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["recon", str(problem_file), "-o", str(tmp_path / "out"), "--method", "fit"])

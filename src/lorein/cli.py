@@ -627,10 +627,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as stop:  # --help, --version, or a usage error already printed
         return int(stop.code or 0)
     except (ValueError, OSError, KeyError, MemoryError) as err:
-        message = str(err).replace("\n", " ") or type(err).__name__
-        print(f"lorein: error: {message}", file=sys.stderr)
+        print(f"lorein: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:
+        hint = _run_failure_hint(err)
+        if hint is None:
+            raise
+        print(f"lorein: error: {_one_line(err)} ({hint})", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _run_failure_hint(err: RuntimeError) -> str | None:
+    """What to try after a known run-time failure; None for an unexpected error (traceback)."""
+    import torch
+
+    from lorein.recon.loop import NonFiniteLossError
+
+    if isinstance(err, torch.OutOfMemoryError):
+        return (
+            "out of device memory: try --device cpu, fewer virtual coils (coil_compression) "
+            "or smaller hash tables (log2_table) in the method's --config table"
+        )
+    if isinstance(err, NonFiniteLossError):
+        return "try a lower lr in the method's --config table"
+    return None
 
 
 if __name__ == "__main__":

@@ -63,12 +63,15 @@ def comparison_figure(
     m = _axial(mask.float(), z)
     rows = 1 + 2 * len(results)
     fig, axes = plt.subplots(
-        rows, len(names), figsize=(2.4 * len(names), 2.3 * rows), squeeze=False
+        rows, len(names), figsize=(2.4 * len(names), 2.3 * rows + 0.35), squeeze=False
     )
     for col, name in enumerate(names):
         factor, lo, hi, unit = DISPLAY[name]
         ref = truth[name]
-        axes[0, col].set_title(f"{LABELS[name]} [{unit}]", fontsize=9)
+        width = error_fraction * (hi - lo)
+        axes[0, col].set_title(
+            f"{LABELS[name]} [{unit}]\nwindow {lo:g} to {hi:g}, error \u00b1{width:g}", fontsize=8
+        )
         _show(
             axes[0, col], _axial(ref, z) * factor * m, lo, hi, "gray" if name == "M0" else "viridis"
         )
@@ -84,7 +87,6 @@ def comparison_figure(
                 x = least_squares_scale(x, ref, mask) * x
             _show(ax_map, _axial(x, z) * factor * m, lo, hi, "gray" if name == "M0" else "viridis")
             err = _axial(error_map(name, maps[name].float(), ref, mask), z) * factor
-            width = error_fraction * (hi - lo)
             _show(ax_err, err, -width, width, "RdBu_r")
             score = scores.get(method, {}).get(name, {})
             text = (
@@ -97,8 +99,9 @@ def comparison_figure(
                 ax_map.set_ylabel(method, fontsize=9)
                 ax_err.set_ylabel("error", fontsize=9)
     axes[0, 0].set_ylabel("truth", fontsize=9)
-    fig.suptitle(f"axial slice {z} of {nz}", fontsize=9)
-    fig.tight_layout()
+    height = 2.3 * rows + 0.35
+    fig.suptitle(f"axial slice {z} of {nz} (0-based)", fontsize=9)
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.35 / height))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

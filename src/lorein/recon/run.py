@@ -169,7 +169,8 @@ def run(
     """Reconstruct ``problem_path`` with a method and write the output folder ``out``.
 
     Checks everything that can fail early (problem file, configuration, device, memory) before
-    creating ``out``; the checkpoint lives in ``out/checkpoint.pt`` while the run goes on. With
+    creating ``out``; the checkpoint lives in ``out/checkpoint.pt`` while the run goes on (a run
+    that fails before its first checkpoint removes the folder it created). With
     ``save_images``, the method's weighted images (if it returns any) are written as well
     (:func:`~lorein.data.output.write_output`); ``report["saved_images"]`` says whether they were.
 
@@ -193,19 +194,26 @@ def run(
     checkpoint = Path(out) / "checkpoint.pt"
     if resume and not checkpoint.exists():
         raise FileNotFoundError(f"{checkpoint}: nothing to resume (no checkpoint)")
+    created = not checkpoint.parent.exists()
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     start = time.perf_counter()
-    maps = method.reconstruct(
-        problem,
-        config,
-        device=device,
-        seed=seed,
-        checkpoint=checkpoint,
-        resume=resume,
-        progress=progress,
-    )
+    try:
+        maps = method.reconstruct(
+            problem,
+            config,
+            device=device,
+            seed=seed,
+            checkpoint=checkpoint,
+            resume=resume,
+            progress=progress,
+        )
+    except BaseException:
+        # a failed or interrupted run leaves its checkpoint (for --resume) and nothing else
+        if created and not any(checkpoint.parent.iterdir()):
+            checkpoint.parent.rmdir()
+        raise
     seconds = time.perf_counter() - start
     history = maps.extras.pop("history", [])
     report = {
