@@ -90,3 +90,21 @@ def test_ablation_modes_run(sim: Simulation, mode: str) -> None:
 def test_subspace_dc2_path_runs(sim: Simulation) -> None:
     maps = reconstruct(sim.problem, tiny_config(dc2_path="subspace", iterations=15), progress=False)
     assert "dc2" in maps.extras["history"][-1]
+
+
+def test_prior_fast_path_equals_naive_formula(sim: Simulation) -> None:
+    from lorein.physics.signal_models import signal_model
+    from lorein.recon.lorein import LoreinLosses, temporal_subspace
+
+    problem = sim.problem
+    model = signal_model(problem.signal_model, problem.contrasts)
+    subspace = temporal_subspace(model, 6, 500, 50.0, seed=0)
+    losses = LoreinLosses(problem, problem.kspace, subspace)
+    nx, ny, nz = problem.matrix
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(6, nz, ny, nx, dtype=torch.complex64, generator=g)
+    images = torch.randn(problem.n_contrasts, nz, ny, nx, dtype=torch.complex64, generator=g)
+    phi = subspace.phi.to(torch.complex64)
+    lrr_images = torch.tensordot(phi, u, dims=([1], [0]))
+    naive = (lrr_images - images).abs().pow(2).sum() / (images.numel() * problem.n_coils)
+    assert float(losses.prior(u, images)) == pytest.approx(float(naive), rel=1e-5)

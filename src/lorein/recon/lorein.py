@@ -7,8 +7,14 @@ Loss, each term a mean over its samples so that the unit weights of eq. 18 balan
 - ``L_DC2 = ||y - M F C I_w(maps)||^2 / n``: PMR data consistency, either exact per contrast
   (``dc2 = "exact"``) or through the subspace (``dc2 = "subspace"``: ``I_w`` projected on Phi,
   exact only for images inside the subspace; the difference is measured and reported);
-- ``L_prior = ||Phi U - I_w||^2 / (T N)``, computed as ``||U||^2 - 2 Re<U, Phi^H I_w> + ||I_w||^2``
-  (Phi has orthonormal columns);
+- ``L_prior = ||Phi U - I_w||^2 / (T N C)``, computed as
+  ``||U||^2 - 2 Re<U, Phi^H I_w> + ||I_w||^2`` (Phi has orthonormal columns). The ``C`` (coils) puts
+  it on the data terms' per-sample scale: it is the mean squared error per sample that fully
+  sampled k-space of the difference ``Phi U - I_w`` would have (RSS-normalised coils spread
+  ``||d||^2`` over ``C T N`` samples), so the balance of eq. 18 does not change with the number of
+  (virtual) coils. Dividing by ``T N`` only made the prior ``C`` times stiffer than ``L_DC2``
+  (8x at 8 virtual coils) and tied the maps to the LRR image; on sim1-small R = 27 seed-1 problem
+  (150 steps) T1 / T2* NRMSE were 0.423 / 0.334 with ``T N`` and 0.372 / 0.305 with ``T N C``;
 - ``lambda L_WNNM`` on the maps, switched on after a warm-up, block matching fixed then.
 
 Schedule: the coil field is first fitted to the calibration-region estimate (a warm start, data
@@ -215,7 +221,7 @@ class LoreinLosses:
         ky, kz, contrast = problem.ky.to(dev), problem.kz.to(dev), problem.contrast.to(dev)
         self.phi = subspace.phi.to(dev, torch.complex64)
         self.n_samples = kspace.numel()
-        self.n_image = problem.n_contrasts * nz * ny * nx
+        self.n_prior = problem.n_contrasts * nz * ny * nx * kspace.shape[1]
         self.subspace_term = SubspaceDataTerm(kspace, ky, kz, contrast, self.phi, grid)
         self.contrast_term = ContrastDataTerm(kspace, ky, kz, contrast, grid)
 
@@ -234,7 +240,7 @@ class LoreinLosses:
     def prior(self, u: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         cross = torch.vdot(u.flatten(), self.project(images).flatten()).real
         total = u.abs().pow(2).sum() - 2 * cross + images.abs().pow(2).sum()
-        return total / self.n_image
+        return total / self.n_prior
 
 
 def start_wnnm(maps: dict[str, torch.Tensor], config: LoreinConfig) -> WNNMRegulariser:
