@@ -65,6 +65,12 @@ class CoilField(nn.Module):
         rss = raw.abs().pow(2).sum(0, keepdim=True).sqrt()
         return raw / rss.clamp_min(1e-8)
 
+    def at(self, coords: torch.Tensor) -> torch.Tensor:
+        """``[N, n_coils]`` sensitivities at points ``coords [N, 3]`` (see ``Field.forward_at``)."""
+        raw = self.field.forward_at(coords)
+        rss = raw.abs().pow(2).sum(1, keepdim=True).sqrt()
+        return raw / rss.clamp_min(1e-8)
+
 
 class LowRankBlock(nn.Module):
     """Spatial bases ``U = g(f(x, y, z))`` ``[K, nz, ny, nx]`` and coil maps (paper eqs. 12-13).

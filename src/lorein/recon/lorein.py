@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tqdm import tqdm
 
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
@@ -45,9 +44,9 @@ from lorein.physics.subspace import (
     subspace_from_dictionary,
 )
 from lorein.recon.blocks import LowRankBlock, ParameterBlock
-from lorein.recon.calibration import CalibrationEstimate, scaled_kspace
-from lorein.recon.loop import LoopConfig, Optimisation, adam
-from lorein.recon.warm_start import subspace_cg, warm_start
+from lorein.recon.calibration import scaled_kspace
+from lorein.recon.loop import LoopConfig, Optimisation
+from lorein.recon.warm_start import fit_coil_field, subspace_cg, warm_start
 from lorein.recon.wnnm import WNNMRegulariser, mask_from_amplitude
 
 Mode = Literal["joint", "pmr-only", "lrr-fit"]
@@ -251,21 +250,6 @@ def start_wnnm(maps: dict[str, torch.Tensor], config: LoreinConfig) -> WNNMRegul
     return WNNMRegulariser.from_maps(detached["T1"], mask, weights)
 
 
-def _fit_coil_field(
-    lrr: LowRankBlock, calib: CalibrationEstimate, steps: int, progress: bool
-) -> None:
-    """Warm start: fit the coil field to the calibration estimate inside its support."""
-    if steps <= 0:
-        return
-    opt = adam(list(lrr.coils.parameters()), 1e-2)
-    target, support = calib.coils, calib.support
-    for _ in tqdm(range(steps), desc="coil warm-up", disable=not progress, leave=False):
-        opt.zero_grad(set_to_none=True)
-        loss = ((lrr.coils() - target).abs().pow(2) * support).sum() / support.sum()
-        loss.backward()
-        opt.step()
-
-
 def reconstruct(
     problem: Problem,
     config: LoreinConfig | None = None,
@@ -341,7 +325,7 @@ def reconstruct(
         ).to(dev)
     net = LoreinModel(lrr, pmr)
     if not resume:
-        _fit_coil_field(lrr, calib, config.coil_warmup, progress)
+        fit_coil_field(lrr.coils, calib.coils, calib.support, config.coil_warmup, progress=progress)
         if config.warm_start > 0:
             with torch.no_grad():
                 coils0 = lrr.coils()

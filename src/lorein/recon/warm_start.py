@@ -15,6 +15,7 @@ The joint optimisation of eq. 17 then starts from there. Nothing here sees the t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
@@ -22,10 +23,19 @@ from tqdm import tqdm
 from lorein.physics.operators import EncodingOperator
 from lorein.physics.signal_models import SignalModel
 from lorein.physics.subspace import Subspace
-from lorein.recon.blocks import B0_UNIT_HZ, POSITIVE_BOUNDS, LowRankBlock, ParameterBlock
+from lorein.recon.blocks import (
+    B0_UNIT_HZ,
+    POSITIVE_BOUNDS,
+    CoilField,
+    LowRankBlock,
+    ParameterBlock,
+)
 from lorein.recon.cg import conjugate_gradient
 from lorein.recon.fitting import fit_maps
 from lorein.recon.loop import adam
+
+VOXEL_BATCH = 2**15
+"""Voxels per step of the warm-start regressions (sim1-small's brain support has ~15 k)."""
 
 
 def subspace_cg(
@@ -47,13 +57,50 @@ def subspace_cg(
 
 
 def _regress(
-    module: torch.nn.Module, loss_fn, steps: int, lr: float, desc: str, progress: bool
+    module: torch.nn.Module,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    voxels: torch.Tensor,
+    steps: int,
+    lr: float,
+    batch: int,
+    desc: str,
+    progress: bool,
 ) -> None:
+    """Adam on ``loss_fn(voxel_batch)``: random batches of ``voxels`` (all when fewer)."""
     opt = adam([p for p in module.parameters() if p.requires_grad], lr)
     for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        if len(voxels) > batch:
+            chosen = voxels[torch.randint(len(voxels), (batch,), device=voxels.device)]
+        else:
+            chosen = voxels
         opt.zero_grad(set_to_none=True)
-        loss_fn().backward()
+        loss_fn(chosen).backward()
         opt.step()
+
+
+def fit_coil_field(
+    coils: CoilField,
+    target: torch.Tensor,
+    support: torch.Tensor,
+    steps: int,
+    lr: float = 1e-2,
+    batch: int = VOXEL_BATCH,
+    progress: bool = False,
+) -> None:
+    """Regress the coil field to a coil estimate ``target [C, nz, ny, nx]`` inside ``support``."""
+    voxels = torch.nonzero(support.flatten()).squeeze(1)
+    rows = target.reshape(target.shape[0], -1)
+    coords = coils.field.grid_encoding.coords
+    _regress(
+        coils,
+        lambda v: (coils.at(coords[v]) - rows[:, v].T).abs().pow(2).sum() / len(v),
+        voxels,
+        steps,
+        lr,
+        batch,
+        "coil warm-up",
+        progress,
+    )
 
 
 def warm_start(
@@ -65,24 +112,30 @@ def warm_start(
     support: torch.Tensor,
     steps: int,
     lr: float = 1e-2,
+    batch: int = VOXEL_BATCH,
     progress: bool = False,
 ) -> dict[str, torch.Tensor] | None:
     """Regress the basis field to ``u0`` and the parameter fields to the voxel fit of ``Phi u0``.
 
-    Either block may be None (``pmr-only`` and ``lrr-fit`` modes).
+    Either block may be None (``pmr-only`` and ``lrr-fit`` modes). Each step uses ``batch``
+    random voxels of ``support`` (all of them when there are fewer), as instant-NGP trains on
+    random points: a regression needs no whole volume, so its cost stops growing with the grid.
 
     Returns the fitted maps (None without a parameter block).
     """
-    weight = support.float()
-    n = weight.sum().clamp_min(1)
+    voxels = torch.nonzero(support.flatten()).squeeze(1)
     if lrr is not None:
         bases = lrr.bases
-        scale = u0.abs().pow(2).mean().clamp_min(1e-12)
+        rows = u0.reshape(u0.shape[0], -1)
+        scale = rows[:, voxels].abs().pow(2).mean().clamp_min(1e-12)
+        coords = bases.grid_encoding.coords
         _regress(
             bases,
-            lambda: ((bases() - u0).abs().pow(2) * weight).sum() / (n * scale * u0.shape[0]),
+            lambda v: (bases.forward_at(coords[v]) - rows[:, v].T).abs().pow(2).mean() / scale,
+            voxels,
             steps,
             lr,
+            batch,
             "warm start: bases",
             progress,
         )
@@ -93,19 +146,21 @@ def warm_start(
     targets: dict[str, torch.Tensor] = {}
     for name in pmr.positive:
         lo, hi = POSITIVE_BOUNDS[name]
-        targets[name] = fitted[name].clamp(lo, hi).log().to(u0.device)
-    b0 = (fitted["B0"] / B0_UNIT_HZ).to(u0.device)
-    phase0 = fitted["phase0"].to(u0.device)
+        targets[name] = fitted[name].clamp(lo, hi).log().to(u0.device).flatten()
+    b0 = (fitted["B0"] / B0_UNIT_HZ).to(u0.device).flatten()
+    phase0 = fitted["phase0"].to(u0.device).flatten()
+    coords = pmr.phase.grid_encoding.coords
 
-    def loss() -> torch.Tensor:
+    def loss(v: torch.Tensor) -> torch.Tensor:
+        at = coords[v]
         total = torch.zeros((), device=u0.device)
         for name, f in pmr.positive.items():
-            total = total + ((f()[0].log() - targets[name]).pow(2) * weight).sum()
-        phase = pmr.phase()
+            total = total + (f.forward_at(at)[:, 0].log() - targets[name][v]).pow(2).sum()
+        phase = pmr.phase.forward_at(at)
         # phase0 is compared as a phasor: the fit's phase is only defined modulo 2 pi
-        wrapped = (phase[1] - phase0 + math.pi) % (2 * math.pi) - math.pi
-        total = total + (((phase[0] - b0).pow(2) + wrapped.pow(2)) * weight).sum()
-        return total / n
+        wrapped = (phase[:, 1] - phase0[v] + math.pi) % (2 * math.pi) - math.pi
+        total = total + ((phase[:, 0] - b0[v]).pow(2) + wrapped.pow(2)).sum()
+        return total / len(v)
 
-    _regress(pmr, loss, steps, lr, "warm start: maps", progress)
+    _regress(pmr, loss, voxels, steps, lr, batch, "warm start: maps", progress)
     return fitted
