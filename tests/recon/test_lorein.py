@@ -108,3 +108,28 @@ def test_prior_fast_path_equals_naive_formula(sim: Simulation) -> None:
     lrr_images = torch.tensordot(phi, u, dims=([1], [0]))
     naive = (lrr_images - images).abs().pow(2).sum() / (images.numel() * problem.n_coils)
     assert float(losses.prior(u, images)) == pytest.approx(float(naive), rel=1e-5)
+
+
+@pytest.mark.parametrize(("flow", "lrr_moves"), [("to-pmr", False), ("both", True)])
+def test_prior_flow_decides_which_blocks_the_prior_trains(
+    sim: Simulation, flow: str, lrr_moves: bool
+) -> None:
+    # only the prior acts: with "to-pmr" its weight must not reach the LRR block's images
+    runs = [
+        reconstruct(
+            sim.problem,
+            tiny_config(
+                iterations=12, pretrain=2, dc1=0.0, dc2=0.0, wnnm=0.0, prior=w, prior_flow=flow
+            ),
+            progress=False,
+        )
+        for w in (1.0, 5.0)
+    ]
+    assert not torch.equal(runs[0].values["T1"], runs[1].values["T1"])
+    assert torch.equal(runs[0].images, runs[1].images) is not lrr_moves
+
+
+@pytest.mark.parametrize("key", ["mode", "prior_flow", "dc2_path"])
+def test_unknown_choice_is_rejected(key: str) -> None:
+    with pytest.raises(ValueError, match=f"{key} = 'nope': expected one of"):
+        LoreinConfig(**{key: "nope"})

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -50,6 +50,8 @@ from lorein.recon.warm_start import fit_coil_field, subspace_cg, warm_start
 from lorein.recon.wnnm import WNNMRegulariser, mask_from_amplitude
 
 Mode = Literal["joint", "pmr-only", "lrr-fit"]
+PriorFlow = Literal["both", "to-pmr"]
+Dc2Path = Literal["exact", "subspace"]
 
 
 def _hash(n_levels: int, log2_table: int, n_min: int, growth: float | str) -> dict[str, Any]:
@@ -115,6 +117,11 @@ class LoreinConfig:
         0.332, 1e-8 0.423 / 0.334, 1e-7 0.439 / 0.375, 1e-6 0.537 / 0.400: at these budgets
         WNNM pulls the maps away from the data faster than it removes noise, so the default
         keeps it weak.
+    prior_flow
+        ``"both"``: the prior's gradient reaches both blocks; ``"to-pmr"``: only the PMR block
+        (``U`` detached in ``L_prior``), so the LRR block fits its data alone and guides the
+        maps one way, as the paper's Fig. 2 draws the prior ("from the LRR block to the PMR
+        block").
     wnnm_maps
         Per-map WNNM weights (paper: A 0.05, T1 and phase 0.2, T2 and T2* 2).
     dc2_path
@@ -148,11 +155,12 @@ class LoreinConfig:
     dc1: float = 1.0
     dc2: float = 1.0
     prior: float = 1.0
+    prior_flow: PriorFlow = "both"
     wnnm: float = 1e-8
     wnnm_maps: dict[str, float] = field(
         default_factory=lambda: {"M0": 0.05, "T1": 0.2, "T2": 2.0, "T2star": 2.0, "B0": 0.2}
     )
-    dc2_path: Literal["exact", "subspace"] = "exact"
+    dc2_path: Dc2Path = "exact"
     cnn_channels: int = 8
     mode: Mode = "joint"
     coil_compression: int | None = None
@@ -165,6 +173,14 @@ class LoreinConfig:
     initial: dict[str, float] = field(
         default_factory=lambda: {"T1": 1.0, "T2": 0.08, "T2star": 0.05}
     )
+
+    def __post_init__(self) -> None:
+        for key, kind in (("mode", Mode), ("prior_flow", PriorFlow), ("dc2_path", Dc2Path)):
+            choices = get_args(kind)
+            if getattr(self, key) not in choices:
+                raise ValueError(
+                    f"{key} = {getattr(self, key)!r}: expected one of {', '.join(choices)}"
+                )
 
 
 class LoreinModel(torch.nn.Module):
@@ -360,7 +376,8 @@ def reconstruct(
             images = model(maps)
             terms["dc2"] = config.dc2 * losses.dc2(images, coils, config.dc2_path)
             if u is not None and config.prior > 0:
-                terms["prior"] = config.prior * losses.prior(u, images)
+                guide = u.detach() if config.prior_flow == "to-pmr" else u
+                terms["prior"] = config.prior * losses.prior(guide, images)
             if config.wnnm > 0 and it >= config.wnnm_start:
                 if net.wnnm is None:
                     net.wnnm = start_wnnm(maps, config)
