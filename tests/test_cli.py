@@ -103,6 +103,16 @@ def test_info_prints_the_summary(
     assert main(["info", str(problem_file), "--config", str(shared_config)]) == 0
     out = capsys.readouterr().out
     assert "vfa_megre" in out and "56" in out
+    assert "empty_contrasts" in out and "none" in out
+
+
+def test_index_ranges_summarise_long_lists() -> None:
+    from lorein.cli import _index_ranges
+
+    assert _index_ranges([], 60) == "none"
+    assert _index_ranges([3], 60) == "1 of 60: 3"
+    empty = [i for i in range(1280) if i % 12 in (4, 5, 6, 7)]
+    assert _index_ranges(empty, 1280, shown=2) == "428 of 1280: 4-7, 16-19, ..."
 
 
 def test_flags_override_the_config_which_overrides_the_defaults(

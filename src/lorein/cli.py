@@ -80,9 +80,25 @@ def _cmd_info(args: argparse.Namespace) -> None:
     for name, (lo, hi) in ranges.items():
         factor, unit = DISPLAY_UNITS.get(name, (1.0, ""))
         summary[f"{name} range"] = f"{lo * factor:.4g} - {hi * factor:.4g} {unit}".rstrip()
+    summary["empty_contrasts"] = _index_ranges(summary["empty_contrasts"], summary["n_contrasts"])
     width = max(len(k) for k in summary)
     for key, value in summary.items():
         print(f"{key:<{width}}  {_format_value(value)}")
+
+
+def _index_ranges(indices: list[int], total: int, shown: int = 8) -> str:
+    """``"428 of 1280: 4-7, 16-19, ..."``: a count and the first runs of sorted indices."""
+    if not indices:
+        return "none"
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:shown])
+    more = ", ..." if len(runs) > shown else ""
+    return f"{len(indices)} of {total}: {text}{more}"
 
 
 def _sidecar_keys() -> dict[str, str]:
