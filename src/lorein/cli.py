@@ -512,7 +512,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         "--iterations",
         type=int,
         default=None,
-        help="number of optimisation steps, overriding the method's iterations setting",
+        help="number of optimisation steps, overriding the method's iterations setting "
+        "(LoREIN's and SUMMIT's coil warm-up and warm start still run: set coil_warmup and "
+        "warm_start in the method's --config table to shorten them)",
     )
     rec.parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     rec.option(
