@@ -78,6 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-report", action="store_true", help="print only; leave docs alone")
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: write the section from the cases already finished ('-' elsewhere)",
+    )
+    parser.add_argument(
         "--note",
         default=None,
         help="a sentence added to the report, e.g. how the runs shared the machine",
@@ -131,8 +136,13 @@ def simulate_case(
 def run_case(
     problem: Path, methods: list[str], out: Path, config: Path | None, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """``compare.json`` of one case: read if it lists ``methods``, else computed."""
+    """``compare.json`` of one case: read if it lists ``methods``, else computed.
+
+    With ``args.report_only`` nothing runs: the case's record as it is (no methods if none).
+    """
     done = out / "compare.json"
+    if getattr(args, "report_only", False):
+        return json.loads(done.read_text()) if done.exists() else {"methods": {}}
     if done.exists():
         record = json.loads(done.read_text())
         if set(methods) <= set(record["methods"]):
@@ -257,13 +267,15 @@ def main(argv: list[str] | None = None) -> None:
         reference = f"skipped: k-space {size:.1f} GiB > --reference-max-gib"
         if size <= args.reference_max_gib:
             path = base / "reference" / "problem.h5"
-            simulate_case(preset, 1, args.seed, path, snr=math.inf, true_coils=True)
+            if not args.report_only:
+                simulate_case(preset, 1, args.seed, path, snr=math.inf, true_coils=True)
             record = run_case(path, ["fit"], path.parent / "compare", configs[name], args)
             reference = cell(record, "fit", table_maps(preset))
         records = {}
         for R in rs:
             path = base / f"R{R:g}" / "problem.h5"
-            simulate_case(preset, R, args.seed, path, snr=None, true_coils=False)
+            if not args.report_only:
+                simulate_case(preset, R, args.seed, path, snr=None, true_coils=False)
             records[R] = run_case(path, args.methods, path.parent / "compare", configs[name], args)
         tables.append(preset_table(preset, records, reference, args.methods))
     body = report_body(args, tables, configs)
