@@ -298,6 +298,13 @@ def test_recon_saves_weighted_images_on_request_and_eval_scores_chosen_maps(
     assert json.loads((out / "report.json").read_text())["saved_images"] is True
     assert main(["eval", str(out), "--truth", str(problem), "--config", str(config)]) == 0
     assert set(json.loads((out / "eval.json").read_text())) == {"T1", "T2star"}
+    assert not (out / "checkpoint.pt").exists()  # a finished run leaves no checkpoint
+    kept = tmp_path / "kept"
+    argv = ["recon", str(problem), "-o", str(kept), "--config", str(config), "--keep-checkpoint"]
+    assert main([*argv, "--iterations", "2"]) == 0
+    assert main([*argv, "--iterations", "3", "--resume"]) == 0
+    assert json.loads((kept / "report.json").read_text())["iterations"] == 3
+    assert (kept / "checkpoint.pt").exists()
 
 
 @pytest.mark.parametrize(

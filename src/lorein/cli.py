@@ -155,6 +155,7 @@ def _cmd_recon(args: argparse.Namespace) -> None:
         resume=args.resume,
         progress=not args.quiet,
         save_images=args.save_images,
+        keep_checkpoint=args.keep_checkpoint,
     )
     print(
         f"wrote {args.output}: {report['method']}, {report['iterations']} iterations, "
@@ -517,6 +518,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         "warm_start in the method's --config table to shorten them)",
     )
     rec.parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    rec.option(
+        "--keep-checkpoint",
+        action=on_off,
+        default=False,
+        help="(config) keep OUT/checkpoint.pt after the run finishes, so that '--resume "
+        "--iterations N' can extend it (default: off; an interrupted run always keeps it)",
+    )
     rec.option(
         "--quiet", action=on_off, default=False, help="(config) no progress bar (default: off)"
     )

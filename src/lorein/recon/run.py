@@ -165,12 +165,14 @@ def run(
     resume: bool = False,
     progress: bool = True,
     save_images: bool = False,
+    keep_checkpoint: bool = False,
 ) -> dict[str, Any]:
     """Reconstruct ``problem_path`` with a method and write the output folder ``out``.
 
     Checks everything that can fail early (problem file, configuration, device, memory) before
     creating ``out``; the checkpoint lives in ``out/checkpoint.pt`` while the run goes on (a run
-    that fails before its first checkpoint removes the folder it created). With
+    that fails before its first checkpoint removes the folder it created; a finished run removes
+    the checkpoint unless ``keep_checkpoint``, since it can be 100 MB to 1 GB). With
     ``save_images``, the method's weighted images (if it returns any) are written as well
     (:func:`~lorein.data.output.write_output`); ``report["saved_images"]`` says whether they were.
 
@@ -237,4 +239,6 @@ def run(
     }
     contrasts = problem.contrasts if save_images else None
     write_output(Path(out), maps, problem.affine, report, method=method.name, contrasts=contrasts)
+    if not keep_checkpoint:
+        checkpoint.unlink(missing_ok=True)
     return report
