@@ -133,3 +133,9 @@ def test_prior_flow_decides_which_blocks_the_prior_trains(
 def test_unknown_choice_is_rejected(key: str) -> None:
     with pytest.raises(ValueError, match=f"{key} = 'nope': expected one of"):
         LoreinConfig(**{key: "nope"})
+
+
+def test_report_times_warm_up_and_steps(sim: Simulation) -> None:
+    extras = reconstruct(sim.problem, tiny_config(iterations=3), progress=False).extras
+    assert 0 < extras["warm_up_seconds"] < extras["seconds"]
+    assert 0 < 3 * extras["seconds_per_step"] < extras["seconds"]

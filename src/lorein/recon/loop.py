@@ -121,6 +121,7 @@ class Optimisation:
         self.config = config
         self.checkpoint = checkpoint
         self.progress = progress
+        self.seconds_per_step: float | None = None
         self.description = description
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.optimiser = adam(self.params, config.lr)
@@ -186,11 +187,16 @@ class Optimisation:
         return {k: float(v.detach()) for k, v in losses.items()}
 
     def run(self, resume: bool = False) -> list[dict[str, float]]:
-        """Optimise; returns the loss history (one dict per iteration)."""
+        """Optimise; returns the loss history (one dict per iteration).
+
+        Afterwards ``seconds_per_step`` holds the mean wall time of this call's steps
+        (checkpoint writes included; None if it ran none).
+        """
         if resume:
             self.load()
         c = self.config
-        last_save = time.monotonic()
+        first = self.state.iteration
+        started = last_save = time.monotonic()
         snap = self._snapshot()
         bar = tqdm(
             total=c.iterations,
@@ -226,4 +232,6 @@ class Optimisation:
                 last_save = time.monotonic()
         bar.close()
         self.save()
+        steps = self.state.iteration - first
+        self.seconds_per_step = (time.monotonic() - started) / steps if steps else None
         return self.state.history

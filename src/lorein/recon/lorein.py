@@ -400,6 +400,7 @@ def reconstruct(
 
     loop = LoopConfig(iterations=config.iterations, lr=config.lr, decay_every=config.decay_every)
     optimisation = Optimisation(net, closure, loop, checkpoint, progress, "lorein")
+    warm_up_seconds = time.perf_counter() - start
     history = optimisation.run(resume=resume)
 
     with torch.no_grad():
@@ -432,6 +433,8 @@ def reconstruct(
         result = {k: v.float() for k, v in fitted.items()}
         mask = calib.support.cpu().to(torch.uint8)
     extras["seconds"] = time.perf_counter() - start
+    extras["warm_up_seconds"] = warm_up_seconds
+    extras["seconds_per_step"] = optimisation.seconds_per_step
     extras["config"] = asdict(config)
     extras["subspace_captured_energy"] = subspace.captured_energy
     return Maps(
