@@ -3,14 +3,18 @@
 Usage::
 
     python benchmarks/full_size.py [--preset sim1] [--R 27] [--methods lorein summit]
-        [--seed 0] [--device cpu] [--workdir benchmarks/work] [--config configs/sim1.toml]
+        [--iterations N] [--seed 0] [--device cpu] [--workdir benchmarks/work]
+        [--config configs/sim1.toml]
 
 Issue targets (LoREIN): ``sim1`` end to end in at most 30 minutes with at most 8 GB on a 2-core
 CPU; on a GPU ``sim1`` in at most 5 minutes and ``sim2`` in at most 15. The case is simulated once
 (``WORKDIR/PRESET/seedS/R*/problem.h5``) and run through :func:`lorein.eval.compare.compare`
-(each method in its own process: wall time includes start-up, data loading and writing the
-outputs; peak memory is that process's). Results are appended to the section ``full_size`` of
-docs/BENCHMARKS.md, one row per (preset, R, method, device), newer rows replacing older ones.
+(each method in its own process: 'process' time includes start-up, data loading and writing the
+outputs; peak memory is that process's). ``--iterations N`` runs only N optimisation steps (the
+warm-up stages as configured) to measure the step time where a whole run does not fit in the
+time at hand; the row then also gives the end-to-end time the configured number of steps would
+take (warm-up + steps x seconds per step). Rows go to the section ``full_size`` of
+docs/BENCHMARKS.md, one per (preset, R, method, device, steps), newer rows replacing older ones.
 """
 
 from __future__ import annotations
@@ -21,16 +25,34 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_table import ROOT, run_case, simulate_case  # noqa: E402
 from report import BENCHMARKS, machine, update_section  # noqa: E402
 
-from lorein.recon.run import METHODS  # noqa: E402
+from lorein.config import read_toml, toml_table  # noqa: E402
+from lorein.recon.run import METHODS, get_method, load_config  # noqa: E402
 from lorein.sim.presets import PRESETS, get_preset  # noqa: E402
 
 SECTION = "full_size"
-COLUMNS = ("preset", "R", "method", "device", "machine", "process [s]", "recon [s]", "peak [GiB]")
+KEY = ("preset", "R", "method", "device", "steps")
+COLUMNS = (
+    *KEY,
+    "CPU / GPU",
+    "warm-up [s]",
+    "s / step",
+    "recon [s]",
+    "process [s]",
+    "configured steps: est. [s]",
+    "peak [GiB]",
+    "M0",
+    "T1",
+    "T2",
+    "T2*",
+    "B0 RMSE [Hz]",
+    "date",
+)
 MAPS = ("M0", "T1", "T2", "T2star")
 
 
@@ -39,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", default="sim1", choices=sorted(PRESETS))
     parser.add_argument("--R", type=float, default=27.0, help="acceleration factor")
     parser.add_argument("--methods", nargs="+", default=["lorein"], choices=list(METHODS))
+    parser.add_argument("--iterations", type=int, default=None, help="steps to run (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "work")
@@ -51,14 +74,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def shortened_config(config: Path | None, methods: list[str], steps: int, path: Path) -> Path:
+    """A copy of ``config`` whose method tables run ``steps`` optimisation steps."""
+    tables = read_toml(config) if config is not None else {}
+    for method in methods:
+        tables[method] = dict(tables.get(method, {}), iterations=steps)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(toml_table(name, values, {}) for name, values in tables.items()))
+    return path
+
+
 def _rows(text: str) -> dict[tuple[str, ...], str]:
-    """Existing table rows of the section, keyed by (preset, R, method, device)."""
+    """Existing table rows of the section, keyed by (preset, R, method, device, steps)."""
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and len(cells) > 4 and cells[0] in PRESETS:
-            rows[tuple(cells[:4])] = line
+        if line.startswith("|") and len(cells) > len(KEY) and cells[0] in PRESETS:
+            rows[tuple(cells[: len(KEY)])] = line
     return rows
+
+
+def _seconds(value: Any) -> str:
+    return "-" if value is None else f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
+def row(
+    key: tuple[str, ...], result: dict[str, Any], report: dict[str, Any], planned: int | None
+) -> str:
+    """One table row from a method's ``compare.json`` entry and its ``report.json``."""
+    scores = result.get("scores", {})
+    warm, per_step = report.get("warm_up_seconds"), report.get("seconds_per_step")
+    estimate = None if None in (warm, per_step, planned) else warm + planned * per_step
+    status = "" if result["status"] == "ok" else f" ({result['status']})"
+    cells = [
+        *key,
+        (report.get("device_name") or machine().split(",")[0]) + status,
+        _seconds(warm),
+        _seconds(per_step),
+        _seconds(result.get("wall_seconds")),
+        "reused" if result.get("reused") else _seconds(result.get("process_seconds")),
+        "-" if estimate is None else f"{planned}: {estimate:.0f}",
+        f"{result.get('peak_memory_gib', float('nan')):.2f}",
+        *(f"{scores[m]['nrmse']:.3f}" if m in scores else "-" for m in MAPS),
+        f"{scores['B0']['rmse_hz']:.2f}" if "B0" in scores else "-",
+        datetime.date.today().isoformat(),
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,52 +127,45 @@ def main(argv: list[str] | None = None) -> None:
     preset = get_preset(args.preset)
     config = args.config or ROOT / "configs" / f"{preset.name}.toml"
     config = config if config.exists() else None
-    path = args.workdir / preset.name / f"seed{args.seed}" / f"R{args.R:g}" / "problem.h5"
-    simulate_case(preset, args.R, args.seed, path, snr=None, true_coils=False)
-    record = run_case(path, args.methods, path.parent / f"compare-{args.device}", config, args)
+    case = args.workdir / preset.name / f"seed{args.seed}" / f"R{args.R:g}"
+    simulate_case(preset, args.R, args.seed, case / "problem.h5", snr=None, true_coils=False)
+    out = case / f"compare-{args.device}"
+    used = config
+    if args.iterations is not None:
+        out = case / f"compare-{args.device}-{args.iterations}steps"
+        used = shortened_config(config, args.methods, args.iterations, out / "config.toml")
+    record = run_case(case / "problem.h5", args.methods, out, used, args)
 
-    where = machine() if args.device == "cpu" else f"{args.device}: {machine()}"
     previous = BENCHMARKS.read_text() if BENCHMARKS.exists() else ""
     match = re.search(rf"<!-- begin {SECTION} -->(.*?)<!-- end {SECTION} -->", previous, re.S)
     rows = _rows(match.group(1)) if match else {}
     for method in args.methods:
-        result = record["methods"][method]
-        key = (preset.name, f"{args.R:g}", method, args.device)
-        scores = result.get("scores", {})
-        nrmse = [f"{scores[m]['nrmse']:.3f}" if m in scores else "-" for m in MAPS]
-        b0 = f"{scores['B0']['rmse_hz']:.2f}" if "B0" in scores else "-"
-        status = result["status"] if result["status"] != "ok" else ""
-        cells = [
-            *key,
-            where.split(";")[0] + (f" ({status})" if status else ""),
-            "reused" if result.get("reused") else f"{result.get('process_seconds', 0):.0f}",
-            f"{result.get('wall_seconds', float('nan')):.0f}",
-            f"{result.get('peak_memory_gib', float('nan')):.2f}",
-            *nrmse,
-            b0,
-            datetime.date.today().isoformat(),
-        ]
-        rows[key] = "| " + " | ".join(cells) + " |"
-    header = [*COLUMNS, "M0", "T1", "T2", "T2*", "B0 RMSE [Hz]", "date"]
+        report_file = out / method / "report.json"
+        report = json.loads(report_file.read_text()) if report_file.exists() else {}
+        planned = getattr(load_config(get_method(method), config), "iterations", None)
+        steps = report.get("iterations", args.iterations)
+        key = (preset.name, f"{args.R:g}", method, args.device, str(steps))
+        rows[key] = row(key, record["methods"][method], report, planned)
     config_name = config.relative_to(ROOT) if config and config.is_relative_to(ROOT) else config
     body = "\n".join(
         [
             "## Paper-sized presets (`benchmarks/full_size.py`)",
             "",
-            "One method per process (`lorein compare`): 'process' is the wall time from process "
-            "start to the written output folder, 'recon' the reconstruction's own wall time "
-            "(warm-ups included), peak memory that of the process (RSS on CPU, allocator peak "
-            "on GPU); NRMSE in the truth mask as `lorein eval` computes it. Configuration of the "
-            f"latest rows: `{config_name or 'defaults'}`. Software: "
-            f"{machine().split('; ')[-1]}.",
+            "One method per process (`lorein compare`). 'warm-up': everything before the "
+            "optimisation loop (data scaling, coil warm-up, subspace, warm start); 's / step': "
+            "mean wall time of a loop step; 'recon': the reconstruction's wall time; 'process': "
+            "from process start to the written output folder; 'configured steps: est.': warm-up "
+            "+ the configuration's number of steps x s / step, for rows that ran fewer steps. "
+            "Peak memory of the process (RSS on CPU, allocator peak on GPU); NRMSE in the truth "
+            f"mask as `lorein eval` computes it. Configuration: `{config_name or 'defaults'}`. "
+            f"Machine and software: {machine()}.",
             "",
-            "| " + " | ".join(header) + " |",
-            "|" + "---|" * len(header),
+            "| " + " | ".join(COLUMNS) + " |",
+            "|" + "---|" * len(COLUMNS),
             *sorted(rows.values()),
         ]
     )
     print(body)
-    print(json.dumps({m: record["methods"][m].get("scores", {}) for m in args.methods}))
     if not args.no_report:
         update_section(SECTION, body)
 

@@ -66,6 +66,20 @@ def test_forward_at_matches_grid() -> None:
     torch.testing.assert_close(field(), at.T.reshape(1, *GRID), rtol=1e-6, atol=1e-7)
 
 
+def test_at_voxels_matches_grid_values_and_gradients() -> None:
+    field = _field(2, "complex", seed=3)
+    voxels = torch.tensor([0, 3, 3, 41, 6 * 7 * 5 - 1])  # a repeated voxel counts twice
+    weights = torch.randn(len(voxels), 1, generator=torch.Generator().manual_seed(0))
+    at = field.at_voxels(voxels)
+    (at.real * weights).sum().backward()
+    grad_at = field.encoding.table.grad.clone()
+    field.zero_grad()
+    full = field().reshape(1, -1).T
+    (full[voxels].real * weights).sum().backward()
+    torch.testing.assert_close(at, full[voxels].detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad_at, field.encoding.table.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_complex_dtype_and_shape() -> None:
     out = _field(6, "complex")()
     assert out.dtype == torch.complex64 and out.shape == (3, *GRID)

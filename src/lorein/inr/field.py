@@ -145,6 +145,14 @@ class Field(nn.Module):
         values = self._decode(self.grid_encoding())
         return values.T.reshape(-1, *self.grid_shape)
 
+    def at_voxels(self, voxels: torch.Tensor) -> torch.Tensor:
+        """Evaluate at some voxels of the grid: ``[N]`` flat (C-order) indices -> ``[N, out]``.
+
+        Same values as the rows of :meth:`forward`; complex64 ``[N, out // 2]`` for
+        ``"complex"``.
+        """
+        return self._decode(self.grid_encoding.at_voxels(voxels))
+
     def forward_at(self, coords: torch.Tensor) -> torch.Tensor:
         """Evaluate at arbitrary points (general encoding path, slower than :meth:`forward`).
 

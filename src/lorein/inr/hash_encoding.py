@@ -433,3 +433,24 @@ class GridHashEncoding(nn.Module):
         return _WeightedLookup.apply(
             self.encoding.table, self.index, self.weight, self.t_bag, self.t_weight, self.t_offsets
         )
+
+    def at_voxels(self, voxels: torch.Tensor) -> torch.Tensor:
+        """Encode some voxel centres: ``[N]`` flat (C-order) voxel indices -> ``[N, L * F]``.
+
+        Reuses the precomputed corners (no hashing); the table gradient is scattered with
+        ``index_add_``, which costs about 3x the whole-grid path per voxel, so from a quarter of
+        the grid on the whole grid is encoded and its rows picked. For random batches of a large
+        grid, e.g. regressions.
+        """
+        if self.encoding.uses_tcnn(self.coords.device):
+            return self.encoding(self.coords[voxels])
+        if 4 * voxels.numel() >= self.coords.shape[0]:
+            return self.forward()[voxels]
+        return _WeightedLookup.apply(
+            self.encoding.table,
+            self.index[:, voxels].long(),
+            self.weight[:, voxels],
+            None,
+            None,
+            None,
+        )

@@ -65,9 +65,9 @@ class CoilField(nn.Module):
         rss = raw.abs().pow(2).sum(0, keepdim=True).sqrt()
         return raw / rss.clamp_min(1e-8)
 
-    def at(self, coords: torch.Tensor) -> torch.Tensor:
-        """``[N, n_coils]`` sensitivities at points ``coords [N, 3]`` (see ``Field.forward_at``)."""
-        raw = self.field.forward_at(coords)
+    def at_voxels(self, voxels: torch.Tensor) -> torch.Tensor:
+        """``[N, n_coils]`` sensitivities at flat voxel indices ``voxels [N]``."""
+        raw = self.field.at_voxels(voxels)
         rss = raw.abs().pow(2).sum(1, keepdim=True).sqrt()
         return raw / rss.clamp_min(1e-8)
 

@@ -90,10 +90,9 @@ def fit_coil_field(
     """Regress the coil field to a coil estimate ``target [C, nz, ny, nx]`` inside ``support``."""
     voxels = torch.nonzero(support.flatten()).squeeze(1)
     rows = target.reshape(target.shape[0], -1)
-    coords = coils.field.grid_encoding.coords
     _regress(
         coils,
-        lambda v: (coils.at(coords[v]) - rows[:, v].T).abs().pow(2).sum() / len(v),
+        lambda v: (coils.at_voxels(v) - rows[:, v].T).abs().pow(2).sum() / len(v),
         voxels,
         steps,
         lr,
@@ -128,10 +127,9 @@ def warm_start(
         bases = lrr.bases
         rows = u0.reshape(u0.shape[0], -1)
         scale = rows[:, voxels].abs().pow(2).mean().clamp_min(1e-12)
-        coords = bases.grid_encoding.coords
         _regress(
             bases,
-            lambda v: (bases.forward_at(coords[v]) - rows[:, v].T).abs().pow(2).mean() / scale,
+            lambda v: (bases.at_voxels(v) - rows[:, v].T).abs().pow(2).mean() / scale,
             voxels,
             steps,
             lr,
@@ -149,14 +147,12 @@ def warm_start(
         targets[name] = fitted[name].clamp(lo, hi).log().to(u0.device).flatten()
     b0 = (fitted["B0"] / B0_UNIT_HZ).to(u0.device).flatten()
     phase0 = fitted["phase0"].to(u0.device).flatten()
-    coords = pmr.phase.grid_encoding.coords
 
     def loss(v: torch.Tensor) -> torch.Tensor:
-        at = coords[v]
         total = torch.zeros((), device=u0.device)
         for name, f in pmr.positive.items():
-            total = total + (f.forward_at(at)[:, 0].log() - targets[name][v]).pow(2).sum()
-        phase = pmr.phase.forward_at(at)
+            total = total + (f.at_voxels(v)[:, 0].log() - targets[name][v]).pow(2).sum()
+        phase = pmr.phase.at_voxels(v)
         # phase0 is compared as a phasor: the fit's phase is only defined modulo 2 pi
         wrapped = (phase[:, 1] - phase0[v] + math.pi) % (2 * math.pi) - math.pi
         total = total + ((phase[:, 0] - b0[v]).pow(2) + wrapped.pow(2)).sum()
