@@ -94,7 +94,21 @@ def test_split_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="n_masks"):
         split_lines(contrast, 0.2, 0.4, n_masks=0)
     with pytest.raises(ValueError, match="empty"):
-        split_lines(torch.arange(5), 0.2, 0.4)  # one line per contrast: none to hold out
+        split_lines(torch.zeros(2, dtype=torch.long), 0.2, 0.4)  # 0.4 lines rounds to none
+
+
+def test_split_pools_the_lines_when_contrasts_have_one_line_each() -> None:
+    """As sim2-small at R = 960: one line per acquired contrast, some contrasts without any."""
+    contrast = torch.cat([torch.arange(0, 60, 2), torch.tensor([1, 1, 1])])  # median 1 line
+    split = split_lines(contrast, 0.2, 0.4, n_masks=3, seed=4)
+    n = contrast.numel()
+    assert split.validation.numel() == round(0.2 * n)
+    for dc, loss in zip(split.dc, split.loss, strict=True):
+        assert loss.numel() == round(0.4 * (n - split.validation.numel()))
+        together = torch.cat([split.validation, dc, loss]).sort().values
+        assert torch.equal(together, torch.arange(n))
+    again = split_lines(contrast, 0.2, 0.4, n_masks=3, seed=4)
+    assert torch.equal(split.validation, again.validation)
 
 
 def test_loss_matches_the_naive_formula() -> None:

@@ -291,6 +291,33 @@ class EncodingOperator(LinearOperator):
         return self._image(apply_gram(self.gram, self._kspace(x)))
 
 
+class _GramQuadratic(torch.autograd.Function):
+    """``Re <k, G k - 2 Y>`` with its gradient ``2 (G k - Y)`` w.r.t. ``k`` written out.
+
+    ``G`` is Hermitian per location (:func:`subspace_gram`), so the gradient needs no second Gram
+    application: one forward, none backward (autograd would apply ``G`` twice more and keep ``k``
+    and ``G k``). ``G`` and ``Y`` are constants.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        k: torch.Tensor,
+        gram: torch.Tensor,
+        yk: torch.Tensor,
+    ) -> torch.Tensor:
+        residual = apply_gram(gram, k) - yk  # G k - Y
+        ctx.save_for_backward(residual)
+        return torch.vdot(k.flatten(), (residual - yk).flatten()).real
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None]:
+        (residual,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return 2 * grad * residual, None, None
+
+
 class SubspaceDataTerm:
     """``||y - M F C Phi u||^2`` for any coefficients ``u`` AND coil maps ``C``, in Gram form.
 
@@ -332,8 +359,7 @@ class SubspaceDataTerm:
         k = torch.fft.fftn(
             u.unsqueeze(1) * (coils * self.image_phase), dim=(-3, -2, -1), norm="ortho"
         )
-        quad = torch.vdot(k.flatten(), apply_gram(self.gram, k).flatten()).real
-        return self.y_norm2 - 2 * torch.vdot(self.yk.flatten(), k.flatten()).real + quad
+        return self.y_norm2 + _GramQuadratic.apply(k, self.gram, self.yk)
 
 
 class ContrastDataTerm:

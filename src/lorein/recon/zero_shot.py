@@ -149,7 +149,10 @@ def split_lines(
     Per contrast with ``n`` lines, ``validation_fraction n`` random lines go to ``Gamma``; of the
     ``m`` others, each mask puts ``loss_fraction m`` random ones into its ``Lambda`` and the rest
     into its ``Theta``. Every contrast keeps at least one line outside ``Gamma`` and one in each
-    ``Theta``; protected lines always stay in ``Theta``.
+    ``Theta``; protected lines always stay in ``Theta``. Where the median acquired contrast has a
+    single line (sim2-small at R = 960: one line in each of 852 of 1280 contrasts), no contrast
+    could give any, so all lines are split as one group instead and a contrast may be left
+    without DC lines in a mask (its DC step then returns the network's image).
 
     Parameters
     ----------
@@ -186,6 +189,9 @@ def split_lines(
     if protected is None:
         protected = torch.zeros(contrast.shape, dtype=torch.bool)
     protected = protected.bool().cpu()
+    counts = torch.bincount(contrast)
+    if counts[counts > 0].float().median() < 2:  # nothing to hold out per contrast: pool
+        contrast = torch.zeros_like(contrast)
     n_contrasts = torch.bincount(contrast).numel()
     generator = torch.Generator().manual_seed(seed)
     held_out = _draw(
