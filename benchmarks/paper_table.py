@@ -148,10 +148,11 @@ def run_case(
         if set(methods) <= set(record["methods"]):
             print(f"skip {out} (done)", flush=True)
             return record
-        missing = sorted(set(methods) - set(record["methods"]))
+        missing = [m for m in methods if m not in record["methods"]]
         print(
             f"rerun {out}: it lacks {', '.join(missing)} (finished methods are reused)", flush=True
         )
+        methods = [*record["methods"], *missing]  # the new record keeps the earlier methods
     print(f"compare {', '.join(methods)} on {problem}", flush=True)
     return compare(
         problem,
