@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import pytest
 import torch
@@ -200,9 +201,24 @@ def test_chunked_precompute(monkeypatch: pytest.MonkeyPatch) -> None:
     enc = _encoding("tcnn", seed=19)
     whole = GridHashEncoding(enc, GRID)
     monkeypatch.setattr(hash_encoding, "_BUILD_CHUNK", 16)
+    monkeypatch.setattr(hash_encoding, "_CORNERS", weakref.WeakValueDictionary())  # rebuild
     chunked = GridHashEncoding(enc, GRID)
     for name in ("index", "weight", "t_bag", "t_weight", "t_offsets"):
+        assert getattr(chunked, name).data_ptr() != getattr(whole, name).data_ptr(), name
         assert torch.equal(getattr(chunked, name), getattr(whole, name)), name
+
+
+def test_same_geometry_shares_the_corners() -> None:
+    """Tables and feature counts differ, the corners are one copy; another geometry has its own."""
+    first = GridHashEncoding(_encoding("ngp", seed=1), GRID)
+    wider = HashEncoding(**{**SMALL, "n_features": 4}, backend="torch", generator=rng(2))
+    second = GridHashEncoding(wider, GRID)
+    assert second.index.data_ptr() == first.index.data_ptr()
+    assert second.t_bag.data_ptr() == first.t_bag.data_ptr()
+    torch.testing.assert_close(second(), wider(grid_coordinates(GRID)), rtol=0, atol=0)
+    finer = HashEncoding(**{**SMALL, "growth": 2.0}, backend="torch", generator=rng(3))
+    assert GridHashEncoding(finer, GRID).index.data_ptr() != first.index.data_ptr()
+    assert GridHashEncoding(_encoding("tcnn"), GRID).index.data_ptr() != first.index.data_ptr()
 
 
 def test_buffers_not_in_state_dict() -> None:
