@@ -296,7 +296,9 @@ class _GramQuadratic(torch.autograd.Function):
 
     ``G`` is Hermitian per location (:func:`subspace_gram`), so the gradient needs no second Gram
     application: one forward, none backward (autograd would apply ``G`` twice more and keep ``k``
-    and ``G k``). ``G`` and ``Y`` are constants.
+    and ``G k``). ``G`` and ``Y`` are constants. ``k`` is ``[K, coil, nz, ny, nx]``; ``Y`` comes
+    in the location-major layout ``[nz, ny, K, coil, nx]``, where ``G k`` is one batched matrix
+    product with a contiguous result (no strided copies: 25 % faster at 112x112x16).
     """
 
     @staticmethod
@@ -304,18 +306,22 @@ class _GramQuadratic(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx,
         k: torch.Tensor,
         gram: torch.Tensor,
-        yk: torch.Tensor,
+        yk_by_location: torch.Tensor,
     ) -> torch.Tensor:
-        residual = apply_gram(gram, k) - yk  # G k - Y
-        ctx.save_for_backward(residual)
-        return torch.vdot(k.flatten(), (residual - yk).flatten()).real
+        kl = k.permute(2, 3, 0, 1, 4).contiguous()  # [nz, ny, K, coil, nx]
+        nz, ny, n_k, n_coils, nx = kl.shape
+        gk = torch.matmul(gram, kl.view(nz, ny, n_k, n_coils * nx)).view(kl.shape)
+        value = torch.vdot(kl.flatten(), gk.flatten()).real
+        value = value - 2 * torch.vdot(kl.flatten(), yk_by_location.flatten()).real
+        ctx.save_for_backward(gk.sub_(yk_by_location))  # G k - Y
+        return value
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
     ) -> tuple[torch.Tensor, None, None]:
         (residual,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return 2 * grad * residual, None, None
+        return (2 * grad * residual).permute(2, 3, 0, 1, 4), None, None
 
 
 class SubspaceDataTerm:
@@ -350,7 +356,8 @@ class SubspaceDataTerm:
         shape = (phi.shape[1], n_coils, *grid)
         sampling = SamplingOperator(ky, kz, contrast, shape, phi)
         self.image_phase = image_modulation(grid, y.device)
-        self.yk = sampling.adjoint(y * line_modulation(ky, kz, grid).conj())
+        yk = sampling.adjoint(y * line_modulation(ky, kz, grid).conj())  # [K, coil, nz, ny, nx]
+        self.yk_by_location = yk.permute(2, 3, 0, 1, 4).contiguous()
         self.gram = subspace_gram(ky, kz, contrast, phi, grid[:2])
         self.y_norm2 = y.abs().pow(2).sum()
 
@@ -359,7 +366,7 @@ class SubspaceDataTerm:
         k = torch.fft.fftn(
             u.unsqueeze(1) * (coils * self.image_phase), dim=(-3, -2, -1), norm="ortho"
         )
-        return self.y_norm2 + _GramQuadratic.apply(k, self.gram, self.yk)
+        return self.y_norm2 + _GramQuadratic.apply(k, self.gram, self.yk_by_location)
 
 
 class ContrastDataTerm:
