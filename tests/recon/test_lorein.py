@@ -108,6 +108,8 @@ def test_prior_fast_path_equals_naive_formula(sim: Simulation) -> None:
     lrr_images = torch.tensordot(phi, u, dims=([1], [0]))
     naive = (lrr_images - images).abs().pow(2).sum() / (images.numel() * problem.n_coils)
     assert float(losses.prior(u, images)) == pytest.approx(float(naive), rel=1e-5)
+    shared = losses.project(images)  # the closure projects once for the prior and L_DC2
+    assert float(losses.prior(u, images, shared)) == pytest.approx(float(naive), rel=1e-5)
 
 
 @pytest.mark.parametrize(("flow", "lrr_moves"), [("to-pmr", False), ("both", True)])
