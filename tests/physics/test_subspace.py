@@ -9,6 +9,7 @@ from lorein.physics.signal_models import SignalModel, T2irGre, VfaMegre
 from lorein.physics.subspace import (
     DictionaryRanges,
     Subspace,
+    SubspaceProjection,
     calibration_matrix,
     simulate_dictionary,
     subspace_from_data,
@@ -210,3 +211,44 @@ def test_projection_on_cuda_matches_cpu() -> None:
     projected = subspace.project(x.cuda())
     assert projected.device.type == "cuda"
     torch.testing.assert_close(projected.cpu(), subspace.project(x), rtol=1e-5, atol=1e-5)
+
+
+RANGES = {
+    "M0": (0.5, 1.0),
+    "T1": (0.5, 2.0),
+    "T2": (0.04, 0.15),
+    "T2star": (0.02, 0.08),
+    "B0": (-30.0, 30.0),
+    "phase0": (-1.0, 1.0),
+}
+
+
+@pytest.mark.parametrize("model", [sim1_model(), sim2_small_model()], ids=["sim1", "sim2-small"])
+def test_factor_projection_matches_the_images(model: SignalModel) -> None:
+    """``Phi^H S`` and ``||S||^2`` from the factors equal those of the T images, gradients too."""
+    g = rng(31)
+    maps = {
+        name: (
+            low + (high - low) * torch.rand(3, 4, 5, generator=g, dtype=torch.float64)
+        ).requires_grad_(True)
+        for name, (low, high) in RANGES.items()
+        if name in model.parameters
+    }
+    phi = orthonormal(model.contrasts.n_contrasts, RANK, seed=32)
+    weight = randn_complex(RANK, 3, 4, 5, seed=33).to(torch.complex128)
+
+    images = model(maps)
+    naive_projected = torch.tensordot(phi.conj(), images, dims=([0], [0]))
+    naive_norm2 = images.abs().square().sum()
+    projection = SubspaceProjection(phi, model.readout_index, model.echo_index)
+    projected, norm2 = projection(model.factors(maps))
+    torch.testing.assert_close(projected, naive_projected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(norm2, naive_norm2, rtol=1e-10, atol=0)
+
+    def functional(p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        return torch.vdot(weight.flatten(), p.flatten()).real + 0.1 * n
+
+    fast = torch.autograd.grad(functional(projected, norm2), list(maps.values()))
+    naive = torch.autograd.grad(functional(naive_projected, naive_norm2), list(maps.values()))
+    for name, a, b in zip(maps, fast, naive, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)

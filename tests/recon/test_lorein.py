@@ -93,23 +93,25 @@ def test_subspace_dc2_path_runs(sim: Simulation) -> None:
 
 
 def test_prior_fast_path_equals_naive_formula(sim: Simulation) -> None:
+    """The prior from the projected factors equals ||Phi u - I||^2 / (T V C) of the images."""
     from lorein.physics.signal_models import signal_model
     from lorein.recon.lorein import LoreinLosses, temporal_subspace
 
     problem = sim.problem
     model = signal_model(problem.signal_model, problem.contrasts)
     subspace = temporal_subspace(model, 6, 500, 50.0, seed=0)
-    losses = LoreinLosses(problem, problem.kspace, subspace)
+    losses = LoreinLosses(problem, problem.kspace, subspace, model)
     nx, ny, nz = problem.matrix
     g = torch.Generator().manual_seed(4)
     u = torch.randn(6, nz, ny, nx, dtype=torch.complex64, generator=g)
-    images = torch.randn(problem.n_contrasts, nz, ny, nx, dtype=torch.complex64, generator=g)
+    maps = {name: value.float() for name, value in sim.truth.maps().items()}
+    factors = model.factors(maps)
+    images = factors.images()
     phi = subspace.phi.to(torch.complex64)
     lrr_images = torch.tensordot(phi, u, dims=([1], [0]))
     naive = (lrr_images - images).abs().pow(2).sum() / (images.numel() * problem.n_coils)
-    assert float(losses.prior(u, images)) == pytest.approx(float(naive), rel=1e-5)
-    shared = losses.project(images)  # the closure projects once for the prior and L_DC2
-    assert float(losses.prior(u, images, shared)) == pytest.approx(float(naive), rel=1e-5)
+    projected, norm2 = losses.project(factors)
+    assert float(losses.prior(u, projected, norm2)) == pytest.approx(float(naive), rel=1e-5)
 
 
 @pytest.mark.parametrize(("flow", "lrr_moves"), [("to-pmr", False), ("both", True)])

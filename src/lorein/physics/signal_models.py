@@ -25,14 +25,17 @@ name        meaning                                                     unit
 
 The signal factorises into a real part that depends on the excitation (flip angle, TR, and for
 ``t2ir_gre`` the preparation and segment) and a complex echo part ``exp(-TE/T2*) exp(i phi_e)``.
-Each part is evaluated once per distinct readout and echo time and then gathered to the ``T``
-contrasts, which keeps the cost at one complex product per output element.
+Each part is evaluated once per distinct readout and echo time (:class:`SignalFactors`) and then
+gathered to the ``T`` contrasts, which keeps the cost at one complex product per output element;
+:class:`~lorein.physics.subspace.SubspaceProjection` projects the factors onto a temporal subspace
+without forming the ``T`` images at all.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
@@ -43,6 +46,33 @@ PhaseMode = Literal["b0", "free"]
 
 MIN_RELAXATION_TIME = 1e-6
 """Relaxation times [s] are clamped to at least this value before they divide anything."""
+
+
+@dataclass(frozen=True)
+class SignalFactors:
+    """The signal of every contrast as a per-readout times a per-echo factor.
+
+    ``S[t] = readout[readout_index[t]] * echo[echo_index[t]]``.
+
+    Attributes
+    ----------
+    readout
+        ``[R, ...]`` real signal at TE = 0 of each distinct readout, ``M0`` included.
+    echo
+        ``[E, ...]`` complex echo factor ``exp(-TE/T2*) exp(i phi_e)`` of each echo time.
+    readout_index, echo_index
+        ``[T]`` int64 readout and echo of each contrast.
+    """
+
+    readout: torch.Tensor
+    echo: torch.Tensor
+    readout_index: torch.Tensor
+    echo_index: torch.Tensor
+
+    def images(self) -> torch.Tensor:
+        """``[T, ...]`` complex signal of every contrast."""
+        readout = self.readout.index_select(0, self.readout_index)
+        return readout * self.echo.index_select(0, self.echo_index)
 
 
 class SignalModel(ABC):
@@ -81,6 +111,16 @@ class SignalModel(ABC):
         first = first.scatter_reduce(0, readout, positions, reduce="amin")
         self._readout_index = readout
         self._readout_first = first
+
+    @property
+    def readout_index(self) -> torch.Tensor:
+        """``[T]`` int64 distinct readout (excitation) of each contrast."""
+        return self._readout_index
+
+    @property
+    def echo_index(self) -> torch.Tensor:
+        """``[T]`` int64 distinct echo time of each contrast."""
+        return self._echo_index
 
     @property
     def n_echoes(self) -> int:
@@ -163,13 +203,18 @@ class SignalModel(ABC):
         ``[T, ...]`` complex signal (complex64 for float32 maps, complex128 for float64), in the
         units of ``M0``. Differentiable with respect to every map.
         """
+        return self.factors(maps).images()
+
+    def factors(self, maps: dict[str, torch.Tensor]) -> SignalFactors:
+        """The signal as :class:`SignalFactors` (maps as in :meth:`__call__`), differentiable."""
         used = self._validated(maps)
         m0 = used["M0"]
-        readout = self._readout_signal(used, m0.dtype, m0.device)
-        echo = self._echo_signal(used, m0.dtype, m0.device)
-        readout_index = self._readout_index.to(m0.device)
-        echo_index = self._echo_index.to(m0.device)
-        return readout.index_select(0, readout_index) * echo.index_select(0, echo_index)
+        return SignalFactors(
+            readout=self._readout_signal(used, m0.dtype, m0.device),
+            echo=self._echo_signal(used, m0.dtype, m0.device),
+            readout_index=self._readout_index.to(m0.device),
+            echo_index=self._echo_index.to(m0.device),
+        )
 
 
 def _spoiled_steady_state(

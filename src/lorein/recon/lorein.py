@@ -49,10 +49,11 @@ import torch
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
 from lorein.physics.operators import ContrastDataTerm, SubspaceDataTerm
-from lorein.physics.signal_models import SignalModel, signal_model
+from lorein.physics.signal_models import SignalFactors, SignalModel, signal_model
 from lorein.physics.subspace import (
     DictionaryRanges,
     Subspace,
+    SubspaceProjection,
     simulate_dictionary,
     subspace_from_dictionary,
 )
@@ -242,6 +243,7 @@ class LoreinLosses:
         problem: Problem,
         kspace: torch.Tensor,
         subspace: Subspace,
+        model: SignalModel,
     ) -> None:
         nx, ny, nz = problem.matrix
         grid = (nz, ny, nx)
@@ -252,41 +254,28 @@ class LoreinLosses:
         self.n_prior = problem.n_contrasts * nz * ny * nx * kspace.shape[1]
         self.subspace_term = SubspaceDataTerm(kspace, ky, kz, contrast, self.phi, grid)
         self.contrast_term = ContrastDataTerm(kspace, ky, kz, contrast, grid)
+        self.projection = SubspaceProjection(self.phi, model.readout_index, model.echo_index)
 
     def dc1(self, u: torch.Tensor, coils: torch.Tensor) -> torch.Tensor:
+        """L_DC1 of the bases ``u [K, nz, ny, nx]`` (Gram form)."""
         return self.subspace_term(u, coils) / self.n_samples
 
-    def dc2(
-        self,
-        images: torch.Tensor,
-        coils: torch.Tensor,
-        path: str,
-        projected: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """L_DC2 of the weighted images ``[T, nz, ny, nx]``; ``projected``: their ``Phi^H I``."""
-        if path == "exact":
-            return self.contrast_term(images, coils) / self.n_samples
-        if projected is None:
-            projected = self.project(images)
+    def dc2_exact(self, images: torch.Tensor, coils: torch.Tensor) -> torch.Tensor:
+        """L_DC2 of the weighted images ``[T, nz, ny, nx]``, contrast by contrast."""
+        return self.contrast_term(images, coils) / self.n_samples
+
+    def dc2_subspace(self, projected: torch.Tensor, coils: torch.Tensor) -> torch.Tensor:
+        """L_DC2 of the weighted images through their projection ``Phi^H I [K, nz, ny, nx]``."""
         return self.subspace_term(projected, coils) / self.n_samples
 
-    def project(self, images: torch.Tensor) -> torch.Tensor:
-        """``Phi^H I``: ``[T, ...] -> [K, ...]``."""
-        return torch.tensordot(self.phi.conj(), images, dims=([0], [0]))
+    def project(self, factors: SignalFactors) -> tuple[torch.Tensor, torch.Tensor]:
+        """``Phi^H I`` and ``||I||^2`` of the PMR images, without forming them (T = 1280)."""
+        return self.projection(factors)
 
-    def prior(
-        self, u: torch.Tensor, images: torch.Tensor, projected: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``||Phi u - I||^2 / (T V C)`` as ``||u||^2 - 2 Re<u, Phi^H I> + ||I||^2``.
-
-        ``projected``: ``Phi^H I`` when the caller has it already (the subspace L_DC2 needs it
-        too: one projection per step instead of two, which is most of the step for T = 1280).
-        """
-        if projected is None:
-            projected = self.project(images)
+    def prior(self, u: torch.Tensor, projected: torch.Tensor, norm2: torch.Tensor) -> torch.Tensor:
+        """``||Phi u - I||^2 / (T V C)`` as ``||u||^2 - 2 Re<u, Phi^H I> + ||I||^2``."""
         cross = torch.vdot(u.flatten(), projected.flatten()).real
-        total = u.abs().pow(2).sum() - 2 * cross + images.abs().pow(2).sum()
-        return total / self.n_prior
+        return (u.abs().pow(2).sum() - 2 * cross + norm2) / self.n_prior
 
 
 def start_wnnm(maps: dict[str, torch.Tensor], config: LoreinConfig) -> WNNMRegulariser:
@@ -342,7 +331,7 @@ def reconstruct(
     subspace = temporal_subspace(
         model, config.rank, config.dictionary_atoms, config.b0_range_hz, seed
     )
-    losses = LoreinLosses(problem, kspace, subspace)
+    losses = LoreinLosses(problem, kspace, subspace, model)
 
     use_lrr = config.mode != "pmr-only"
     use_pmr = config.mode != "lrr-fit"
@@ -404,16 +393,16 @@ def reconstruct(
             terms["dc1"] = config.dc1 * losses.dc1(u, coils)
         if pmr is not None and (it >= config.pretrain or not use_lrr):
             maps = pmr()
-            images = model(maps)
-            with_prior = u is not None and config.prior > 0
-            projected = None
-            if config.dc2_path == "subspace" or with_prior:
-                projected = losses.project(images)  # one projection for both terms
-            terms["dc2"] = config.dc2 * losses.dc2(images, coils, config.dc2_path, projected)
-            if with_prior:
-                assert u is not None
-                guide = u.detach() if config.prior_flow == "to-pmr" else u
-                terms["prior"] = config.prior * losses.prior(guide, images, projected)
+            factors = model.factors(maps)
+            if config.dc2_path == "exact":
+                terms["dc2"] = config.dc2 * losses.dc2_exact(factors.images(), coils)
+            if config.dc2_path == "subspace" or (u is not None and config.prior > 0):
+                projected, norm2 = losses.project(factors)  # one projection for both terms
+                if config.dc2_path == "subspace":
+                    terms["dc2"] = config.dc2 * losses.dc2_subspace(projected, coils)
+                if u is not None and config.prior > 0:
+                    guide = u.detach() if config.prior_flow == "to-pmr" else u
+                    terms["prior"] = config.prior * losses.prior(guide, projected, norm2)
             if config.wnnm > 0 and it >= config.wnnm_start:
                 if net.wnnm is None:
                     net.wnnm = start_wnnm(maps, config)
@@ -436,9 +425,9 @@ def reconstruct(
             images = subspace.expand(u.cpu().to(subspace.phi.dtype), dim=0) * calib.scale
         if pmr is not None:
             maps = pmr()
-            pmr_images = model(maps)
-            exact = float(losses.dc2(pmr_images, coils, "exact"))
-            projected = float(losses.dc2(pmr_images, coils, "subspace"))
+            factors = model.factors(maps)
+            exact = float(losses.dc2_exact(factors.images(), coils))
+            projected = float(losses.dc2_subspace(losses.project(factors)[0], coils))
             extras["dc2_exact"] = exact
             extras["dc2_subspace"] = projected
             extras["dc2_relative_difference"] = abs(projected - exact) / max(exact, 1e-30)
