@@ -208,7 +208,9 @@ class SubspaceProjection:
     conj(Phi[t, k])``, and ``||S||^2 = sum_e |e[e]|^2 (N_e^T r^2)`` with ``N_e[r]`` the number of
     contrasts of readout ``r`` and echo ``e``. Cost: ``E K R`` instead of ``T K`` complex products
     per voxel plus the ``T`` images and their gather (sim2: ``T = 1280 = 320 readouts x 4
-    echoes``).
+    echoes``). The intermediate is ``[min(E, R), K, ...]``: per echo as above, or per readout,
+    ``Phi^H S = sum_r r[r] (sum_e W_e[r] e[e])``, when there are fewer readouts (sim1: 5 flip
+    angles x 12 echoes).
 
     Parameters
     ----------
@@ -231,8 +233,11 @@ class SubspaceProjection:
         counts = torch.zeros(n_echoes, n_readouts, dtype=phi.real.dtype, device=phi.device)
         ones = torch.ones(readout_index.numel(), dtype=counts.dtype, device=phi.device)
         counts.index_put_((echo_index, readout_index), ones, accumulate=True)
-        self.weights_real = weights.real.transpose(1, 2).contiguous()  # [E, K, R]
-        self.weights_imag = weights.imag.transpose(1, 2).contiguous()
+        self.readout_major = n_readouts < n_echoes
+        if self.readout_major:
+            self.weights = weights.permute(1, 2, 0).contiguous()  # [R, K, E]
+        else:
+            self.weights = weights.transpose(1, 2).contiguous()  # [E, K, R]
         self.counts = counts  # [E, R]
 
     def __call__(self, factors: SignalFactors) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,12 +258,15 @@ class SubspaceProjection:
         """
         spatial = factors.readout.shape[1:]
         r = factors.readout.reshape(factors.readout.shape[0], -1)  # [R, V]
-        e = factors.echo.reshape(factors.echo.shape[0], 1, -1)  # [E, 1, V]
-        w_re = self.weights_real.to(r.dtype)
-        w_im = self.weights_imag.to(r.dtype)
-        per_echo = torch.complex(torch.matmul(w_re, r), torch.matmul(w_im, r))  # [E, K, V]
-        projected = (per_echo * e).sum(0)
-        norm2 = (torch.matmul(self.counts.to(r.dtype), r.square()) * e[:, 0].abs().square()).sum()
+        e = factors.echo.reshape(factors.echo.shape[0], -1)  # [E, V]
+        w = self.weights.to(e.dtype)
+        if self.readout_major:
+            per_readout = torch.matmul(w, e)  # [R, K, V]
+            projected = (per_readout * r.unsqueeze(1)).sum(0)
+        else:
+            per_echo = torch.complex(torch.matmul(w.real, r), torch.matmul(w.imag, r))  # [E, K, V]
+            projected = (per_echo * e.unsqueeze(1)).sum(0)
+        norm2 = (torch.matmul(self.counts.to(r.dtype), r.square()) * e.abs().square()).sum()
         return projected.reshape(-1, *spatial), norm2
 
 
