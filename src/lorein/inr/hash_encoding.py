@@ -493,8 +493,8 @@ class GridHashEncoding(nn.Module):
             return self.forward()[voxels]
         return _WeightedLookup.apply(
             self.encoding.table,
-            self.index[:, voxels].long(),
-            self.weight[:, voxels],
+            self.index.index_select(1, voxels).long(),  # 3x faster than index[:, voxels]
+            self.weight.index_select(1, voxels),
             None,
             None,
             None,
