@@ -15,6 +15,8 @@ warm-up stages as configured) to measure the step time where a whole run does no
 time at hand; the row then also gives the end-to-end time the configured number of steps would
 take (warm-up + steps x seconds per step). Rows go to the section ``full_size`` of
 docs/BENCHMARKS.md, one per (preset, R, method, device, steps), newer rows replacing older ones.
+A finished case is not run again (its row keeps the date it ran): delete
+``WORKDIR/PRESET/seedS/R*/compare-DEVICE[-Nsteps]`` to measure again after a code change.
 """
 
 from __future__ import annotations
@@ -99,7 +101,11 @@ def _seconds(value: Any) -> str:
 
 
 def row(
-    key: tuple[str, ...], result: dict[str, Any], report: dict[str, Any], planned: int | None
+    key: tuple[str, ...],
+    result: dict[str, Any],
+    report: dict[str, Any],
+    planned: int | None,
+    date: str,
 ) -> str:
     """One table row from a method's ``compare.json`` entry and its ``report.json``."""
     scores = result.get("scores", {})
@@ -117,7 +123,7 @@ def row(
         f"{result.get('peak_memory_gib', float('nan')):.2f}",
         *(f"{scores[m]['nrmse']:.3f}" if m in scores else "-" for m in MAPS),
         f"{scores['B0']['rmse_hz']:.2f}" if "B0" in scores else "-",
-        datetime.date.today().isoformat(),
+        date,
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -145,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         planned = getattr(load_config(get_method(method), config), "iterations", None)
         steps = report.get("iterations", args.iterations)
         key = (preset.name, f"{args.R:g}", method, args.device, str(steps))
-        rows[key] = row(key, record["methods"][method], report, planned)
+        date = str(record.get("finished") or datetime.date.today().isoformat())[:10]
+        rows[key] = row(key, record["methods"][method], report, planned, date)
     config_name = config.relative_to(ROOT) if config and config.is_relative_to(ROOT) else config
     body = "\n".join(
         [
