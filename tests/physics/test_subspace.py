@@ -17,6 +17,7 @@ from lorein.physics.subspace import (
 )
 from tests.helpers import randn_complex, rng
 from tests.physics import bloch_reference as bloch
+from tests.physics.test_signal_models import random_maps
 
 RANK = 15
 
@@ -213,26 +214,12 @@ def test_projection_on_cuda_matches_cpu() -> None:
     torch.testing.assert_close(projected.cpu(), subspace.project(x), rtol=1e-5, atol=1e-5)
 
 
-RANGES = {
-    "M0": (0.5, 1.0),
-    "T1": (0.5, 2.0),
-    "T2": (0.04, 0.15),
-    "T2star": (0.02, 0.08),
-    "B0": (-30.0, 30.0),
-    "phase0": (-1.0, 1.0),
-}
-
-
 @pytest.mark.parametrize("model", [sim1_model(), sim2_small_model()], ids=["sim1", "sim2-small"])
 def test_factor_projection_matches_the_images(model: SignalModel) -> None:
     """``Phi^H S`` and ``||S||^2`` from the factors equal those of the T images, gradients too."""
-    g = rng(31)
     maps = {
-        name: (
-            low + (high - low) * torch.rand(3, 4, 5, generator=g, dtype=torch.float64)
-        ).requires_grad_(True)
-        for name, (low, high) in RANGES.items()
-        if name in model.parameters
+        name: value.requires_grad_(True)
+        for name, value in random_maps(model, (3, 4, 5), seed=31, dtype=torch.float64).items()
     }
     phi = orthonormal(model.contrasts.n_contrasts, RANK, seed=32)
     weight = randn_complex(RANK, 3, 4, 5, seed=33).to(torch.complex128)
