@@ -112,6 +112,12 @@ def test_prior_fast_path_equals_naive_formula(sim: Simulation) -> None:
     naive = (lrr_images - images).abs().pow(2).sum() / (images.numel() * problem.n_coils)
     projected, norm2 = losses.project(factors)
     assert float(losses.prior(u, projected, norm2)) == pytest.approx(float(naive), rel=1e-5)
+    # the subspace form: ||u - Phi^H I||^2 with the projection computed from the images
+    coefficients = torch.tensordot(phi.conj(), images, dims=([0], [0]))
+    naive_subspace = (u - coefficients).abs().pow(2).sum() / (images.numel() * problem.n_coils)
+    fast_subspace = losses.prior(u, projected, norm2, "subspace")
+    assert float(fast_subspace) == pytest.approx(float(naive_subspace), rel=1e-4)
+    assert float(naive_subspace) < float(naive)  # it drops the out-of-subspace energy
 
 
 @pytest.mark.parametrize(("flow", "lrr_moves"), [("to-pmr", False), ("both", True)])
@@ -133,7 +139,7 @@ def test_prior_flow_decides_which_blocks_the_prior_trains(
     assert torch.equal(runs[0].images, runs[1].images) is not lrr_moves
 
 
-@pytest.mark.parametrize("key", ["mode", "prior_flow", "dc2_path"])
+@pytest.mark.parametrize("key", ["mode", "prior_flow", "prior_space", "dc2_path"])
 def test_unknown_choice_is_rejected(key: str) -> None:
     with pytest.raises(ValueError, match=f"{key} = 'nope': expected one of"):
         LoreinConfig(**{key: "nope"})

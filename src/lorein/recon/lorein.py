@@ -69,6 +69,7 @@ from lorein.recon.wnnm import WNNMRegulariser, mask_from_amplitude
 
 Mode = Literal["joint", "pmr-only", "lrr-fit"]
 PriorFlow = Literal["both", "to-pmr"]
+PriorSpace = Literal["full", "subspace"]
 Dc2Path = Literal["exact", "subspace"]
 
 
@@ -140,6 +141,11 @@ class LoreinConfig:
         (``U`` detached in ``L_prior``), so the LRR block fits its data alone and guides the
         maps one way, as the paper's Fig. 2 draws the prior ("from the LRR block to the PMR
         block").
+    prior_space
+        ``"full"``: ``||Phi U - I_w||^2`` (eq. 17); ``"subspace"``: ``||U - Phi^H I_w||^2``, which
+        drops ``||(1 - Phi Phi^H) I_w||^2``, the part of the weighted images that ``Phi U`` cannot
+        represent (and the subspace ``L_DC2`` does not see); in the full form that part is a
+        penalty on the maps alone that favours parameters whose signals lie in the subspace.
     wnnm_maps
         Per-map WNNM weights (paper: A 0.05, T1 and phase 0.2, T2 and T2* 2).
     dc2_path
@@ -174,6 +180,7 @@ class LoreinConfig:
     dc2: float = 1.0
     prior: float = 1.0
     prior_flow: PriorFlow = "both"
+    prior_space: PriorSpace = "full"
     wnnm: float = 1e-8
     wnnm_maps: dict[str, float] = field(
         default_factory=lambda: {"M0": 0.05, "T1": 0.2, "T2": 2.0, "T2star": 2.0, "B0": 0.2}
@@ -193,7 +200,13 @@ class LoreinConfig:
     )
 
     def __post_init__(self) -> None:
-        for key, kind in (("mode", Mode), ("prior_flow", PriorFlow), ("dc2_path", Dc2Path)):
+        choices_of = (
+            ("mode", Mode),
+            ("prior_flow", PriorFlow),
+            ("prior_space", PriorSpace),
+            ("dc2_path", Dc2Path),
+        )
+        for key, kind in choices_of:
             choices = get_args(kind)
             if getattr(self, key) not in choices:
                 raise ValueError(
@@ -276,8 +289,27 @@ class LoreinLosses:
         """``Phi^H I`` and ``||I||^2`` of the PMR images, without forming them (T = 1280)."""
         return self.projection(factors)
 
-    def prior(self, u: torch.Tensor, projected: torch.Tensor, norm2: torch.Tensor) -> torch.Tensor:
-        """``||Phi u - I||^2 / (T V C)`` as ``||u||^2 - 2 Re<u, Phi^H I> + ||I||^2``."""
+    def prior(
+        self,
+        u: torch.Tensor,
+        projected: torch.Tensor,
+        norm2: torch.Tensor,
+        space: PriorSpace = "full",
+    ) -> torch.Tensor:
+        """``||Phi u - I||^2 / (T V C)`` as ``||u||^2 - 2 Re<u, Phi^H I> + ||I||^2``.
+
+        Parameters
+        ----------
+        u
+            Spatial bases ``[K, nz, ny, nx]``.
+        projected, norm2
+            ``Phi^H I`` ``[K, nz, ny, nx]`` and ``||I||^2`` of the PMR images (:meth:`project`).
+        space
+            ``"subspace"``: ``||u - Phi^H I||^2 / (T V C)`` instead (``||Phi^H I||^2`` replaces
+            ``||I||^2``).
+        """
+        if space == "subspace":
+            norm2 = projected.abs().pow(2).sum()
         cross = torch.vdot(u.flatten(), projected.flatten()).real
         return (u.abs().pow(2).sum() - 2 * cross + norm2) / self.n_prior
 
@@ -406,7 +438,8 @@ def reconstruct(
                     terms["dc2"] = config.dc2 * losses.dc2_subspace(projected, coils)
                 if u is not None and config.prior > 0:
                     guide = u.detach() if config.prior_flow == "to-pmr" else u
-                    terms["prior"] = config.prior * losses.prior(guide, projected, norm2)
+                    prior = losses.prior(guide, projected, norm2, config.prior_space)
+                    terms["prior"] = config.prior * prior
             if config.wnnm > 0 and it >= config.wnnm_start:
                 if net.wnnm is None:
                     net.wnnm = start_wnnm(maps, config)
