@@ -1,0 +1,144 @@
+"""Run-to-run spread of the methods: one problem, several method seeds, NRMSE mean and spread.
+
+Usage::
+
+    python benchmarks/seed_spread.py [--preset sim1-small] [--R 27] [--methods lorein summit]
+        [--seeds 0 1 2] [--problem-seed 0] [--device cpu] [--workdir benchmarks/work]
+
+The INR methods start from random weights and hash tables, so one run of each is one draw: this
+script answers whether a difference between two methods in the paper table is larger than what a
+different initialisation alone does. The problem (phantom, sampling, noise) is the paper table's
+case ``WORKDIR/PRESET/seedP/R*/problem.h5`` (simulated if missing) and stays fixed; only the
+methods' seed changes. Method seed ``P`` is the paper table's own run (``.../compare/``, reused or
+completed), every other seed ``S`` runs in ``.../compare-seedS/`` with the same configuration
+(``configs/PRESET.toml``); finished runs are reused. Writes the section
+``seed_spread-PRESET-RR`` of docs/BENCHMARKS.md: per method and map the mean, standard deviation
+and range over the seeds, and per pair of methods how many seeds the first has the lower error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import sys
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_table import ROOT, run_case, simulate_case, table_maps  # noqa: E402
+from report import machine, update_section  # noqa: E402
+
+from lorein.recon.run import METHODS  # noqa: E402
+from lorein.sim.presets import get_preset  # noqa: E402
+
+NAMES = {"T2star": "T2*"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="sim1-small", help="a preset of lorein.sim.presets")
+    parser.add_argument("--R", type=float, default=27.0, help="acceleration factor")
+    parser.add_argument("--methods", nargs="+", default=["lorein", "summit"], choices=METHODS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="method seeds")
+    parser.add_argument("--problem-seed", type=int, default=0, help="seed of the problem")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "work")
+    parser.add_argument("--configs", type=Path, default=ROOT / "configs", help="PRESET.toml here")
+    parser.add_argument("--timeout-s", type=float, default=None, help="limit per method run [s]")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-report", action="store_true", help="print only; leave docs alone")
+    args = parser.parse_args(argv)
+    if len(set(args.seeds)) < 2:
+        parser.error("--seeds: give at least two different seeds")
+    return args
+
+
+def nrmse_by_seed(
+    records: dict[int, dict[str, Any]], method: str, key: str
+) -> dict[int, float | None]:
+    """Seed -> NRMSE of ``key`` for ``method``: None where the run failed or did not run; seeds
+    whose finished run has no such map are left out."""
+    values: dict[int, float | None] = {}
+    for seed, record in records.items():
+        result = record["methods"].get(method, {})
+        if result.get("status") != "ok":
+            values[seed] = None
+        elif key in result["scores"]:
+            values[seed] = result["scores"][key]["nrmse"]
+    return values
+
+
+def spread_cell(values: dict[int, float | None]) -> str:
+    """``mean +- sd (min - max)`` of the finished runs and how many failed; ``-`` if no map."""
+    if not values:
+        return "-"
+    done = [v for v in values.values() if v is not None]
+    if not done:
+        return "failed"
+    cell = f"{statistics.fmean(done):.3f}"
+    if len(done) > 1:
+        cell += f" +- {statistics.stdev(done):.3f} ({min(done):.3f} - {max(done):.3f})"
+    failed = len(values) - len(done)
+    return cell + (f", {failed} failed" if failed else "")
+
+
+def wins(a: dict[int, float | None], b: dict[int, float | None]) -> str:
+    """``k / n``: seeds where ``a`` has a lower NRMSE than ``b`` among those where both ran."""
+    both = [s for s in a if a[s] is not None and b.get(s) is not None]
+    return f"{sum(a[s] < b[s] for s in both)} / {len(both)}"
+
+
+def report(args: argparse.Namespace, records: dict[int, dict[str, Any]]) -> str:
+    """The docs/BENCHMARKS.md section of one case."""
+    preset = get_preset(args.preset)
+    maps = table_maps(preset)
+    header = ["method", *(NAMES.get(m, m) for m in maps)]
+    lines = [
+        f"## Run-to-run spread: {args.preset}, R = {args.R:g} (`benchmarks/seed_spread.py`)",
+        "",
+        f"Machine: {machine()}; device {args.device}; {datetime.date.today().isoformat()}. "
+        f"Problem seed {args.problem_seed} (the paper table's case); method seeds "
+        f"{', '.join(map(str, args.seeds))}. NRMSE (capped, truth mask): mean +- standard "
+        "deviation (min - max) over the method seeds.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    by_method = {
+        method: {key: nrmse_by_seed(records, method, key) for key in maps}
+        for method in args.methods
+    }
+    for method, values in by_method.items():
+        lines.append(f"| {method} | " + " | ".join(spread_cell(values[k]) for k in maps) + " |")
+    if len(args.methods) > 1:
+        lines += ["", "Seeds on which the first method has the lower NRMSE:", ""]
+        lines += ["| pair | " + " | ".join(header[1:]) + " |", "|" + "---|" * len(header)]
+        for a, b in combinations(args.methods, 2):
+            cells = [wins(by_method[a][k], by_method[b][k]) for k in maps]
+            lines.append(f"| {a} < {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    preset = get_preset(args.preset)
+    config = args.configs / f"{args.preset}.toml"
+    base = args.workdir / args.preset / f"seed{args.problem_seed}" / f"R{args.R:g}"
+    problem = base / "problem.h5"
+    simulate_case(preset, args.R, args.problem_seed, problem, snr=None, true_coils=False)
+    config_file = config if config.exists() else None
+    records = {}
+    for seed in args.seeds:
+        out = base / ("compare" if seed == args.problem_seed else f"compare-seed{seed}")
+        run = argparse.Namespace(**{**vars(args), "seed": seed, "report_only": False})
+        records[seed] = run_case(problem, args.methods, out, config_file, run)
+    body = report(args, records)
+    print(body)
+    if not args.no_report:
+        update_section(f"seed_spread-{args.preset}-R{args.R:g}", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The run-to-run spread table of benchmarks/seed_spread.py, on hand-made comparison records."""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from seed_spread import nrmse_by_seed, report, spread_cell, wins  # noqa: E402
+
+
+def record(lorein: float, summit: float | None) -> dict:
+    methods = {"lorein": {"status": "ok", "scores": {"T1": {"nrmse": lorein}}}}
+    methods["summit"] = (
+        {"status": "failed", "error": "boom"}
+        if summit is None
+        else {"status": "ok", "scores": {"T1": {"nrmse": summit}}}
+    )
+    return {"methods": methods}
+
+
+RECORDS = {0: record(0.40, 0.38), 1: record(0.36, 0.39), 2: record(0.38, None)}
+
+
+def test_cell_gives_mean_sd_range_and_failures() -> None:
+    assert spread_cell(nrmse_by_seed(RECORDS, "lorein", "T1")) == "0.380 +- 0.020 (0.360 - 0.400)"
+    summit = nrmse_by_seed(RECORDS, "summit", "T1")
+    assert summit[2] is None
+    assert spread_cell(summit).endswith(", 1 failed")
+    assert spread_cell({0: None}) == "failed"
+    assert nrmse_by_seed(RECORDS, "lorein", "T2star") == {}
+    assert spread_cell({}) == "-"
+
+
+def test_wins_count_only_seeds_where_both_ran() -> None:
+    lorein = nrmse_by_seed(RECORDS, "lorein", "T1")
+    summit = nrmse_by_seed(RECORDS, "summit", "T1")
+    assert wins(lorein, summit) == "1 / 2"
+    assert wins(summit, lorein) == "1 / 2"
+
+
+def test_report_lists_every_method_and_pair() -> None:
+    args = argparse.Namespace(
+        preset="sim1-small",
+        R=27.0,
+        methods=["lorein", "summit"],
+        seeds=[0, 1, 2],
+        problem_seed=0,
+        device="cpu",
+    )
+    text = report(args, RECORDS)
+    assert "| lorein | 0.380 +- 0.020 (0.360 - 0.400) | - |" in text
+    assert "| summit | 0.385 +- 0.007 (0.380 - 0.390), 1 failed | failed |" in text
+    assert "| lorein < summit | 1 / 2 | 0 / 0 |" in text
