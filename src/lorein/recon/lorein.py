@@ -31,7 +31,23 @@ Loss, each term a mean over its samples so that the unit weights of eq. 18 balan
   ===============================  ===============  ===============
 
   The LRR images carry better T2* (and B0) than the PMR block finds alone but worse T1, and the
-  prior passes both on: at these CPU budgets the joint model trades T1 for T2*.
+  prior passes both on: at these CPU budgets the joint model trades T1 for T2*. The same problems
+  again after the CPU speed-ups (float rounding alone moved every run by up to 0.02):
+
+  ===================================  ===============  ===============
+  run                                  seed 1           seed 2
+  ===================================  ===============  ===============
+  prior 1                              0.365 / 0.306    0.394 / 0.283
+  prior 1, ``prior_space="subspace"``  0.366 / 0.307    0.394 / 0.283
+  prior 0.3 (``configs/sim1-small``)   0.350 / 0.313    0.386 / 0.285
+  prior 0.1                            0.348 / 0.312    0.385 / 0.289
+  PMR block alone (SUMMIT)             0.359 / 0.330    0.385 / 0.301
+  ===================================  ===============  ===============
+
+  Dropping the out-of-subspace energy of ``I_w`` from the prior changes nothing, so the full
+  form's pull towards in-subspace signals is not what costs T1. A weaker prior does: at 0.3 the
+  maps follow their own data term more for T1 and keep most of the LRR block's T2* (0.1 and 0.3
+  have the same mean of the four numbers; 0.3 keeps the blocks more tightly coupled).
 - ``lambda L_WNNM`` on the maps, switched on after a warm-up, block matching fixed then.
 
 Schedule: the coil field is first fitted to the calibration-region estimate (a warm start, data
