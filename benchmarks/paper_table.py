@@ -53,6 +53,9 @@ PROTOCOL: dict[str, tuple[float, ...]] = {
 REFERENCE = "fit, fully sampled, noiseless, true coils"
 """Row label of the error floor."""
 
+MAP_NAMES = {"T2star": "T2*"}
+"""Map keys -> how the tables name them (others as they are)."""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -204,7 +207,7 @@ def preset_table(
         Cell of the reference row.
     """
     maps = table_maps(preset)
-    names = " / ".join({"T2star": "T2*"}.get(m, m) for m in maps)
+    names = " / ".join(MAP_NAMES.get(m, m) for m in maps)
     rs = sorted(records)
     header = ["method", "R = 1", *(f"R = {r:g}" for r in rs)]
     rows = [[REFERENCE, reference, *("" for _ in rs)]]

@@ -27,13 +27,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper_table import ROOT, run_case, simulate_case, table_maps  # noqa: E402
+from paper_table import MAP_NAMES, ROOT, run_case, simulate_case, table_maps  # noqa: E402
 from report import machine, update_section  # noqa: E402
 
 from lorein.recon.run import METHODS  # noqa: E402
 from lorein.sim.presets import get_preset  # noqa: E402
-
-NAMES = {"T2star": "T2*"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -94,7 +92,7 @@ def report(args: argparse.Namespace, records: dict[int, dict[str, Any]]) -> str:
     """The docs/BENCHMARKS.md section of one case."""
     preset = get_preset(args.preset)
     maps = table_maps(preset)
-    header = ["method", *(NAMES.get(m, m) for m in maps)]
+    header = ["method", *(MAP_NAMES.get(m, m) for m in maps)]
     lines = [
         f"## Run-to-run spread: {args.preset}, R = {args.R:g} (`benchmarks/seed_spread.py`)",
         "",
