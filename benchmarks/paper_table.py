@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import machine, update_section  # noqa: E402
+from report import README, machine, update_section  # noqa: E402
 
 from lorein import __version__  # noqa: E402
 from lorein.data.problem import write_problem  # noqa: E402
@@ -251,6 +251,11 @@ def report_body(
     return "\n".join(lines)
 
 
+def readme_tables(tables: list[list[str]]) -> str:
+    """The tables as README.md quotes them (its "Results" section, between the markers)."""
+    return "\n\n".join("\n".join(table) for table in tables)
+
+
 def _shown(path: Path | None) -> str:
     """A configuration file as the report names it (relative to the repository)."""
     if path is None:
@@ -286,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     print(body)
     if not args.no_report:
         update_section("paper_table", body)
+        update_section("paper_table", readme_tables(tables), README)
 
 
 if __name__ == "__main__":

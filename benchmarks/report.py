@@ -1,4 +1,5 @@
-"""Write benchmark results into sections of docs/BENCHMARKS.md, with the machine described."""
+"""Write benchmark results into marked sections of docs/BENCHMARKS.md (and README.md), with the
+machine described."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "docs" / "BENCHMARKS.md"
+README = ROOT / "README.md"
 HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun it to refresh.\n"
 
 
@@ -30,13 +33,25 @@ def machine() -> str:
     )
 
 
-def update_section(name: str, body: str) -> None:
-    """Replace (or append) the section ``name`` of docs/BENCHMARKS.md with ``body``."""
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
+def update_section(name: str, body: str, path: Path = BENCHMARKS) -> None:
+    """Replace the section ``name`` of ``path`` (between ``<!-- begin/end name -->`` markers)
+    with ``body``; append it when the file has no such section.
+
+    Parameters
+    ----------
+    name
+        Section name in the markers.
+    body
+        Markdown text of the section.
+    path
+        docs/BENCHMARKS.md by default (created with its header if missing); README.md for the
+        results tables it quotes.
+    """
+    text = path.read_text() if path.exists() else HEADER
     block = f"<!-- begin {name} -->\n{body.rstrip()}\n<!-- end {name} -->"
     pattern = re.compile(
         rf"<!-- begin {re.escape(name)} -->.*?<!-- end {re.escape(name)} -->", re.S
     )
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}\n"
-    BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)
-    BENCHMARKS.write_text(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
