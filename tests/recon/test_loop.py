@@ -85,3 +85,53 @@ def test_persistent_nan_gives_a_clear_error() -> None:
     opt = Optimisation(m, closure, LoopConfig(iterations=10, max_rollbacks=2), progress=False)
     with pytest.raises(NonFiniteLossError, match="after 2 rollbacks"):
         opt.run()
+
+
+def test_before_step_runs_once_per_step_and_resume_keeps_the_trajectory(tmp_path: Path) -> None:
+    def jump_at_10(module: Quadratic, calls: list[int]):
+        def hook(it: int) -> None:
+            calls.append(it)
+            if it == 10:  # a stage change: the state is replaced, not optimised
+                with torch.no_grad():
+                    module.x.fill_(-3.0)
+
+        return hook
+
+    torch.manual_seed(0)
+    straight, calls = Quadratic(), []
+    cfg = LoopConfig(iterations=20, lr=0.05)
+    Optimisation(
+        straight,
+        closure_for(straight),
+        cfg,
+        progress=False,
+        before_step=jump_at_10(straight, calls),
+    ).run()
+    assert calls == list(range(20))
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt.pt"
+    first, before = Quadratic(), []
+    Optimisation(
+        first,
+        closure_for(first),
+        LoopConfig(iterations=14, lr=0.05),
+        ckpt,
+        progress=False,
+        before_step=jump_at_10(first, before),
+    ).run()
+    resumed, after = Quadratic(), []
+    Optimisation(
+        resumed,
+        closure_for(resumed),
+        cfg,
+        ckpt,
+        progress=False,
+        before_step=jump_at_10(resumed, after),
+    ).run(resume=True)
+    assert before == list(range(14)) and after == list(range(14, 20))
+    assert torch.equal(resumed.x, straight.x)
+    without = Quadratic()
+    torch.manual_seed(0)
+    Optimisation(without, closure_for(without), cfg, progress=False).run()
+    assert not torch.allclose(without.x, straight.x)  # the hook did act

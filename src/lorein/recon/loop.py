@@ -105,6 +105,11 @@ class Optimisation:
         Show a progress bar.
     description
         Progress bar label.
+    before_step
+        ``before_step(iteration)``, called before every step (e.g. to
+        re-initialise a block when a stage begins). A rollback re-runs it for the steps it repeats,
+        and a resumed run calls it only for the steps still to come, so the trajectory is that of
+        an uninterrupted run.
     """
 
     def __init__(
@@ -115,9 +120,11 @@ class Optimisation:
         checkpoint: Path | None = None,
         progress: bool = True,
         description: str = "optimise",
+        before_step: Callable[[int], None] | None = None,
     ) -> None:
         self.module = module
         self.closure = closure
+        self.before_step = before_step
         self.config = config
         self.checkpoint = checkpoint
         self.progress = progress
@@ -207,6 +214,8 @@ class Optimisation:
         )
         while self.state.iteration < c.iterations:
             it = self.state.iteration
+            if self.before_step is not None:
+                self.before_step(it)
             record = self._finite_step(it)
             if record is None:
                 rollbacks = self.state.rollbacks + 1

@@ -80,13 +80,14 @@ from lorein.physics.subspace import (
 from lorein.recon.blocks import LowRankBlock, ParameterBlock
 from lorein.recon.calibration import scaled_kspace
 from lorein.recon.loop import LoopConfig, Optimisation
-from lorein.recon.warm_start import fit_coil_field, subspace_cg, warm_start
+from lorein.recon.warm_start import fit_coil_field, start_maps, subspace_cg, warm_start
 from lorein.recon.wnnm import WNNMRegulariser, mask_from_amplitude
 
 Mode = Literal["joint", "pmr-only", "lrr-fit"]
 PriorFlow = Literal["both", "to-pmr"]
 PriorSpace = Literal["full", "subspace"]
 Dc2Path = Literal["exact", "subspace"]
+PmrStart = Literal["cg", "lrr"]
 
 
 def _hash(n_levels: int, log2_table: int, n_min: int, growth: float | str) -> dict[str, Any]:
@@ -168,6 +169,13 @@ class LoreinConfig:
         ``"exact"`` (per-contrast FFTs) or ``"subspace"``.
     cnn_channels
         Channels of the basis CNN; 0 removes it (ablation "no CNN").
+    pmr_start
+        Where the parameter fields start: ``"cg"``, the voxel fit of the CG subspace
+        reconstruction of the warm start (before step 0); ``"lrr"``, the voxel fit of the LRR
+        block's images ``Phi U`` after its ``pretrain`` steps (joint mode, ``pretrain > 0``).
+        The unregularised CG start carries the aliasing of sparse sampling (ghost arcs of the
+        head outline on sim2-small) into the maps, and the PMR block does not unlearn it in
+        the budget; the pre-trained LRR block (hash fields + CNN) has removed it.
     mode
         ``"joint"`` (LoREIN), ``"pmr-only"`` (no LRR block: SUMMIT-like ablation) or
         ``"lrr-fit"`` (LRR block alone, then a voxel-wise fit of Phi U).
@@ -202,6 +210,7 @@ class LoreinConfig:
         default_factory=lambda: {"M0": 0.05, "T1": 0.2, "T2": 2.0, "T2star": 2.0, "B0": 0.2}
     )
     dc2_path: Dc2Path = "exact"
+    pmr_start: PmrStart = "cg"
     cnn_channels: int = 8
     mode: Mode = "joint"
     coil_compression: int | None = None
@@ -221,6 +230,7 @@ class LoreinConfig:
             ("prior_flow", PriorFlow),
             ("prior_space", PriorSpace),
             ("dc2_path", Dc2Path),
+            ("pmr_start", PmrStart),
         )
         for key, kind in choices_of:
             choices = get_args(kind)
@@ -228,6 +238,11 @@ class LoreinConfig:
                 raise ValueError(
                     f"{key} = {getattr(self, key)!r}: expected one of {', '.join(choices)}"
                 )
+        if self.pmr_start == "lrr" and not (self.mode == "joint" and self.pretrain > 0):
+            raise ValueError(
+                f"pmr_start = 'lrr' needs mode = 'joint' and pretrain > 0 "
+                f"(got mode = {self.mode!r}, pretrain = {self.pretrain})"
+            )
 
 
 class LoreinModel(torch.nn.Module):
@@ -428,7 +443,7 @@ def reconstruct(
             cpu_model = signal_model(problem.signal_model, problem.contrasts)
             warm_start(
                 lrr if use_lrr else None,
-                pmr,
+                pmr if config.pmr_start == "cg" else None,
                 u0,
                 subspace,
                 cpu_model,
@@ -463,8 +478,25 @@ def reconstruct(
         terms["total"] = sum(terms.values())
         return terms
 
+    def start_pmr_from_lrr(it: int) -> None:
+        if pmr is None or config.pmr_start != "lrr" or it != config.pretrain:
+            return
+        with torch.no_grad():
+            images = subspace.expand(lrr.spatial_bases().cpu().to(subspace.phi.dtype), dim=0)
+        cpu_model = signal_model(problem.signal_model, problem.contrasts)
+        start_maps(
+            pmr,
+            images.to(torch.complex64),
+            cpu_model,
+            calib.support,
+            config.warm_start,
+            progress=progress,
+        )
+
     loop = LoopConfig(iterations=config.iterations, lr=config.lr, decay_every=config.decay_every)
-    optimisation = Optimisation(net, closure, loop, checkpoint, progress, "lorein")
+    optimisation = Optimisation(
+        net, closure, loop, checkpoint, progress, "lorein", before_step=start_pmr_from_lrr
+    )
     warm_up_seconds = time.perf_counter() - start
     history = optimisation.run(resume=resume)
 

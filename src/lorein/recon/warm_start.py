@@ -145,16 +145,50 @@ def warm_start(
     if pmr is None:
         return None
     images = subspace.expand(u0.to(subspace.phi.dtype).cpu(), dim=0).to(torch.complex64)
-    fitted = fit_maps(images, model, mask=support.cpu())
+    return start_maps(pmr, images, model, support, steps, lr, batch, progress)
+
+
+def start_maps(
+    pmr: ParameterBlock,
+    images: torch.Tensor,
+    model: SignalModel,
+    support: torch.Tensor,
+    steps: int,
+    lr: float = 1e-2,
+    batch: int = VOXEL_BATCH,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Regress the parameter fields to the voxel fit of weighted images.
+
+    Parameters
+    ----------
+    pmr
+        The parameter block (its fields are overwritten).
+    images
+        ``[T, nz, ny, nx]`` complex weighted images (any device; fitted on the CPU).
+    model
+        Signal model on the CPU.
+    support
+        ``[nz, ny, nx]`` bool voxels to fit and regress.
+    steps, lr, batch
+        Adam steps, learning rate and voxels per step of the regression.
+
+    Returns
+    -------
+    The voxel-wise fitted maps (CPU), from :func:`lorein.recon.fitting.fit_maps`.
+    """
+    device = support.device
+    voxels = torch.nonzero(support.flatten()).squeeze(1)
+    fitted = fit_maps(images.cpu(), model, mask=support.cpu())
     targets: dict[str, torch.Tensor] = {}
     for name in pmr.positive:
         lo, hi = POSITIVE_BOUNDS[name]
-        targets[name] = fitted[name].clamp(lo, hi).log().to(u0.device).flatten()
-    b0 = (fitted["B0"] / B0_UNIT_HZ).to(u0.device).flatten()
-    phase0 = fitted["phase0"].to(u0.device).flatten()
+        targets[name] = fitted[name].clamp(lo, hi).log().to(device).flatten()
+    b0 = (fitted["B0"] / B0_UNIT_HZ).to(device).flatten()
+    phase0 = fitted["phase0"].to(device).flatten()
 
     def loss(v: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros((), device=u0.device)
+        total = torch.zeros((), device=device)
         for name, f in pmr.positive.items():
             total = total + (f.at_voxels(v)[:, 0].log() - targets[name][v]).pow(2).sum()
         phase = pmr.phase.at_voxels(v)
