@@ -52,9 +52,37 @@ Loss, each term a mean over its samples so that the unit weights of eq. 18 balan
 
 Schedule: the coil field is first fitted to the calibration-region estimate (a warm start, data
 only); the LRR block is pre-trained alone on ``L_DC1``; then all terms are optimised together with
-Adam and step decay. The whole volume is used in every iteration (no minibatches of readout
-planes): the Gram-form DC1 costs ``K n_coils`` FFTs per iteration whatever the batch, the CNN
-needs whole slices, and on CPU the per-iteration overhead of small batches dominated.
+Adam and step decay. The parameter fields start (``pmr_start``) either from the voxel fit of the
+CG subspace reconstruction that also starts the bases (``"cg"``), or, once pre-training ends,
+from the voxel fit of the LRR block's images (``"lrr"``). On sim2-small (3-4 lines per contrast)
+the unregularised CG start carries ghost arcs of the head outline (aliasing of the sparse
+sampling, worst in T2), which the PMR block did not unlearn in its steps while the LRR block,
+regularised by its fields and CNN, did; the maps then inherited them. Measured on sim2-small
+seed-1 problems (tuning only), 150 steps, T1 / T2 / T2* NRMSE:
+
+  =======================================  =====================  =====================
+  run                                      R = 160                R = 960
+  =======================================  =====================  =====================
+  ``pmr_start="cg"``, pretrain 0 (before)  0.351 / 0.411 / 0.280  0.631 / 0.625 / 0.351
+  same, ``dc2 = 0.1``                      0.397 / 0.514 / 0.281
+  same, ``dc2 = 0``, ``"to-pmr"`` prior    0.429 / 0.621 / 0.284
+  LRR block alone + voxel fit              0.328 / 0.296 / 0.252  0.627 / 0.610 / 0.418
+  ``pmr_start="lrr"``, pretrain 50         0.389 / 0.262 / 0.266  0.552 / 0.530 / 0.445
+  **``"lrr"``, pretrain 100 (now)**        0.311 / 0.264 / 0.254  0.619 / 0.534 / 0.432
+  =======================================  =====================  =====================
+
+  With ``dc2 = 0`` and the LRR block trained on its data alone the ghosts stay: they come from
+  the start, not from ``L_DC2``. Mean of the six numbers of a row: 0.442 before, 0.422 for the
+  LRR block alone, 0.407 with pretrain 50, 0.402 with pretrain 100 (configs/sim2-small.toml; M0 0.230 -> 0.173
+  at R = 160, 0.479 -> 0.362 at R = 960; 680 s instead of 1120 s at R = 160, LRR steps being
+  cheaper than joint ones). On sim1-small (60 contrasts, each 27x undersampled) the CG start has
+  no such arcs and ``"lrr"`` (pretrain 75) costs T1 (seeds 1 / 2, T1 / T2*: 0.383 / 0.288 and
+  0.433 / 0.274 against 0.350 / 0.313 and 0.386 / 0.285), so configs/sim1-small.toml keeps
+  ``"cg"``.
+
+The whole volume is used in every iteration (no minibatches of readout planes): the Gram-form DC1
+costs ``K n_coils`` FFTs per iteration whatever the batch, the CNN needs whole slices, and on CPU
+the per-iteration overhead of small batches dominated.
 """
 
 from __future__ import annotations
