@@ -71,12 +71,12 @@ seed-1 problems (tuning only), 150 steps, T1 / T2 / T2* NRMSE:
   **``"lrr"``, pretrain 100 (now)**        0.311 / 0.264 / 0.254  0.619 / 0.534 / 0.432
   =======================================  =====================  =====================
 
-  With ``dc2 = 0`` and the LRR block trained on its data alone the ghosts stay: they come from
-  the start, not from ``L_DC2``. Mean of the six numbers of a row: 0.442 before, 0.422 for the
-  LRR block alone, 0.407 with pretrain 50, 0.402 with pretrain 100 (configs/sim2-small.toml; M0 0.230 -> 0.173
-  at R = 160, 0.479 -> 0.362 at R = 960; 680 s instead of 1120 s at R = 160, LRR steps being
-  cheaper than joint ones). On sim1-small (60 contrasts, each 27x undersampled) the CG start has
-  no such arcs and ``"lrr"`` (pretrain 75) costs T1 (seeds 1 / 2, T1 / T2*: 0.383 / 0.288 and
+  With ``dc2 = 0`` and the LRR block trained on its data alone the ghosts stay: they come from the
+  start, not from ``L_DC2``. Mean of the six numbers of a row: 0.442 before, 0.422 for the LRR
+  block alone, 0.407 with pretrain 50, 0.402 with pretrain 100 (configs/sim2-small.toml; M0 0.230
+  -> 0.173 at R = 160, 0.479 -> 0.362 at R = 960; 680 s instead of 1120 s at R = 160, LRR steps
+  being cheaper than joint ones). On sim1-small (60 contrasts, each 27x undersampled) the CG start
+  has no such arcs and ``"lrr"`` (pretrain 75) costs T1 (seeds 1 / 2, T1 / T2*: 0.383 / 0.288 and
   0.433 / 0.274 against 0.350 / 0.313 and 0.386 / 0.285), so configs/sim1-small.toml keeps
   ``"cg"``.
 
