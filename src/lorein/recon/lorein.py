@@ -423,6 +423,7 @@ def reconstruct(
     kspace, calib = scaled_kspace(problem, config.coil_compression, dev)
 
     model = signal_model(problem.signal_model, problem.contrasts.to(dev))
+    cpu_model = signal_model(problem.signal_model, problem.contrasts)  # for the voxel fits
     subspace = temporal_subspace(
         model, config.rank, config.dictionary_atoms, config.b0_range_hz, seed
     )
@@ -468,7 +469,6 @@ def reconstruct(
                 coils0,
                 subspace,
             )
-            cpu_model = signal_model(problem.signal_model, problem.contrasts)
             warm_start(
                 lrr if use_lrr else None,
                 pmr if config.pmr_start == "cg" else None,
@@ -511,7 +511,6 @@ def reconstruct(
             return
         with torch.no_grad():
             images = subspace.expand(lrr.spatial_bases().cpu().to(subspace.phi.dtype), dim=0)
-        cpu_model = signal_model(problem.signal_model, problem.contrasts)
         start_maps(
             pmr,
             images.to(torch.complex64),
@@ -553,7 +552,6 @@ def reconstruct(
         from lorein.recon.fitting import fit_maps
 
         assert images is not None
-        cpu_model = signal_model(problem.signal_model, problem.contrasts)
         fitted = fit_maps(images.to(torch.complex64), cpu_model, mask=calib.support.cpu())
         result = {k: v.float() for k, v in fitted.items()}
         mask = calib.support.cpu().to(torch.uint8)
