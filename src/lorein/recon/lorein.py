@@ -115,7 +115,7 @@ Mode = Literal["joint", "pmr-only", "lrr-fit"]
 PriorFlow = Literal["both", "to-pmr"]
 PriorSpace = Literal["full", "subspace"]
 Dc2Path = Literal["exact", "subspace"]
-PmrStart = Literal["cg", "lrr", "data"]
+PmrStart = Literal["cg", "lrr"]
 
 
 def _hash(n_levels: int, log2_table: int, n_min: int, growth: float | str) -> dict[str, Any]:
@@ -200,14 +200,10 @@ class LoreinConfig:
     pmr_start
         Where the parameter fields start: ``"cg"``, the voxel fit of the CG subspace
         reconstruction of the warm start (before step 0); ``"lrr"``, the voxel fit of the LRR
-        block's images ``Phi U`` after its ``pretrain`` steps (joint mode, ``pretrain > 0``);
-        ``"data"``, both, keeping the one whose maps explain the acquired k-space better
-        (lower exact ``L_DC2`` with the pre-trained coils; chosen once, when pre-training
-        ends). The unregularised CG start carries the aliasing of sparse sampling (ghost arcs
-        of the head outline on sim2-small) into the maps, and the PMR block does not unlearn
-        it in the budget; the pre-trained LRR block (hash fields + CNN) has removed it, but
-        its images can lose the T1 contrast where the sampling leaves the low frequencies of
-        most contrasts unmeasured.
+        block's images ``Phi U`` after its ``pretrain`` steps (joint mode, ``pretrain > 0``).
+        The unregularised CG start carries the aliasing of sparse sampling (ghost arcs of the
+        head outline on sim2-small) into the maps, and the PMR block does not unlearn it in
+        the budget; the pre-trained LRR block (hash fields + CNN) has removed it.
     mode
         ``"joint"`` (LoREIN), ``"pmr-only"`` (no LRR block: SUMMIT-like ablation) or
         ``"lrr-fit"`` (LRR block alone, then a voxel-wise fit of Phi U).
@@ -270,9 +266,9 @@ class LoreinConfig:
                 raise ValueError(
                     f"{key} = {getattr(self, key)!r}: expected one of {', '.join(choices)}"
                 )
-        if self.pmr_start != "cg" and not (self.mode == "joint" and self.pretrain > 0):
+        if self.pmr_start == "lrr" and not (self.mode == "joint" and self.pretrain > 0):
             raise ValueError(
-                f"pmr_start = {self.pmr_start!r} needs mode = 'joint' and pretrain > 0 "
+                f"pmr_start = 'lrr' needs mode = 'joint' and pretrain > 0 "
                 f"(got mode = {self.mode!r}, pretrain = {self.pretrain})"
             )
 
@@ -475,7 +471,7 @@ def reconstruct(
             )
             warm_start(
                 lrr if use_lrr else None,
-                pmr if config.pmr_start != "lrr" else None,
+                pmr if config.pmr_start == "cg" else None,
                 u0,
                 subspace,
                 cpu_model,
@@ -510,22 +506,11 @@ def reconstruct(
         terms["total"] = sum(terms.values())
         return terms
 
-    start_choice: dict[str, Any] = {}
-
-    def pmr_residual(coils: torch.Tensor) -> float:
-        """Exact L_DC2 of the parameter block as it stands."""
-        assert pmr is not None
-        return float(losses.dc2_exact(model.factors(pmr()).images(), coils))
-
     def start_pmr_from_lrr(it: int) -> None:
-        if pmr is None or config.pmr_start == "cg" or it != config.pretrain:
+        if pmr is None or config.pmr_start != "lrr" or it != config.pretrain:
             return
         with torch.no_grad():
             images = subspace.expand(lrr.spatial_bases().cpu().to(subspace.phi.dtype), dim=0)
-            coils = lrr.coils()
-            if config.pmr_start == "data":  # the fields hold the CG start now
-                cg_state = {k: v.clone() for k, v in pmr.state_dict().items()}
-                start_choice["dc2_cg"] = pmr_residual(coils)
         start_maps(
             pmr,
             images.to(torch.complex64),
@@ -534,13 +519,6 @@ def reconstruct(
             config.warm_start,
             progress=progress,
         )
-        if config.pmr_start == "data":
-            with torch.no_grad():
-                start_choice["dc2_lrr"] = pmr_residual(coils)
-            keep_cg = start_choice["dc2_cg"] < start_choice["dc2_lrr"]
-            start_choice["start"] = "cg" if keep_cg else "lrr"
-            if keep_cg:
-                pmr.load_state_dict(cg_state)
 
     loop = LoopConfig(iterations=config.iterations, lr=config.lr, decay_every=config.decay_every)
     optimisation = Optimisation(
@@ -577,8 +555,6 @@ def reconstruct(
         fitted = fit_maps(images.to(torch.complex64), cpu_model, mask=calib.support.cpu())
         result = {k: v.float() for k, v in fitted.items()}
         mask = calib.support.cpu().to(torch.uint8)
-    if start_choice:  # absent when a resumed run had passed the choice
-        extras["pmr_start"] = start_choice
     extras["seconds"] = time.perf_counter() - start
     extras["warm_up_seconds"] = warm_up_seconds
     extras["seconds_per_step"] = optimisation.seconds_per_step
