@@ -2,7 +2,7 @@
 
 import torch
 
-from lorein.eval.metrics import map_error, nrmse, ssim, ssim_of_map
+from lorein.eval.metrics import constant_map, map_error, nrmse, ssim, ssim_of_map
 from tests.helpers import rng
 
 
@@ -45,3 +45,20 @@ def test_ssim_identity_and_noise() -> None:
     noisy = ref + 0.3 * torch.randn(ref.shape, generator=rng(1))
     assert ssim(noisy, ref, mask, data_range=1.0) < 0.9
     assert ssim_of_map("T1", ref, ref, mask) > 0.999
+
+
+def test_constant_map_is_the_best_constant() -> None:
+    """Scanning constants around it finds none with a lower error (T2: some truth above the
+    0.2 s cap, whose plain mean would be the wrong constant)."""
+    ref, mask = _maps()
+    t2 = 0.1 * ref
+    t2[0, 3, 4:9] = 2.0  # CSF-like
+    for name, truth in (("T1", ref), ("T2", t2), ("B0", 40 * ref - 30)):
+        best = map_error(name, constant_map(name, truth, mask), truth, mask)
+        value = float(constant_map(name, truth, mask)[0, 0, 0])
+        for delta in (-0.2, -0.02, -0.002, 0.002, 0.02, 0.2):
+            other = torch.full_like(truth, value + delta * abs(value))
+            assert map_error(name, other, truth, mask) > best
+    plain_mean = torch.full_like(t2, float(t2[mask.bool()].mean()))
+    best_t2 = map_error("T2", constant_map("T2", t2, mask), t2, mask)
+    assert map_error("T2", plain_mean, t2, mask) > best_t2 + 0.05

@@ -62,6 +62,17 @@ def map_error(name: str, x: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor)
     return nrmse(capped(name, x), capped(name, ref), mask)
 
 
+def constant_map(name: str, ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The constant map with the lowest :func:`map_error` against ``ref``: everywhere the mean of
+    the capped truth inside ``mask`` (for M0 any constant would do, after its scale).
+
+    An oracle reference, not a reconstruction: a method whose error is above this map's tells
+    less about the anatomy than the truth's mean value alone (``phase0`` is not covered).
+    """
+    m = mask.bool()
+    return torch.full_like(ref, float(capped(name, ref)[m].mean()))
+
+
 def error_map(name: str, x: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Voxel-wise signed error on the same footing as :func:`map_error` (zero outside mask)."""
     if name == "M0":
