@@ -1,9 +1,11 @@
-"""Run-to-run spread of the methods: one problem, several method seeds, NRMSE mean and spread.
+"""Run-to-run spread of the methods: one problem, several method seeds, NRMSE mean and spread;
+or (``--vary problem``) the spread over problems: several sampling draws, one run each.
 
 Usage::
 
     python benchmarks/seed_spread.py [--preset sim1-small] [--R 27] [--methods lorein summit]
-        [--seeds 0 1 2] [--problem-seed 0] [--device cpu] [--workdir benchmarks/work]
+        [--seeds 0 1 2] [--problem-seed 0] [--vary method|problem] [--device cpu]
+        [--workdir benchmarks/work]
 
 The INR methods start from random weights and hash tables, so one run of each is one draw: this
 script answers whether a difference between two methods in the paper table is larger than what a
@@ -14,6 +16,13 @@ completed), every other seed ``S`` runs in ``.../compare-seedS/`` with the same 
 (``configs/PRESET.toml``); finished runs are reused. Writes the section
 ``seed_spread-PRESET-RR`` of docs/BENCHMARKS.md: per method and map the mean, standard deviation
 and range over the seeds, and per pair of methods how many seeds the first has the lower error.
+
+With ``--vary problem`` each seed ``S`` is the paper table's case of seed ``S`` (phantom, sampling
+and noise drawn with ``S``; ``WORKDIR/PRESET/seedS/R*/``, simulated if missing) run with method
+seed ``S`` in its ``compare/``, exactly as ``paper_table.py --seed S`` would: seed 0 reuses the
+paper table's runs. This answers whether a cell of the paper table is typical of the preset at
+that R or one lucky or unlucky draw (sim2-small at R >= 480 acquires each ky-kz location at most
+once, and which ones depends on the draw). Writes the section ``draw_spread-PRESET-RR``.
 """
 
 from __future__ import annotations
@@ -41,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=["lorein", "summit"], choices=METHODS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="method seeds")
     parser.add_argument("--problem-seed", type=int, default=0, help="seed of the problem")
+    parser.add_argument(
+        "--vary",
+        choices=("method", "problem"),
+        default="method",
+        help="what --seeds are: method seeds on one problem, or problem (and method) seeds",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "work")
     parser.add_argument("--configs", type=Path, default=ROOT / "configs", help="PRESET.toml here")
@@ -93,13 +108,24 @@ def report(args: argparse.Namespace, records: dict[int, dict[str, Any]]) -> str:
     preset = get_preset(args.preset)
     maps = table_maps(preset)
     header = ["method", *(MAP_NAMES.get(m, m) for m in maps)]
+    seeds = ", ".join(map(str, args.seeds))
+    if getattr(args, "vary", "method") == "problem":
+        title = "Spread over sampling draws"
+        which = (
+            f"Problem seeds {seeds} (phantom, sampling and noise; seed 0 is the paper table's "
+            "case), each run once with the same seed as the paper table would"
+        )
+        over = "problems"
+    else:
+        title = "Run-to-run spread"
+        which = f"Problem seed {args.problem_seed} (the paper table's case); method seeds {seeds}"
+        over = "method seeds"
     lines = [
-        f"## Run-to-run spread: {args.preset}, R = {args.R:g} (`benchmarks/seed_spread.py`)",
+        f"## {title}: {args.preset}, R = {args.R:g} (`benchmarks/seed_spread.py`)",
         "",
         f"Machine: {machine()}; device {args.device}; {datetime.date.today().isoformat()}. "
-        f"Problem seed {args.problem_seed} (the paper table's case); method seeds "
-        f"{', '.join(map(str, args.seeds))}. NRMSE (capped, truth mask): mean +- standard "
-        "deviation (min - max) over the method seeds.",
+        f"{which}. NRMSE (capped, truth mask): mean +- standard deviation (min - max) over the "
+        f"{over}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -123,19 +149,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     preset = get_preset(args.preset)
     config = args.configs / f"{args.preset}.toml"
-    base = args.workdir / args.preset / f"seed{args.problem_seed}" / f"R{args.R:g}"
-    problem = base / "problem.h5"
-    simulate_case(preset, args.R, args.problem_seed, problem, snr=None, true_coils=False)
     config_file = config if config.exists() else None
     records = {}
     for seed in args.seeds:
-        out = base / ("compare" if seed == args.problem_seed else f"compare-seed{seed}")
+        problem_seed = seed if args.vary == "problem" else args.problem_seed
+        base = args.workdir / args.preset / f"seed{problem_seed}" / f"R{args.R:g}"
+        problem = base / "problem.h5"
+        simulate_case(preset, args.R, problem_seed, problem, snr=None, true_coils=False)
+        out = base / ("compare" if seed == problem_seed else f"compare-seed{seed}")
         run = argparse.Namespace(**{**vars(args), "seed": seed, "report_only": False})
         records[seed] = run_case(problem, args.methods, out, config_file, run)
     body = report(args, records)
     print(body)
     if not args.no_report:
-        update_section(f"seed_spread-{args.preset}-R{args.R:g}", body)
+        section = "draw_spread" if args.vary == "problem" else "seed_spread"
+        update_section(f"{section}-{args.preset}-R{args.R:g}", body)
 
 
 if __name__ == "__main__":
