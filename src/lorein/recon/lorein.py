@@ -80,6 +80,27 @@ seed-1 problems (tuning only), 150 steps, T1 / T2 / T2* NRMSE:
   0.433 / 0.274 against 0.350 / 0.313 and 0.386 / 0.285), so configs/sim1-small.toml keeps
   ``"cg"``.
 
+  At R = 480 (each ky-kz location acquired at most once) no start is reliable. Four more
+  sim2-small draws (seeds 1-4, tuning only), T1 / T2 / T2* NRMSE after 150 steps:
+
+  ==========================  =====================  =====================  =====================
+  draw                        ``"lrr"`` (now)        ``"cg"``, pretrain 0   ``"cg"``, rank 8
+  ==========================  =====================  =====================  =====================
+  seed 1                      0.322 / 0.330 / 0.246  0.794 / 0.450 / 0.333  0.461 / 0.312 / 0.470
+  seed 2                      0.413 / 0.566 / 0.241  0.537 / 0.452 / 0.351  0.597 / 0.569 / 0.357
+  seed 3                      0.537 / 0.631 / 0.345                         0.466 / 0.384 / 0.329
+  seed 4                      0.582 / 0.657 / 0.240                         0.534 / 0.616 / 0.289
+  ==========================  =====================  =====================  =====================
+
+  A constant map at the truth's mean scores 0.52 / 0.40 / 0.30 here: at R = 480 most of these
+  maps carry little beyond T1. Rank 8 (99.6 % of the dictionary's energy against 99.98 % at
+  15) makes the CG start far less aliased (start maps on seeds 3 / 4 / 5, T1: 0.44 / 0.56 / 0.55
+  against 1.24 / 0.62 / 1.07 at rank 15; the LRR start's 0.61 / 0.74 / 0.67) but not ghost-free
+  (seed 1, R = 160: T2* 0.325 against 0.254, arcs in M0 and T2*), so neither replaced ``"lrr"``.
+  Choosing the start with the lower exact ``L_DC2`` was tried and dropped: it took the LRR start
+  in all 10 probes (seeds 1-5, ranks 15 and 8), also where the CG start's maps were better; the
+  LRR images are trained on the data, so their fit explains it best whatever its T1.
+
 The whole volume is used in every iteration (no minibatches of readout planes): the Gram-form DC1
 costs ``K n_coils`` FFTs per iteration whatever the batch, the CNN needs whole slices, and on CPU
 the per-iteration overhead of small batches dominated.
