@@ -38,7 +38,7 @@ from report import README, machine, update_section  # noqa: E402
 from lorein import __version__  # noqa: E402
 from lorein.data.problem import read_truth, write_problem  # noqa: E402
 from lorein.eval.compare import compare  # noqa: E402
-from lorein.eval.metrics import constant_map, map_error  # noqa: E402
+from lorein.eval.evaluate import constant_map_errors  # noqa: E402
 from lorein.recon.run import METHODS  # noqa: E402
 from lorein.sim.presets import Preset, get_preset  # noqa: E402
 from lorein.sim.simulate import simulate  # noqa: E402
@@ -202,12 +202,8 @@ def constant_cell(problem: Path, maps: tuple[str, ...]) -> str:
     """NRMSEs of the best constant maps against the truth of ``problem`` (``-`` if absent)."""
     if not problem.exists():
         return "-"
-    truth = read_truth(problem)
-    errors = []
-    for name in maps:
-        ref, mask = getattr(truth, name), truth.mask
-        errors.append(f"{map_error(name, constant_map(name, ref, mask), ref, mask):.3f}")
-    return " / ".join(errors)
+    errors = constant_map_errors(read_truth(problem))
+    return " / ".join(f"{errors[name]:.3f}" for name in maps)
 
 
 def preset_table(

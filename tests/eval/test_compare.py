@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from lorein.cli import main
 from lorein.data.problem import read_problem, read_truth, write_problem
 from lorein.eval.compare import compare, last_line, tissue_stats
+from lorein.eval.metrics import map_error
 from lorein.recon.run import METHODS
 from lorein.sim.phantom import TISSUES
 from lorein.sim.simulate import simulate
@@ -80,6 +82,16 @@ def test_successful_method_is_scored(compared: Path) -> None:
     for tissue in ("WM", "GM", "deep GM"):
         t1 = fit["tissues"][tissue]["T1"]
         assert t1["bias"] == pytest.approx(t1["mean"] - t1["true_mean"])
+
+
+def test_constant_map_row_is_the_oracle_level(compared: Path, tiny: tuple[Path, Path]) -> None:
+    truth = read_truth(tiny[0])
+    constant = _record(compared)["constant_map"]
+    assert {"M0", "T1", "T2star", "B0"} <= set(constant)
+    level = torch.full_like(truth.T1, float(truth.T1[truth.mask.bool()].clamp(0, 3.5).mean()))
+    assert constant["T1"] == pytest.approx(map_error("T1", level, truth.T1, truth.mask))
+    row = f"| constant map at the truth's mean | oracle | {constant['M0']:.3f} |"
+    assert row in (compared / "compare.md").read_text()
 
 
 def test_failed_method_keeps_its_last_error_line(compared: Path) -> None:

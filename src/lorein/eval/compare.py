@@ -10,7 +10,9 @@ Layout of ``OUT/``:
 
 - ``METHOD/``: the method's output folder (``maps.h5``, ``nifti/``, ``report.json``);
 - ``METHOD.log``: its standard output and error (progress bars, error message);
-- ``compare.md``: tables of errors, time, memory and tissue statistics;
+- ``compare.md``: tables of errors, time, memory and tissue statistics; the error table ends with
+  the errors of the best constant maps (``compare.json``'s ``constant_map``: each map set to its
+  truth's mean), the level below which a method's map says more than that one number;
 - ``compare.png``: truth row, then a map row and an error row per successful method;
 - ``compare.json``: everything above, machine-readable. Written last and atomically, so its
   presence means the comparison finished.
@@ -35,7 +37,7 @@ import torch
 
 from lorein import __version__
 from lorein.data.problem import Truth, problem_summary, read_truth
-from lorein.eval.evaluate import EVALUATED, evaluate_maps, read_maps
+from lorein.eval.evaluate import EVALUATED, constant_map_errors, evaluate_maps, read_maps
 from lorein.eval.figures import LABELS, comparison_figure
 from lorein.eval.metrics import least_squares_scale
 from lorein.recon.run import METHODS
@@ -46,6 +48,10 @@ FORMAT = "lorein-compare"
 
 FORMAT_VERSION = 1
 """``format_version`` of ``compare.json``."""
+
+CONSTANT_ROW = "constant map at the truth's mean"
+"""Row of ``compare.md`` with the errors of ``compare.json``'s ``constant_map``: each map set to
+the mean of its (capped) truth in the mask, the lowest error a map without anatomy can have."""
 
 TISSUE_CLASSES: dict[str, tuple[str, ...]] = {
     "WM": ("wm",),
@@ -160,6 +166,7 @@ def compare(
         "finished": _now(),
         "notes": notes,
         "methods": results,
+        "constant_map": constant_map_errors(truth),
     }
     if maps:
         comparison_figure(out / "compare.png", truth.maps(), truth.mask, maps, _scores(results))
@@ -412,7 +419,8 @@ def comparison_markdown(record: dict[str, Any]) -> str:
                 _number(r.get("peak_memory_gib"), 2),
             ]
             for name, r in results.items()
-        ],
+        ]
+        + _constant_row(record, columns),
     )
     failed = [f"- {name}: {r['error']}" for name, r in results.items() if r["status"] != "ok"]
     if failed:
@@ -429,6 +437,14 @@ def comparison_markdown(record: dict[str, Any]) -> str:
     lines += _tissue_lines(record, columns)
     notes = [f"- {note}" for note in record["notes"]]
     return "\n".join([*lines, *(["", "Notes:", "", *notes] if notes else [])]) + "\n"
+
+
+def _constant_row(record: dict[str, Any], columns: list[str]) -> list[list[str]]:
+    """The error table's oracle row (records written before it existed have none)."""
+    errors = record.get("constant_map")
+    if errors is None:
+        return []
+    return [[CONSTANT_ROW, "oracle", *[_number(errors.get(n), 3) for n in columns], "-", "-"]]
 
 
 def _key(name: str) -> str:

@@ -8,7 +8,7 @@ import h5py
 import torch
 
 from lorein.data.problem import Truth
-from lorein.eval.metrics import map_error, ssim_of_map
+from lorein.eval.metrics import constant_map, map_error, ssim_of_map
 
 EVALUATED = ("M0", "T1", "T2", "T2star", "B0")
 """Maps scored, when both the reconstruction and the truth have them."""
@@ -44,3 +44,14 @@ def evaluate_maps(maps: dict[str, torch.Tensor], truth: Truth) -> dict[str, dict
             "ssim": ssim_of_map(name, x, ref, mask),
         }
     return results
+
+
+def constant_map_errors(truth: Truth) -> dict[str, float]:
+    """Per map of the truth, the error (:func:`~lorein.eval.metrics.map_error`) of the best
+    constant map (:func:`~lorein.eval.metrics.constant_map`): an oracle reference level."""
+    errors: dict[str, float] = {}
+    for name in EVALUATED:
+        ref = getattr(truth, name)
+        if ref is not None:
+            errors[name] = map_error(name, constant_map(name, ref, truth.mask), ref, truth.mask)
+    return errors
