@@ -38,32 +38,21 @@ def test_wins_count_only_seeds_where_both_ran() -> None:
     assert wins(summit, lorein) == "1 / 2"
 
 
+def _args(**kw) -> argparse.Namespace:
+    """The command line of seed_spread.py as ``report`` reads it."""
+    base = {"methods": ["lorein", "summit"], "seeds": [0, 1, 2], "problem_seed": 0}
+    return argparse.Namespace(**{**base, "device": "cpu", **kw})
+
+
 def test_report_lists_every_method_and_pair() -> None:
-    args = argparse.Namespace(
-        preset="sim1-small",
-        R=27.0,
-        methods=["lorein", "summit"],
-        seeds=[0, 1, 2],
-        problem_seed=0,
-        device="cpu",
-    )
-    text = report(args, RECORDS)
+    text = report(_args(preset="sim1-small", R=27.0), RECORDS)
     assert "| lorein | 0.380 +- 0.020 (0.360 - 0.400) | - |" in text
     assert "| summit | 0.385 +- 0.007 (0.380 - 0.390), 1 failed | failed |" in text
     assert "| lorein < summit | 1 / 2 | 0 / 0 |" in text
 
 
 def test_report_over_problems_says_so() -> None:
-    args = argparse.Namespace(
-        preset="sim2-small",
-        R=960.0,
-        methods=["lorein", "summit"],
-        seeds=[0, 1, 2],
-        problem_seed=0,
-        vary="problem",
-        device="cpu",
-    )
-    text = report(args, RECORDS)
+    text = report(_args(preset="sim2-small", R=960.0, vary="problem"), RECORDS)
     assert text.startswith("## Spread over sampling draws: sim2-small, R = 960")
     assert "Problem seeds 0, 1, 2" in text
     assert "over the problems." in text
