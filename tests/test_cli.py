@@ -297,7 +297,9 @@ def test_recon_saves_weighted_images_on_request_and_eval_scores_chosen_maps(
     assert np.abs(phase).max() <= math.pi + 1e-6
     assert json.loads((out / "report.json").read_text())["saved_images"] is True
     assert main(["eval", str(out), "--truth", str(problem), "--config", str(config)]) == 0
-    assert set(json.loads((out / "eval.json").read_text())) == {"T1", "T2star"}
+    scores = json.loads((out / "eval.json").read_text())
+    assert set(scores) == {"T1", "T2star"}
+    assert 0 < scores["T1"]["constant_map"] < 1  # the oracle level printed beside each error
     assert not (out / "checkpoint.pt").exists()  # a finished run leaves no checkpoint
     kept = tmp_path / "kept"
     argv = ["recon", str(problem), "-o", str(kept), "--config", str(config), "--keep-checkpoint"]

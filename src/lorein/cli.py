@@ -169,7 +169,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     import json
 
     from lorein.data.problem import read_truth
-    from lorein.eval.evaluate import EVALUATED, evaluate_maps, read_maps
+    from lorein.eval.evaluate import EVALUATED, constant_map_errors, evaluate_maps, read_maps
     from lorein.eval.figures import comparison_figure
 
     maps = read_maps(args.output)
@@ -182,15 +182,21 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     scores = evaluate_maps(maps, truth)
     if not scores:
         raise ValueError(f"{args.output}: no map of maps.h5 has a truth in {args.truth} to score")
+    levels = constant_map_errors(truth)  # the oracle level: each map at its truth's mean
+    for name, score in scores.items():
+        score["constant_map"] = levels[name]
     (args.output / "eval.json").write_text(json.dumps(scores, indent=2) + "\n")
     truth_maps = {k: v for k, v in truth.maps().items() if k in maps}
     label = args.label or args.output.name
     figure = args.output / "figure.png"
     comparison_figure(figure, truth_maps, truth.mask, {label: maps}, {label: scores})
-    print(f"{'map':<8} {'error':>12} {'SSIM':>7}")
+    print(f"{'map':<8} {'error':>12} {'SSIM':>7} {'constant map':>13}")
     for name, score in scores.items():
-        error = f"{score['rmse_hz']:.2f} Hz" if "rmse_hz" in score else f"{score['nrmse']:.4f}"
-        print(f"{name:<8} {error:>12} {score['ssim']:>7.3f}")
+        unit, digits = (" Hz", 2) if "rmse_hz" in score else ("", 4)
+        error = f"{score.get('rmse_hz', score.get('nrmse')):.{digits}f}{unit}"
+        level = f"{score['constant_map']:.{digits}f}{unit}"
+        print(f"{name:<8} {error:>12} {score['ssim']:>7.3f} {level:>13}")
+    print("constant map: the error of each map set to its truth's mean (no anatomy)")
     print(f"wrote {args.output / 'eval.json'} and {figure}")
 
 
