@@ -109,7 +109,7 @@ def report(args: argparse.Namespace, records: dict[int, dict[str, Any]]) -> str:
     maps = table_maps(preset)
     header = ["method", *(MAP_NAMES.get(m, m) for m in maps)]
     seeds = ", ".join(map(str, args.seeds))
-    if getattr(args, "vary", "method") == "problem":
+    if args.vary == "problem":
         title = "Spread over sampling draws"
         which = (
             f"Problem seeds {seeds} (phantom, sampling and noise; seed 0 is the paper table's "

@@ -41,7 +41,7 @@ def test_wins_count_only_seeds_where_both_ran() -> None:
 def _args(**kw) -> argparse.Namespace:
     """The command line of seed_spread.py as ``report`` reads it."""
     base = {"methods": ["lorein", "summit"], "seeds": [0, 1, 2], "problem_seed": 0}
-    return argparse.Namespace(**{**base, "device": "cpu", **kw})
+    return argparse.Namespace(**{**base, "vary": "method", "device": "cpu", **kw})
 
 
 def test_report_lists_every_method_and_pair() -> None:

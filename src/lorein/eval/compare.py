@@ -440,10 +440,8 @@ def comparison_markdown(record: dict[str, Any]) -> str:
 
 
 def _constant_row(record: dict[str, Any], columns: list[str]) -> list[list[str]]:
-    """The error table's oracle row (records written before it existed have none)."""
-    errors = record.get("constant_map")
-    if errors is None:
-        return []
+    """The error table's oracle row."""
+    errors = record["constant_map"]
     return [[CONSTANT_ROW, "oracle", *[_number(errors.get(n), 3) for n in columns], "-", "-"]]
 
 
