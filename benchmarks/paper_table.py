@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/paper_table.py [--presets sim1-small sim2-small] [--R 27 48]
         [--methods lorein fit] [--seed 0] [--device cpu] [--workdir benchmarks/work]
+        [--results benchmarks/results/paper_table] [--timeout-s S] [--report-only]
 
 ``sim1-small`` at R = 12, 20, 27, 48 and ``sim2-small`` at R = 160, 480, 960, every registered
 method by default. Each case is simulated once (``WORKDIR/PRESET/seedS/R*/problem.h5``) and run
@@ -12,6 +13,11 @@ when that file exists; cases whose ``compare.json`` already lists the requested 
 skipped (failed runs included), and methods whose output folder holds a finished run are reused,
 so an interrupted run resumes where it stopped; delete a case's ``compare/compare.json`` and
 ``compare/METHOD`` to run that method again, or ``compare/`` to run the whole case again.
+
+Each case's record is merged into ``benchmarks/results/paper_table/PRESET/seedS/R*.json``
+(committed; :mod:`records`), and the tables are drawn from those records: on a fresh checkout,
+``--methods zero-deepsub --R 160`` runs that one cell and redraws the tables with the others as
+they were recorded, and ``--report-only`` redraws them without running anything.
 
 A reference row fits ``fit`` to the same phantom fully sampled (R = 1), noiseless, with the true
 coil sensitivities stored in the problem: the phantom is rendered on a twice finer grid and
@@ -33,12 +39,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from records import RESULTS, case_path, load, merge  # noqa: E402
 from report import README, machine, update_section  # noqa: E402
 
 from lorein import __version__  # noqa: E402
-from lorein.data.problem import read_truth, write_problem  # noqa: E402
+from lorein.data.problem import write_problem  # noqa: E402
 from lorein.eval.compare import compare  # noqa: E402
-from lorein.eval.evaluate import constant_map_errors  # noqa: E402
 from lorein.recon.run import METHODS  # noqa: E402
 from lorein.sim.presets import Preset, get_preset  # noqa: E402
 from lorein.sim.simulate import simulate  # noqa: E402
@@ -74,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=ROOT / "benchmarks" / "work",
         help="problem files and comparison folders",
     )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS / "paper_table",
+        help="committed case records the tables are drawn from (benchmarks/records.py)",
+    )
     parser.add_argument("--configs", type=Path, default=ROOT / "configs", help="PRESET.toml here")
     parser.add_argument("--timeout-s", type=float, default=None, help="limit per method run [s]")
     parser.add_argument(
@@ -87,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="run nothing: write the section from the cases already finished ('-' elsewhere)",
+        help="run nothing: draw the tables from the committed records ('-' where none)",
     )
     parser.add_argument(
         "--note",
@@ -143,13 +155,8 @@ def simulate_case(
 def run_case(
     problem: Path, methods: list[str], out: Path, config: Path | None, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """``compare.json`` of one case: read if it lists ``methods``, else computed.
-
-    With ``args.report_only`` nothing runs: the case's record as it is (no methods if none).
-    """
+    """``compare.json`` of one case: read if it lists ``methods``, else computed."""
     done = out / "compare.json"
-    if getattr(args, "report_only", False):
-        return json.loads(done.read_text()) if done.exists() else {"methods": {}}
     if done.exists():
         record = json.loads(done.read_text())
         if set(methods) <= set(record["methods"]):
@@ -172,6 +179,41 @@ def run_case(
         timeout_s=args.timeout_s,
         reuse=True,
     )
+
+
+def committed_case(
+    preset: Preset,
+    R: float,
+    case: str,
+    problem: Path,
+    methods: list[str],
+    config: Path | None,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Run one case (unless ``args.report_only``), merge it into its committed record, return that.
+
+    Parameters
+    ----------
+    R
+        Acceleration factor; 1 is the fully sampled, noiseless reference with the true coils.
+    case
+        Name of the record (``R27``, ``reference``).
+    problem
+        The case's problem file in the work folder (simulated if missing).
+    """
+    path = case_path(args.results, preset.name, args.seed, case)
+    if args.report_only:
+        return load(path)
+    reference = case == "reference"
+    simulate_case(
+        preset,
+        R,
+        args.seed,
+        problem,
+        snr=math.inf if reference else None,
+        true_coils=reference,
+    )
+    return merge(path, run_case(problem, methods, problem.parent / "compare", config, args))
 
 
 def reference_gib(preset: Preset) -> float:
@@ -198,11 +240,11 @@ def cell(record: dict[str, Any], method: str, maps: tuple[str, ...]) -> str:
     return f"{values} ({result['wall_seconds']:.0f} s)"
 
 
-def constant_cell(problem: Path, maps: tuple[str, ...]) -> str:
-    """NRMSEs of the best constant maps against the truth of ``problem`` (``-`` if absent)."""
-    if not problem.exists():
+def constant_cell(record: dict[str, Any], maps: tuple[str, ...]) -> str:
+    """NRMSEs of the best constant maps in a case's record (``-`` if it has none)."""
+    errors = record.get("constant_map")
+    if errors is None:
         return "-"
-    errors = constant_map_errors(read_truth(problem))
     return " / ".join(f"{errors[name]:.3f}" for name in maps)
 
 
@@ -210,7 +252,6 @@ def preset_table(
     preset: Preset,
     records: dict[float, dict[str, Any]],
     reference: str,
-    constants: dict[float, str],
     methods: list[str],
 ) -> list[str]:
     """Markdown lines of one preset: rows are methods, columns R (R = 1: the reference).
@@ -218,17 +259,16 @@ def preset_table(
     Parameters
     ----------
     records
-        R -> ``compare.json`` of the case.
+        R -> the case's record (a ``compare.json``, :mod:`records`).
     reference
         Cell of the reference row.
-    constants
-        R -> cell of the constant-map row (:func:`constant_cell`).
     """
     maps = table_maps(preset)
     names = " / ".join(MAP_NAMES.get(m, m) for m in maps)
     rs = sorted(records)
     header = ["method", "R = 1", *(f"R = {r:g}" for r in rs)]
-    rows = [[REFERENCE, reference, *("" for _ in rs)], [CONSTANT, "", *(constants[r] for r in rs)]]
+    constants = [constant_cell(records[r], maps) for r in rs]
+    rows = [[REFERENCE, reference, *("" for _ in rs)], [CONSTANT, "", *constants]]
     rows += [[m, "", *(cell(records[r], m, maps) for r in rs)] for m in methods]
     nx, ny, nz = preset.matrix
     return [
@@ -263,8 +303,11 @@ def report_body(
         "the lowest error a constant map can have; a cell above it says less about the anatomy "
         "than that one number (T2* of these phantoms varies little inside the mask apart from "
         "partial-volume voxels: on sim1-small the fully sampled fit is only 7 % below it). "
-        "Per case, `WORKDIR/PRESET/seedS/R*/compare/compare.md` adds M0, B0, SSIM, per-tissue "
-        "bias and peak memory.",
+        f"Per case, {_shown(args.results / 'PRESET' / 'seedS' / 'R*.json')} (committed) adds "
+        "M0, B0, SSIM, per-tissue bias, peak memory and, per method, when and with which "
+        "commit it ran (cells recorded before that folder existed keep only the numbers shown); "
+        "`WORKDIR/PRESET/seedS/R*/compare/` holds the maps and figure of the "
+        "cases run there.",
     ]
     if args.note:
         lines += ["", args.note]
@@ -279,7 +322,7 @@ def readme_tables(tables: list[list[str]]) -> str:
 
 
 def _shown(path: Path | None) -> str:
-    """A configuration file as the report names it (relative to the repository)."""
+    """A file or folder as the report names it (relative to the repository)."""
     if path is None:
         return "defaults"
     path = path.resolve()
@@ -298,18 +341,15 @@ def main(argv: list[str] | None = None) -> None:
         reference = f"skipped: k-space {size:.1f} GiB > --reference-max-gib"
         if size <= args.reference_max_gib:
             path = base / "reference" / "problem.h5"
-            if not args.report_only:
-                simulate_case(preset, 1, args.seed, path, snr=math.inf, true_coils=True)
-            record = run_case(path, ["fit"], path.parent / "compare", configs[name], args)
+            record = committed_case(preset, 1, "reference", path, ["fit"], configs[name], args)
             reference = cell(record, "fit", table_maps(preset))
-        records, constants = {}, {}
+        records = {}
         for R in rs:
-            path = base / f"R{R:g}" / "problem.h5"
-            if not args.report_only:
-                simulate_case(preset, R, args.seed, path, snr=None, true_coils=False)
-            records[R] = run_case(path, args.methods, path.parent / "compare", configs[name], args)
-            constants[R] = constant_cell(path, table_maps(preset))
-        tables.append(preset_table(preset, records, reference, constants, args.methods))
+            problem = base / f"R{R:g}" / "problem.h5"
+            records[R] = committed_case(
+                preset, R, f"R{R:g}", problem, args.methods, configs[name], args
+            )
+        tables.append(preset_table(preset, records, reference, args.methods))
     body = report_body(args, tables, configs)
     print(body)
     if not args.no_report:

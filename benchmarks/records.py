@@ -1,0 +1,92 @@
+"""Committed records of benchmark cases, from which the tables of docs/BENCHMARKS.md are drawn.
+
+A case's ``compare.json`` (:func:`lorein.eval.compare.compare`) lives in the work folder, which is
+not committed; its record is also merged into ``benchmarks/results/TABLE/PRESET/seedS/CASE.json``
+(committed, a few kB each). A fresh checkout can therefore redraw a table, or run one missing
+cell and redraw the table around it, without rerunning the cells it already has.
+
+Merging keeps the committed methods that the new record lacks and replaces the others; each method
+entry carries ``recorded`` (the comparison's finish time, the package version and the commit of
+this repository that wrote it into the record), so a table mixing runs of different sessions says
+which is which.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from lorein import __version__
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def case_path(results: Path, preset: str, seed: int, case: str) -> Path:
+    """Where the record of one case is kept.
+
+    Parameters
+    ----------
+    results
+        Folder of one table's records, e.g. ``benchmarks/results/paper_table``.
+    case
+        ``R27``-style name of the case, or ``reference``.
+    """
+    return results / preset / f"seed{seed}" / f"{case}.json"
+
+
+def load(path: Path) -> dict[str, Any]:
+    """The committed record at ``path`` (no methods when there is none)."""
+    return json.loads(path.read_text()) if path.exists() else {"methods": {}}
+
+
+def commit() -> str:
+    """Short hash of this repository's ``HEAD`` (``-dirty`` with uncommitted changes), or
+    ``unknown`` outside a git checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
+def merge(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Merge a comparison record into the committed one at ``path`` and write it.
+
+    Parameters
+    ----------
+    record
+        Content of a ``compare.json``. Its methods replace those of the same name at ``path``;
+        the others at ``path`` are kept. Its other keys (problem, constant map, ...) replace the
+        committed ones.
+
+    Returns
+    -------
+    The merged record, as written.
+    """
+    old = load(path)
+    stamp = {"finished": record.get("finished"), "lorein_version": __version__, "commit": commit()}
+    methods = dict(old["methods"])
+    for name, entry in record["methods"].items():
+        kept = methods.get(name)
+        same = kept is not None and {k: v for k, v in kept.items() if k != "recorded"} == entry
+        methods[name] = kept if same else {**entry, "recorded": stamp}
+    merged = {**old, **record, "methods": methods}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=2) + "\n")
+    return merged

@@ -1,0 +1,55 @@
+"""Committed case records of benchmarks/records.py and the paper table drawn from them."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from paper_table import preset_table  # noqa: E402
+from records import case_path, load, merge  # noqa: E402
+
+from lorein.sim.presets import get_preset
+
+
+def _method(t1: float) -> dict:
+    return {
+        "status": "ok",
+        "scores": {"T1": {"nrmse": t1}, "T2star": {"nrmse": 0.3}},
+        "wall_seconds": 9,
+    }
+
+
+def test_merge_keeps_other_methods_and_stamps_new_entries(tmp_path: Path) -> None:
+    path = case_path(tmp_path, "sim1-small", 0, "R27")
+    assert path == tmp_path / "sim1-small" / "seed0" / "R27.json"
+    assert load(path) == {"methods": {}}
+    first = merge(
+        path, {"finished": "t0", "methods": {"lorein": _method(0.4), "lrt": _method(0.5)}}
+    )
+    assert first["methods"]["lrt"]["recorded"]["finished"] == "t0"
+    second = merge(
+        path,
+        {"finished": "t1", "constant_map": {"T1": 0.5}, "methods": {"lrt": _method(0.45)}},
+    )
+    assert json.loads(path.read_text()) == second
+    assert second["methods"]["lorein"] == first["methods"]["lorein"]
+    assert second["methods"]["lrt"]["scores"]["T1"]["nrmse"] == 0.45
+    assert second["methods"]["lrt"]["recorded"]["finished"] == "t1"
+    assert second["constant_map"] == {"T1": 0.5}
+    # an unchanged entry (a reused run) keeps the stamp of when it was first recorded
+    third = merge(path, {"finished": "t2", "methods": {"lorein": _method(0.4)}})
+    assert third["methods"]["lorein"]["recorded"]["finished"] == "t0"
+
+
+def test_table_is_drawn_from_records_with_their_constant_maps() -> None:
+    records = {
+        27.0: {"constant_map": {"T1": 0.524, "T2star": 0.302}, "methods": {"lorein": _method(0.4)}},
+        48.0: {"methods": {"lorein": {"status": "failed", "error": "boom"}}},
+    }
+    lines = preset_table(
+        get_preset("sim1-small"), records, "0.322 / 0.281 (13 s)", ["lorein", "lrt"]
+    )
+    assert "| R = 27 | R = 48 |" in lines[4]
+    assert "| constant map at the truth's mean (oracle) |  | 0.524 / 0.302 | - |" in lines
+    assert "| lorein |  | 0.400 / 0.300 (9 s) | failed |" in lines
+    assert "| lrt |  | - | - |" in lines
