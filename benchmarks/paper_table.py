@@ -95,7 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the fully sampled reference when its k-space would exceed this [GiB]",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--no-report", action="store_true", help="print only; leave docs alone")
+    parser.add_argument(
+        "--no-report",
+        action="store_true",
+        help="print only; leave docs and README alone (the case records are still written)",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
