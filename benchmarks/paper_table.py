@@ -186,10 +186,12 @@ def run_case(
 
 
 def committed_case(
+    record: Path,
     preset: Preset,
     R: float,
-    case: str,
+    problem_seed: int,
     problem: Path,
+    out: Path,
     methods: list[str],
     config: Path | None,
     args: argparse.Namespace,
@@ -198,26 +200,29 @@ def committed_case(
 
     Parameters
     ----------
+    record
+        The committed record (:func:`records.case_path`).
     R
         Acceleration factor; 1 is the fully sampled, noiseless reference with the true coils.
-    case
-        Name of the record (``R27``, ``reference``).
+    problem_seed
+        Seed of the problem's phantom, sampling and noise (the methods run with ``args.seed``).
     problem
         The case's problem file in the work folder (simulated if missing).
+    out
+        The comparison folder of the run (:func:`run_case`).
     """
-    path = case_path(args.results, preset.name, args.seed, case)
     if args.report_only:
-        return load(path)
-    reference = case == "reference"
+        return load(record)
+    reference = R == 1
     simulate_case(
         preset,
         R,
-        args.seed,
+        problem_seed,
         problem,
         snr=math.inf if reference else None,
         true_coils=reference,
     )
-    return merge(path, run_case(problem, methods, problem.parent / "compare", config, args))
+    return merge(record, run_case(problem, methods, out, config, args))
 
 
 def reference_gib(preset: Preset) -> float:
@@ -345,13 +350,31 @@ def main(argv: list[str] | None = None) -> None:
         reference = f"skipped: k-space {size:.1f} GiB > --reference-max-gib"
         if size <= args.reference_max_gib:
             path = base / "reference" / "problem.h5"
-            record = committed_case(preset, 1, "reference", path, ["fit"], configs[name], args)
+            record = committed_case(
+                case_path(args.results, name, args.seed, "reference"),
+                preset,
+                1,
+                args.seed,
+                path,
+                path.parent / "compare",
+                ["fit"],
+                configs[name],
+                args,
+            )
             reference = cell(record, "fit", table_maps(preset))
         records = {}
         for R in rs:
-            problem = base / f"R{R:g}" / "problem.h5"
+            path = base / f"R{R:g}" / "problem.h5"
             records[R] = committed_case(
-                preset, R, f"R{R:g}", problem, args.methods, configs[name], args
+                case_path(args.results, name, args.seed, f"R{R:g}"),
+                preset,
+                R,
+                args.seed,
+                path,
+                path.parent / "compare",
+                args.methods,
+                configs[name],
+                args,
             )
         tables.append(preset_table(preset, records, reference, args.methods))
     body = report_body(args, tables, configs)

@@ -13,7 +13,10 @@ different initialisation alone does. The problem (phantom, sampling, noise) is t
 case ``WORKDIR/PRESET/seedP/R*/problem.h5`` (simulated if missing) and stays fixed; only the
 methods' seed changes. Method seed ``P`` is the paper table's own run (``.../compare/``, reused or
 completed), every other seed ``S`` runs in ``.../compare-seedS/`` with the same configuration
-(``configs/PRESET.toml``); finished runs are reused. Writes the section
+(``configs/PRESET.toml``); finished runs are reused. Each run is merged into a committed record
+(:mod:`records`): the paper table's own runs into ``benchmarks/results/paper_table/``, the other
+method seeds into ``benchmarks/results/seed_spread/PRESET/seedP/R*-methodS.json``, and the section
+is drawn from those records (``--report-only`` redraws it without running). Writes the section
 ``seed_spread-PRESET-RR`` of docs/BENCHMARKS.md: per method and map the mean, standard deviation
 and range over the seeds, and per pair of methods how many seeds the first has the lower error.
 
@@ -36,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper_table import MAP_NAMES, ROOT, run_case, simulate_case, table_maps  # noqa: E402
+from paper_table import MAP_NAMES, ROOT, committed_case, table_maps  # noqa: E402
+from records import RESULTS, case_path  # noqa: E402
 from report import machine, update_section  # noqa: E402
 
 from lorein.recon.run import METHODS  # noqa: E402
@@ -58,10 +62,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "work")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="committed case records (benchmarks/records.py): paper_table/ and seed_spread/",
+    )
     parser.add_argument("--configs", type=Path, default=ROOT / "configs", help="PRESET.toml here")
     parser.add_argument("--timeout-s", type=float, default=None, help="limit per method run [s]")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--no-report", action="store_true", help="print only; leave docs alone")
+    parser.add_argument(
+        "--no-report",
+        action="store_true",
+        help="print only; leave docs alone (the case records are still written)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: draw the section from the committed records ('-' where none)",
+    )
     args = parser.parse_args(argv)
     if len(set(args.seeds)) < 2:
         parser.error("--seeds: give at least two different seeds")
@@ -71,12 +90,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def nrmse_by_seed(
     records: dict[int, dict[str, Any]], method: str, key: str
 ) -> dict[int, float | None]:
-    """Seed -> NRMSE of ``key`` for ``method``: None where the run failed or did not run; seeds
-    whose finished run has no such map are left out."""
+    """Seed -> NRMSE of ``key`` for ``method``: None where the run failed; seeds where it did not
+    run, or whose finished run has no such map, are left out."""
     values: dict[int, float | None] = {}
     for seed, record in records.items():
-        result = record["methods"].get(method, {})
-        if result.get("status") != "ok":
+        result = record["methods"].get(method)
+        if result is None:
+            continue
+        if result["status"] != "ok":
             values[seed] = None
         elif key in result["scores"]:
             values[seed] = result["scores"][key]["nrmse"]
@@ -136,6 +157,10 @@ def report(args: argparse.Namespace, records: dict[int, dict[str, Any]]) -> str:
     }
     for method, values in by_method.items():
         lines.append(f"| {method} | " + " | ".join(spread_cell(values[k]) for k in maps) + " |")
+    recorded = {m: sum(m in r["methods"] for r in records.values()) for m in args.methods}
+    if any(n < len(args.seeds) for n in recorded.values()):
+        counts = ", ".join(f"{m} {n} of {len(args.seeds)}" for m, n in recorded.items())
+        lines += ["", f"Not every seed has a recorded run; runs per method: {counts}."]
     if len(args.methods) > 1:
         lines += ["", "Seeds on which the first method has the lower NRMSE:", ""]
         lines += ["| pair | " + " | ".join(header[1:]) + " |", "|" + "---|" * len(header)]
@@ -154,11 +179,24 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         problem_seed = seed if args.vary == "problem" else args.problem_seed
         base = args.workdir / args.preset / f"seed{problem_seed}" / f"R{args.R:g}"
-        problem = base / "problem.h5"
-        simulate_case(preset, args.R, problem_seed, problem, snr=None, true_coils=False)
-        out = base / ("compare" if seed == problem_seed else f"compare-seed{seed}")
-        run = argparse.Namespace(**{**vars(args), "seed": seed, "report_only": False})
-        records[seed] = run_case(problem, args.methods, out, config_file, run)
+        own = seed == problem_seed  # the paper table's own run of that problem
+        case = f"R{args.R:g}" if own else f"R{args.R:g}-method{seed}"
+        records[seed] = committed_case(
+            case_path(
+                args.results / ("paper_table" if own else "seed_spread"),
+                args.preset,
+                problem_seed,
+                case,
+            ),
+            preset,
+            args.R,
+            problem_seed,
+            base / "problem.h5",
+            base / ("compare" if own else f"compare-seed{seed}"),
+            args.methods,
+            config_file,
+            argparse.Namespace(**{**vars(args), "seed": seed}),
+        )
     body = report(args, records)
     print(body)
     if not args.no_report:

@@ -28,6 +28,7 @@ def test_cell_gives_mean_sd_range_and_failures() -> None:
     assert spread_cell(summit).endswith(", 1 failed")
     assert spread_cell({0: None}) == "failed"
     assert nrmse_by_seed(RECORDS, "lorein", "T2star") == {}
+    assert nrmse_by_seed({**RECORDS, 3: {"methods": {}}}, "summit", "T1") == summit  # not run
     assert spread_cell({}) == "-"
 
 
@@ -57,3 +58,10 @@ def test_report_over_problems_says_so() -> None:
     assert "Problem seeds 0, 1, 2" in text
     assert "over the problems." in text
     assert "| lorein < summit | 1 / 2 | 0 / 0 | 0 / 0 |" in text
+
+
+def test_report_says_when_seeds_have_no_run() -> None:
+    records = {**RECORDS, 3: {"methods": {}}}
+    text = report(_args(preset="sim1-small", R=27.0, seeds=[0, 1, 2, 3]), records)
+    assert "runs per method: lorein 3 of 4, summit 3 of 4." in text
+    assert "runs per method" not in report(_args(preset="sim1-small", R=27.0), RECORDS)
