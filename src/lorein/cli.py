@@ -169,7 +169,13 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     import json
 
     from lorein.data.problem import read_truth
-    from lorein.eval.evaluate import EVALUATED, constant_map_errors, evaluate_maps, read_maps
+    from lorein.eval.evaluate import (
+        EVALUATED,
+        constant_map_errors,
+        evaluate_maps,
+        interior_voxels,
+        read_maps,
+    )
     from lorein.eval.figures import comparison_figure
 
     maps = read_maps(args.output)
@@ -183,6 +189,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     if not scores:
         raise ValueError(f"{args.output}: no map of maps.h5 has a truth in {args.truth} to score")
     levels = constant_map_errors(truth)  # the oracle level: each map at its truth's mean
+    interior = interior_voxels(truth)
     for name, score in scores.items():
         score["constant_map"] = levels[name]
     (args.output / "eval.json").write_text(json.dumps(scores, indent=2) + "\n")
@@ -190,13 +197,22 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     label = args.label or args.output.name
     figure = args.output / "figure.png"
     comparison_figure(figure, truth_maps, truth.mask, {label: maps}, {label: scores})
-    print(f"{'map':<8} {'error':>12} {'SSIM':>7} {'constant map':>13}")
+    header = f"{'map':<8} {'error':>12} {'SSIM':>7} {'constant map':>13}"
+    print(header + (f" {'interior':>12}" if interior is not None else ""))
     for name, score in scores.items():
         unit, digits = (" Hz", 2) if "rmse_hz" in score else ("", 4)
         error = f"{score.get('rmse_hz', score.get('nrmse')):.{digits}f}{unit}"
         level = f"{score['constant_map']:.{digits}f}{unit}"
-        print(f"{name:<8} {error:>12} {score['ssim']:>7.3f} {level:>13}")
+        line = f"{name:<8} {error:>12} {score['ssim']:>7.3f} {level:>13}"
+        if interior is not None:
+            line += f" {score['interior']:.{digits}f}{unit}".rjust(13)
+        print(line)
     print("constant map: the error of each map set to its truth's mean (no anatomy)")
+    if interior is not None:
+        print(
+            f"interior: the same errors in the {int(interior.sum())} voxels whose 26 neighbours "
+            "share their tissue label (no partial-volume floor)"
+        )
     print(f"wrote {args.output / 'eval.json'} and {figure}")
 
 

@@ -13,7 +13,8 @@ import torch
 from lorein.cli import main
 from lorein.data.problem import read_problem, read_truth, write_problem
 from lorein.eval.compare import compare, last_line, tissue_stats
-from lorein.eval.metrics import map_error
+from lorein.eval.evaluate import evaluate_maps, read_maps
+from lorein.eval.metrics import interior_mask, map_error
 from lorein.recon.run import METHODS
 from lorein.sim.phantom import TISSUES
 from lorein.sim.simulate import simulate
@@ -82,6 +83,24 @@ def test_successful_method_is_scored(compared: Path) -> None:
     for tissue in ("WM", "GM", "deep GM"):
         t1 = fit["tissues"][tissue]["T1"]
         assert t1["bias"] == pytest.approx(t1["mean"] - t1["true_mean"])
+
+
+def test_interior_errors_are_the_errors_in_the_interior_mask(
+    compared: Path, tiny: tuple[Path, Path]
+) -> None:
+    truth = read_truth(tiny[0])
+    interior = interior_mask(truth.extra["labels"], truth.mask)
+    record = _record(compared)
+    maps = read_maps(compared / "fit")
+    scores = record["methods"]["fit"]["scores"]
+    for name in ("T1", "B0"):
+        expected = map_error(name, maps[name], getattr(truth, name), interior)
+        assert scores[name]["interior"] == pytest.approx(expected)
+    counts = record["problem"]["interior_voxels"]
+    assert sum(counts.values()) <= int(interior.sum()) and counts["WM"] > 0
+    assert "The same errors in the tissue interiors" in (compared / "compare.md").read_text()
+    unlabelled = read_truth(tiny[1])
+    assert all("interior" not in s for s in evaluate_maps(maps, unlabelled).values())
 
 
 def test_constant_map_row_is_the_oracle_level(compared: Path, tiny: tuple[Path, Path]) -> None:

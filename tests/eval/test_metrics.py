@@ -2,7 +2,14 @@
 
 import torch
 
-from lorein.eval.metrics import constant_map, map_error, nrmse, ssim, ssim_of_map
+from lorein.eval.metrics import (
+    constant_map,
+    interior_mask,
+    map_error,
+    nrmse,
+    ssim,
+    ssim_of_map,
+)
 from tests.helpers import rng
 
 
@@ -62,3 +69,23 @@ def test_constant_map_is_the_best_constant() -> None:
     plain_mean = torch.full_like(t2, float(t2[mask.bool()].mean()))
     best_t2 = map_error("T2", constant_map("T2", t2, mask), t2, mask)
     assert map_error("T2", plain_mean, t2, mask) > best_t2 + 0.05
+
+
+def test_interior_mask_matches_a_neighbour_loop() -> None:
+    """Naive check: a voxel is interior iff every voxel within one step (clipped at the faces)
+    has its label; two labelled boxes in a volume of a third label."""
+    labels = torch.zeros(5, 9, 10, dtype=torch.int64)
+    labels[:, 1:8, 1:6] = 1
+    labels[1:5, 2:7, 6:10] = 2
+    mask = (labels > 0).to(torch.uint8)
+    got = interior_mask(labels, mask)
+    nz, ny, nx = labels.shape
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                near = labels[max(z - 1, 0) : z + 2, max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2]
+                expected = bool(mask[z, y, x]) and bool((near == labels[z, y, x]).all())
+                assert bool(got[z, y, x]) == expected, (z, y, x)
+    assert got.any() and not got.all()
+    assert bool(got[2, 4, 3])  # deep inside box 1, which reaches the top and bottom faces
+    assert not bool(got[2, 4, 5])  # next to box 2

@@ -3,14 +3,18 @@
 Each method runs as ``python -m lorein recon`` in its own process, so that its peak memory is its
 own and a crash of one method leaves the others running. Every successful output folder is scored
 against the problem's ground truth: the paper's capped NRMSE per map (M0 after a least-squares
-scale, B0 as RMSE [Hz]) and SSIM (:func:`lorein.eval.evaluate.evaluate_maps`), and per-tissue mean
-and bias in white matter, cortical grey matter and deep grey matter.
+scale, B0 as RMSE [Hz]) and SSIM (:func:`lorein.eval.evaluate.evaluate_maps`), the same errors in
+the tissue interiors (voxels whose 26 neighbours share their label, free of the phantom's
+partial-volume floor; :func:`lorein.eval.metrics.interior_mask`), and per-tissue mean and bias in
+white matter, cortical grey matter and deep grey matter.
 
 Layout of ``OUT/``:
 
 - ``METHOD/``: the method's output folder (``maps.h5``, ``nifti/``, ``report.json``);
 - ``METHOD.log``: its standard output and error (progress bars, error message);
-- ``compare.md``: tables of errors, time, memory and tissue statistics; the error table ends with
+- ``compare.md``: tables of errors, time, memory, interior errors and tissue statistics (the
+  interior voxels per tissue class in ``compare.json``'s ``problem.interior_voxels``); the error
+  table ends with
   the errors of the best constant maps (``compare.json``'s ``constant_map``: each map set to its
   truth's mean), the level below which a method's map says more than that one number;
 - ``compare.png``: truth row, then a map row and an error row per successful method;
@@ -37,7 +41,13 @@ import torch
 
 from lorein import __version__
 from lorein.data.problem import Truth, problem_summary, read_truth
-from lorein.eval.evaluate import EVALUATED, constant_map_errors, evaluate_maps, read_maps
+from lorein.eval.evaluate import (
+    EVALUATED,
+    constant_map_errors,
+    evaluate_maps,
+    interior_voxels,
+    read_maps,
+)
 from lorein.eval.figures import LABELS, comparison_figure
 from lorein.eval.metrics import least_squares_scale
 from lorein.recon.run import METHODS
@@ -359,12 +369,18 @@ def _problem_record(summary: dict[str, Any], truth: Truth) -> dict[str, Any]:
         )
     }
     record.update({key: attrs.get(key) for key in ("preset", "seed", "snr", "requested_R")})
+    interior = interior_voxels(truth)
     if "labels" in truth.extra:
         labels = truth.extra["labels"]
-        record["tissue_voxels"] = {
-            tissue: int(torch.isin(labels, torch.tensor([TISSUES[t].label for t in members])).sum())
+        classes = {
+            tissue: torch.isin(labels, torch.tensor([TISSUES[t].label for t in members]))
             for tissue, members in TISSUE_CLASSES.items()
         }
+        record["tissue_voxels"] = {tissue: int(region.sum()) for tissue, region in classes.items()}
+        if interior is not None:
+            record["interior_voxels"] = {
+                tissue: int((region & interior).sum()) for tissue, region in classes.items()
+            }
     return record
 
 
@@ -434,6 +450,7 @@ def comparison_markdown(record: dict[str, Any]) -> str:
                 for m, s in scored.items()
             ],
         )
+    lines += _interior_lines(record, columns)
     lines += _tissue_lines(record, columns)
     notes = [f"- {note}" for note in record["notes"]]
     return "\n".join([*lines, *(["", "Notes:", "", *notes] if notes else [])]) + "\n"
@@ -443,6 +460,28 @@ def _constant_row(record: dict[str, Any], columns: list[str]) -> list[list[str]]
     """The error table's oracle row."""
     errors = record["constant_map"]
     return [[CONSTANT_ROW, "oracle", *[_number(errors.get(n), 3) for n in columns], "-", "-"]]
+
+
+def _interior_lines(record: dict[str, Any], columns: list[str]) -> list[str]:
+    """The error table over the tissue interiors (:func:`~lorein.eval.metrics.interior_mask`)."""
+    scored = {
+        m: s
+        for m, s in _scores(record["methods"]).items()
+        if any("interior" in v for v in s.values())
+    }
+    if not scored:
+        return []
+    counts = record["problem"]["interior_voxels"]
+    intro = (
+        "The same errors in the tissue interiors, voxels whose 26 neighbours share their tissue "
+        "label (no partial-volume floor; at coarse voxels mostly white matter): "
+        f"{', '.join(f'{t} {n}' for t, n in counts.items())} voxels."
+    )
+    names = ["B0 RMSE [Hz]" if n == "B0" else f"NRMSE {LABELS[n]}" for n in columns]
+    rows = [
+        [m, *[_number(s.get(n, {}).get("interior"), 3) for n in columns]] for m, s in scored.items()
+    ]
+    return ["", intro, "", *_table(["method", *names], rows)]
 
 
 def _key(name: str) -> str:

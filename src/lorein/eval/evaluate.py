@@ -8,7 +8,7 @@ import h5py
 import torch
 
 from lorein.data.problem import Truth
-from lorein.eval.metrics import constant_map, map_error, ssim_of_map
+from lorein.eval.metrics import constant_map, interior_mask, map_error, ssim_of_map
 
 EVALUATED = ("M0", "T1", "T2", "T2star", "B0")
 """Maps scored, when both the reconstruction and the truth have them."""
@@ -25,13 +25,15 @@ def read_maps(out: Path) -> dict[str, torch.Tensor]:
 
 def evaluate_maps(maps: dict[str, torch.Tensor], truth: Truth) -> dict[str, dict[str, float]]:
     """Per map: the paper's error (capped NRMSE; M0 after a least-squares scale; B0 RMSE [Hz])
-    and SSIM, inside the truth mask.
+    and SSIM, inside the truth mask; with tissue labels in the truth, also the same error over
+    the tissue interiors (:func:`~lorein.eval.metrics.interior_mask`).
 
     Returns
     -------
-    ``{map: {"nrmse" or "rmse_hz": value, "ssim": value}}``.
+    ``{map: {"nrmse" or "rmse_hz": value, "ssim": value[, "interior": value]}}``.
     """
     mask = truth.mask
+    interior = interior_voxels(truth)
     results: dict[str, dict[str, float]] = {}
     for name in EVALUATED:
         ref = getattr(truth, name)
@@ -43,7 +45,19 @@ def evaluate_maps(maps: dict[str, torch.Tensor], truth: Truth) -> dict[str, dict
             key: map_error(name, x, ref, mask),
             "ssim": ssim_of_map(name, x, ref, mask),
         }
+        if interior is not None:
+            results[name]["interior"] = map_error(name, x, ref, interior)
     return results
+
+
+def interior_voxels(truth: Truth) -> torch.Tensor | None:
+    """The truth's tissue interiors (:func:`~lorein.eval.metrics.interior_mask`), or None when it
+    has no labels or no interior voxel."""
+    labels = truth.extra.get("labels")
+    if labels is None:
+        return None
+    interior = interior_mask(labels, truth.mask)
+    return interior if interior.any() else None
 
 
 def constant_map_errors(truth: Truth) -> dict[str, float]:

@@ -73,6 +73,38 @@ def constant_map(name: str, ref: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return torch.full_like(ref, float(capped(name, ref)[m].mean()))
 
 
+def interior_mask(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Voxels of ``mask`` whose 26 neighbours all carry their tissue label: tissue interiors.
+
+    The phantoms are rendered on a finer grid than the reconstruction, so a voxel on a tissue
+    boundary holds a mixture whose signal no single set of parameters describes; there even a
+    fully sampled, noiseless voxel-wise fit misses the truth (sim1-small: capped T1 NRMSE 0.32 in
+    the mask, 0.08 in the interiors). The error over the interiors is free of that floor and
+    separates methods by what they recover of each tissue. Neighbours beyond the volume's faces
+    count as equal (edge replication).
+
+    Parameters
+    ----------
+    labels
+        ``[nz, ny, nx]`` integer tissue labels of the truth.
+    mask
+        ``[nz, ny, nx]`` truth mask.
+
+    Returns
+    -------
+    ``[nz, ny, nx]`` bool.
+    """
+    lab = labels.float()[None, None]
+    padded = F.pad(lab, (1, 1, 1, 1, 1, 1), mode="replicate")[0, 0]
+    nz, ny, nx = labels.shape
+    same = mask.bool().clone()
+    for dz in range(3):
+        for dy in range(3):
+            for dx in range(3):
+                same &= padded[dz : dz + nz, dy : dy + ny, dx : dx + nx] == lab[0, 0]
+    return same
+
+
 def error_map(name: str, x: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Voxel-wise signed error on the same footing as :func:`map_error` (zero outside mask)."""
     if name == "M0":
