@@ -42,14 +42,30 @@ def test_merge_keeps_other_methods_and_stamps_new_entries(tmp_path: Path) -> Non
 
 
 def test_table_is_drawn_from_records_with_their_constant_maps() -> None:
+    interior = {**_method(0.4), "scores": {"T1": {"nrmse": 0.4, "interior": 0.15}}}
     records = {
-        27.0: {"constant_map": {"T1": 0.524, "T2star": 0.302}, "methods": {"lorein": _method(0.4)}},
-        48.0: {"methods": {"lorein": {"status": "failed", "error": "boom"}}},
+        27.0: {
+            "constant_map": {"T1": 0.524, "T2star": 0.302},
+            "methods": {"lorein": interior},
+            "problem": {"interior_voxels": {"WM": 10, "GM": 0}},
+        },
+        48.0: {"methods": {"lorein": {"status": "failed", "error": "boom"}, "lrt": _method(0.5)}},
     }
-    lines = preset_table(
-        get_preset("sim1-small"), records, "0.322 / 0.281 (13 s)", ["lorein", "lrt"]
-    )
+    reference = {"methods": {"fit": _method(0.322)}}
+    lines = preset_table(get_preset("sim1-small"), records, reference, ["lorein", "lrt"])
     assert "| R = 27 | R = 48 |" in lines[4]
     assert "| constant map at the truth's mean (oracle) |  | 0.524 / 0.302 | - |" in lines
-    assert "| lorein |  | 0.400 / 0.300 (9 s) | failed |" in lines
-    assert "| lrt |  | - | - |" in lines
+    assert "| lorein |  | 0.400 / - (9 s) | failed |" in lines
+    assert "| lrt |  | - | 0.500 / 0.300 (9 s) |" in lines
+    assert "| fit, fully sampled, noiseless, true coils | 0.322 / 0.300 (9 s) |  |  |" in lines
+    # the interior table: its own values, '-' for runs recorded without them
+    inner = lines[lines.index(next(x for x in lines if x.startswith("Tissue interiors"))) :]
+    assert inner[0].startswith("Tissue interiors (WM 10, GM 0): ")
+    assert "| lorein |  | 0.150 / - | failed |" in inner
+    assert "| lrt |  | - | - |" in inner
+    assert "| fit, fully sampled, noiseless, true coils | - |  |  |" in inner
+    skipped = preset_table(get_preset("sim1-small"), records, "skipped: big", ["lrt"])
+    assert (
+        sum("| fit, fully sampled, noiseless, true coils | skipped: big |" in x for x in skipped)
+        == 2
+    )

@@ -80,8 +80,10 @@ def interior_mask(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     boundary holds a mixture whose signal no single set of parameters describes; there even a
     fully sampled, noiseless voxel-wise fit misses the truth (sim1-small: capped T1 NRMSE 0.32 in
     the mask, 0.08 in the interiors). The error over the interiors is free of that floor and
-    separates methods by what they recover of each tissue. Neighbours beyond the volume's faces
-    count as equal (edge replication).
+    separates methods by what they recover of each tissue. Voxels on the volume's faces are never
+    interior: their outer neighbours are unknown, and the band-limited phantom wraps around there
+    (sim1-small, fully sampled fit, T2* in white-matter interiors: relative RMS error 0.41 in the
+    first slice, 0.06-0.14 in the inner ones).
 
     Parameters
     ----------
@@ -94,14 +96,15 @@ def interior_mask(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     -------
     ``[nz, ny, nx]`` bool.
     """
-    lab = labels.float()[None, None]
-    padded = F.pad(lab, (1, 1, 1, 1, 1, 1), mode="replicate")[0, 0]
+    lab = labels.float()
+    outside = float(lab.min()) - 1  # a label no voxel has
+    padded = F.pad(lab, (1, 1, 1, 1, 1, 1), value=outside)
     nz, ny, nx = labels.shape
     same = mask.bool().clone()
     for dz in range(3):
         for dy in range(3):
             for dx in range(3):
-                same &= padded[dz : dz + nz, dy : dy + ny, dx : dx + nx] == lab[0, 0]
+                same &= padded[dz : dz + nz, dy : dy + ny, dx : dx + nx] == lab
     return same
 
 
