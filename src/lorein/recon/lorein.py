@@ -48,6 +48,23 @@ Loss, each term a mean over its samples so that the unit weights of eq. 18 balan
   form's pull towards in-subspace signals is not what costs T1. A weaker prior does: at 0.3 the
   maps follow their own data term more for T1 and keep most of the LRR block's T2* (0.1 and 0.3
   have the same mean of the four numbers; 0.3 keeps the blocks more tightly coupled).
+
+  Why the mask T1 of LoREIN and SUMMIT tie on sim1-small: both sit near the phantom's
+  partial-volume floor (fully sampled, noiseless fit 0.322). In the tissue interiors
+  (:func:`~lorein.eval.metrics.interior_mask`, floor 0.052) they separate. Seed-1 problem, R =
+  27, T1 / T2* NRMSE in the mask, then in the interiors:
+
+  ==================================  ===============  ===============
+  run                                 mask             interiors
+  ==================================  ===============  ===============
+  LoREIN, 150 steps (configs)         0.350 / 0.312    0.130 / 0.154
+  SUMMIT, 150 steps                   0.358 / 0.329    0.163 / 0.202
+  LoREIN, 300 steps (decay 150)       0.326 / 0.312    0.124 / 0.186
+  SUMMIT, 300 steps (decay 150)       0.333 / 0.333    0.134 / 0.223
+  ==================================  ===============  ===============
+
+  The exact per-contrast ``L_DC2`` instead of the subspace path changes nothing here (LoREIN
+  0.351 / 0.312, SUMMIT 0.358 / 0.329), nor does twice the budget close or open the mask gap.
 - ``lambda L_WNNM`` on the maps, switched on after a warm-up, block matching fixed then.
 
 Schedule: the coil field is first fitted to the calibration-region estimate (a warm start, data
@@ -97,6 +114,11 @@ seed-1 problems (tuning only), 150 steps, T1 / T2 / T2* NRMSE:
   15) makes the CG start far less aliased (start maps on seeds 3 / 4 / 5, T1: 0.44 / 0.56 / 0.55
   against 1.24 / 0.62 / 1.07 at rank 15; the LRR start's 0.61 / 0.74 / 0.67) but not ghost-free
   (seed 1, R = 160: T2* 0.325 against 0.254, arcs in M0 and T2*), so neither replaced ``"lrr"``.
+  A longer joint phase (``iterations = 200``: 100 joint steps instead of 50, still less wall
+  time than SUMMIT's 150) was tried and dropped: T2 at R = 480 improved on all four draws
+  (0.315 / 0.566 / 0.631 / 0.657 -> 0.268 / 0.514 / 0.618 / 0.514; seed 1's first value from a
+  rerun; T1 and T2* within 0.03), but the seed-1 problems at R = 160 (0.311 / 0.264 / 0.254 ->
+  0.343 / 0.324 / 0.255) and R = 960 (0.619 / 0.534 / 0.432 -> 0.579 / 0.786 / 0.424) lost.
   Choosing the start with the lower exact ``L_DC2`` was tried and dropped: it took the LRR start
   in all 10 probes (seeds 1-5, ranks 15 and 8), also where the CG start's maps were better; the
   LRR images are trained on the data, so their fit explains it best whatever its T1.
