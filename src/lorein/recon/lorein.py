@@ -51,8 +51,9 @@ Loss, each term a mean over its samples so that the unit weights of eq. 18 balan
 
   Why the mask T1 of LoREIN and SUMMIT tie on sim1-small: both sit near the phantom's
   partial-volume floor (fully sampled, noiseless fit 0.322). In the tissue interiors
-  (:func:`~lorein.eval.metrics.interior_mask`, floor 0.052) they separate. Seed-1 problem, R =
-  27, T1 / T2* NRMSE in the mask, then in the interiors:
+  (:func:`~lorein.eval.metrics.interior_mask`; fully sampled floor on the seed-0 phantom 0.051 /
+  0.111) they separate. Seed-1 problem, R = 27, T1 / T2* NRMSE in the mask, then in the
+  interiors:
 
   ==================================  ===============  ===============
   run                                 mask             interiors
