@@ -66,6 +66,9 @@ Loss, each term a mean over its samples so that the unit weights of eq. 18 balan
 
   The exact per-contrast ``L_DC2`` instead of the subspace path changes nothing here (LoREIN
   0.351 / 0.312, SUMMIT 0.358 / 0.329), nor does twice the budget close or open the mask gap.
+  On the paper table's seed-0 case (R = 27) the interiors keep only the T2* gain (LoREIN 0.169 /
+  0.183, SUMMIT 0.160 / 0.229; docs/BENCHMARKS.md): the T1 order in the interiors depends on the
+  draw as well.
 - ``lambda L_WNNM`` on the maps, switched on after a warm-up, block matching fixed then.
 
 Schedule: the coil field is first fitted to the calibration-region estimate (a warm start, data
