@@ -1,12 +1,13 @@
 """Committed case records of benchmarks/records.py and the paper table drawn from them."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from paper_table import preset_table  # noqa: E402
-from records import case_path, load, merge  # noqa: E402
+from records import case_path, commit, load, merge  # noqa: E402
 
 from lorein.sim.presets import get_preset
 
@@ -69,3 +70,7 @@ def test_table_is_drawn_from_records_with_their_constant_maps() -> None:
         sum("| fit, fully sampled, noiseless, true coils | skipped: big |" in x for x in skipped)
         == 2
     )
+
+
+def test_commit_names_the_checkout() -> None:
+    assert re.fullmatch(r"[0-9a-f]{4,40}(-dirty)?|unknown", commit())
