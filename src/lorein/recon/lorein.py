@@ -243,7 +243,10 @@ class LoreinConfig:
     dc2_path
         ``"exact"`` (per-contrast FFTs) or ``"subspace"``.
     cnn_channels
-        Channels of the basis CNN; 0 removes it (ablation "no CNN").
+        Channels of the basis CNN; 0 removes it (ablation "no CNN"). On sim1-small, R = 27, at
+        150 steps it changes nothing beyond the run-to-run spread (tuning problems seeds 1 / 2,
+        method seeds 0-2, mean T1 / T2* NRMSE: 0.355 / 0.309 and 0.386 / 0.300 with it, 0.355 /
+        0.309 and 0.383 / 0.291 without).
     pmr_start
         Where the parameter fields start: ``"cg"``, the voxel fit of the CG subspace
         reconstruction of the warm start (before step 0); ``"lrr"``, the voxel fit of the LRR
