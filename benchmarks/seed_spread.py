@@ -88,10 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def nrmse_by_seed(
-    records: dict[int, dict[str, Any]], method: str, key: str
+    records: dict[int, dict[str, Any]], method: str, key: str, metric: str = "nrmse"
 ) -> dict[int, float | None]:
-    """Seed -> NRMSE of ``key`` for ``method``: None where the run failed; seeds where it did not
-    run, or whose finished run has no such map, are left out."""
+    """Seed -> NRMSE of map ``key`` for ``method``: None where the run failed; seeds where it did
+    not run, or whose finished run has no such map or metric, are left out.
+
+    ``metric = "interior"``: the error in the tissue interiors instead of the mask's.
+    """
     values: dict[int, float | None] = {}
     for seed, record in records.items():
         result = record["methods"].get(method)
@@ -99,8 +102,8 @@ def nrmse_by_seed(
             continue
         if result["status"] != "ok":
             values[seed] = None
-        elif key in result["scores"]:
-            values[seed] = result["scores"][key]["nrmse"]
+        elif metric in result["scores"].get(key, {}):
+            values[seed] = result["scores"][key][metric]
     return values
 
 
@@ -128,7 +131,21 @@ def report(args: argparse.Namespace, records: dict[int, dict[str, Any]]) -> str:
     """The docs/BENCHMARKS.md section of one case."""
     preset = get_preset(args.preset)
     maps = table_maps(preset)
-    header = ["method", *(MAP_NAMES.get(m, m) for m in maps)]
+    columns = [(m, "nrmse") for m in maps]
+    if any(
+        "interior" in score
+        for record in records.values()
+        for result in record["methods"].values()
+        for score in result.get("scores", {}).values()
+    ):
+        columns += [(m, "interior") for m in maps]
+    header = [
+        "method",
+        *(
+            MAP_NAMES.get(m, m) + (" interior" if metric == "interior" else "")
+            for m, metric in columns
+        ),
+    ]
     seeds = ", ".join(map(str, args.seeds))
     if args.vary == "problem":
         title = "Spread over sampling draws"
@@ -145,18 +162,19 @@ def report(args: argparse.Namespace, records: dict[int, dict[str, Any]]) -> str:
         f"## {title}: {args.preset}, R = {args.R:g} (`benchmarks/seed_spread.py`)",
         "",
         f"Machine: {machine()}; device {args.device}; {datetime.date.today().isoformat()}. "
-        f"{which}. NRMSE (capped, truth mask): mean +- standard deviation (min - max) over the "
+        f"{which}. NRMSE (capped, truth mask; 'interior': in the tissue interiors, voxels whose "
+        f"26 neighbours share their label): mean +- standard deviation (min - max) over the "
         f"{over}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
     by_method = {
-        method: {key: nrmse_by_seed(records, method, key) for key in maps}
+        method: {column: nrmse_by_seed(records, method, *column) for column in columns}
         for method in args.methods
     }
     for method, values in by_method.items():
-        lines.append(f"| {method} | " + " | ".join(spread_cell(values[k]) for k in maps) + " |")
+        lines.append(f"| {method} | " + " | ".join(spread_cell(values[c]) for c in columns) + " |")
     recorded = {m: sum(m in r["methods"] for r in records.values()) for m in args.methods}
     if any(n < len(args.seeds) for n in recorded.values()):
         counts = ", ".join(f"{m} {n} of {len(args.seeds)}" for m, n in recorded.items())
@@ -165,7 +183,7 @@ def report(args: argparse.Namespace, records: dict[int, dict[str, Any]]) -> str:
         lines += ["", "Seeds on which the first method has the lower NRMSE:", ""]
         lines += ["| pair | " + " | ".join(header[1:]) + " |", "|" + "---|" * len(header)]
         for a, b in combinations(args.methods, 2):
-            cells = [wins(by_method[a][k], by_method[b][k]) for k in maps]
+            cells = [wins(by_method[a][c], by_method[b][c]) for c in columns]
             lines.append(f"| {a} < {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

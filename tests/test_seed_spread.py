@@ -65,3 +65,25 @@ def test_report_says_when_seeds_have_no_run() -> None:
     text = report(_args(preset="sim1-small", R=27.0, seeds=[0, 1, 2, 3]), records)
     assert "runs per method: lorein 3 of 4, summit 3 of 4." in text
     assert "runs per method" not in report(_args(preset="sim1-small", R=27.0), RECORDS)
+
+
+def test_interior_columns_appear_when_runs_have_them() -> None:
+    inner = {
+        s: {
+            "methods": {
+                "lorein": {"status": "ok", "scores": {"T1": {"nrmse": 0.4, "interior": v}}},
+                "summit": {"status": "ok", "scores": {"T1": {"nrmse": 0.5}}},
+            }
+        }
+        for s, v in ((0, 0.10), (1, 0.14))
+    }
+    assert nrmse_by_seed(inner, "lorein", "T1", "interior") == {0: 0.10, 1: 0.14}
+    assert nrmse_by_seed(inner, "summit", "T1", "interior") == {}  # recorded without it
+    text = report(_args(preset="sim1-small", R=27.0, seeds=[0, 1]), inner)
+    assert "| method | T1 | T2* | T1 interior | T2* interior |" in text
+    assert (
+        "| lorein | 0.400 +- 0.000 (0.400 - 0.400) | - | 0.120 +- 0.028 (0.100 - 0.140) | - |"
+        in text
+    )
+    assert "| lorein < summit | 2 / 2 | 0 / 0 | 0 / 0 | 0 / 0 |" in text
+    assert "T1 interior" not in report(_args(preset="sim1-small", R=27.0), RECORDS)
