@@ -79,7 +79,7 @@ def interior_mask(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     The phantoms are rendered on a finer grid than the reconstruction, so a voxel on a tissue
     boundary holds a mixture whose signal no single set of parameters describes; there even a
     fully sampled, noiseless voxel-wise fit misses the truth (sim1-small: capped T1 NRMSE 0.32 in
-    the mask, 0.08 in the interiors). The error over the interiors is free of that floor and
+    the mask, 0.05 in the interiors). The error over the interiors is free of that floor and
     separates methods by what they recover of each tissue. Voxels on the volume's faces are never
     interior: their outer neighbours are unknown, and the band-limited phantom wraps around there
     (sim1-small, fully sampled fit, T2* in white-matter interiors: relative RMS error 0.41 in the
