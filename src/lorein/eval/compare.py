@@ -423,7 +423,7 @@ def comparison_markdown(record: dict[str, Any]) -> str:
         "0-0.1 s, M0 after a least-squares scale; B0 as RMSE [Hz].",
         "",
     ]
-    error_names = ["B0 RMSE [Hz]" if n == "B0" else f"NRMSE {LABELS[n]}" for n in columns]
+    error_names = _error_names(columns)
     lines += _table(
         ["method", "status", *error_names, "wall time [s]", "peak memory [GiB]"],
         [
@@ -477,11 +477,16 @@ def _interior_lines(record: dict[str, Any], columns: list[str]) -> list[str]:
         "label (no partial-volume floor; at coarse voxels mostly white matter): "
         f"{', '.join(f'{t} {n}' for t, n in counts.items())} voxels."
     )
-    names = ["B0 RMSE [Hz]" if n == "B0" else f"NRMSE {LABELS[n]}" for n in columns]
+    names = _error_names(columns)
     rows = [
         [m, *[_number(s.get(n, {}).get("interior"), 3) for n in columns]] for m, s in scored.items()
     ]
     return ["", intro, "", *_table(["method", *names], rows)]
+
+
+def _error_names(columns: list[str]) -> list[str]:
+    """Column headers of the error tables."""
+    return ["B0 RMSE [Hz]" if n == "B0" else f"NRMSE {LABELS[n]}" for n in columns]
 
 
 def _key(name: str) -> str:
