@@ -16,6 +16,7 @@ from lorein.recon.fitting import fit_maps, zero_filled_images
 from lorein.recon.joint_maple import (
     JointMapleConfig,
     PlaneEncoding,
+    SampledLocations,
     UnrolledNetwork,
     heldout_loss,
     plane_images,
@@ -70,6 +71,72 @@ def test_plane_encoding_equals_the_encoding_operator() -> None:
     torch.testing.assert_close(
         enc_x.predict(plane_images(x), rows, xs), enc_x.measured(rows, xs), rtol=1e-4, atol=1e-5
     )
+
+
+def _sparse_encoding() -> tuple[PlaneEncoding, torch.Tensor, torch.Tensor]:
+    """Few lines per contrast (one contrast without any, one location sampled twice)."""
+    nz, ny, nx = GRID
+    ky, kz, contrast = _lines(5, 3, seed=6)
+    keep = contrast != 4
+    ky, kz, contrast = (torch.cat([v[keep], v[:1]]) for v in (ky, kz, contrast))
+    y = randn_complex(contrast.numel(), 3, nx, seed=7)
+    enc = PlaneEncoding(y, ky, kz, contrast, _coils(3), 5)
+    return enc, torch.arange(contrast.numel()), torch.tensor([1, 4])
+
+
+def test_sampled_rows_factor_the_normal_operator() -> None:
+    enc, rows, xs = _sparse_encoding()
+    weights = enc.weights(rows)
+    locations = SampledLocations.of(weights)
+    assert locations.index.shape == (5, 3) and locations.root_weight[4].eq(0).all()
+    assert locations.root_weight[0].square().sum() == 4  # the repeated location counts twice
+    u = randn_complex(2, 5, *GRID[:2], seed=8)
+    v = randn_complex(2, 5, 3, 3, seed=9)
+    bu = enc.sample(u, locations, xs)
+    # dot-product test of sample / spread, and B^H B = E^H M E
+    lhs, rhs = (
+        torch.vdot(bu.flatten(), v.flatten()),
+        torch.vdot(u.flatten(), enc.spread(v, locations, xs).flatten()),
+    )
+    torch.testing.assert_close(lhs, rhs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        enc.spread(bu, locations, xs), enc.normal(u, weights, xs), rtol=1e-5, atol=1e-5
+    )
+    # B B^H from the coil products equals B applied to B^H of every unit vector
+    gram = enc.sampled_gram(locations, xs)
+    n = gram.shape[-1]
+    units = torch.eye(n, dtype=torch.complex64).reshape(n, 1, 1, 3, 3).expand(n, 2, 5, 3, 3)
+    columns = torch.stack(
+        [enc.sample(enc.spread(e, locations, xs), locations, xs) for e in units], dim=-1
+    )
+    torch.testing.assert_close(gram, columns.flatten(2, 3), rtol=1e-5, atol=1e-5)
+
+
+def test_exact_data_consistency_is_the_converged_cg_solution() -> None:
+    enc, rows, xs = _sparse_encoding()
+    # rank(B^H B) <= 9: CG converges within 10 steps (more give 0 / 0 in its backward pass)
+    sizes = {"unrolls": 2, "channels": 4, "blocks": 1, "cg_iterations": 12}
+    torch.manual_seed(0)
+    cg = UnrolledNetwork(5, sizes, mu=0.05)
+    exact = UnrolledNetwork(5, sizes, mu=0.05, dc_solver="exact")
+    exact.load_state_dict(cg.state_dict())
+    for net in (cg, exact):  # a denoiser that is not the identity
+        torch.nn.init.normal_(net.denoiser.expand.weight, std=0.1, generator=rng(10))
+    x_cg, x_exact = cg(enc, rows, xs), exact(enc, rows, xs)
+    torch.testing.assert_close(x_exact, x_cg, rtol=1e-4, atol=1e-4 * x_cg.abs().max().item())
+    # the exact step solves its system: DC(0) = (E^H M E + mu I)^-1 E^H M y
+    x0 = UnrolledNetwork(5, {**sizes, "unrolls": 0}, mu=0.05, dc_solver="exact")(enc, rows, xs)
+    residual = enc.normal(x0, enc.weights(rows), xs) + 0.05 * x0 - enc.adjoint(rows, xs)
+    assert residual.abs().max() < 1e-4 * enc.adjoint(rows, xs).abs().max()
+    # and the learned mu gets the same gradient
+    for x in (x_cg, x_exact):
+        x.abs().square().sum().backward()
+    torch.testing.assert_close(exact.log_mu.grad, cg.log_mu.grad, rtol=1e-3, atol=1e-5)
+
+
+def test_config_rejects_an_unknown_dc_solver() -> None:
+    with pytest.raises(ValueError, match="dc_solver = 'lu': expected one of cg, exact"):
+        JointMapleConfig(dc_solver="lu")  # type: ignore[arg-type]
 
 
 def _truth(seed: int) -> dict[str, torch.Tensor]:
