@@ -217,13 +217,21 @@ def test_training_resumes_to_the_same_network(tiny: Simulation, tmp_path: Path) 
     assert heldout_loss(straight, encoding, split) == pytest.approx(stopping.best_loss)
 
 
-def test_beats_zero_filled_fitting(tiny: Simulation) -> None:
+@pytest.mark.parametrize("dc_solver", ["cg", "exact"])
+def test_beats_zero_filled_fitting(tiny: Simulation, dc_solver: str) -> None:
     problem, truth = tiny.problem, tiny.truth
     model = signal_model(problem.signal_model, problem.contrasts)
     support = estimate_from_calibration(problem, problem.kspace).support
     zero_filled = fit_maps(zero_filled_images(problem, espirit_coils(problem)), model, mask=support)
     config = JointMapleConfig(
-        unrolls=2, channels=16, blocks=1, cg_iterations=3, iterations=60, lr=2e-3, map_iterations=40
+        unrolls=2,
+        channels=16,
+        blocks=1,
+        cg_iterations=3,
+        dc_solver=dc_solver,  # type: ignore[arg-type]
+        iterations=60,
+        lr=2e-3,
+        map_iterations=40,
     )
     maps = reconstruct(problem, config, progress=False)
 
@@ -244,6 +252,7 @@ def test_beats_zero_filled_fitting(tiny: Simulation) -> None:
         ]
         for name in ("T1", "T2star")
     }
-    # measured: T1 0.450 vs 0.663, T2* 0.385 vs 0.448 (fully sampled data fit: 0.42, 0.35)
+    # measured: T1 0.450 (exact DC: 0.452) vs 0.663, T2* 0.385 (0.373) vs 0.448 (fully sampled
+    # data fit: 0.42, 0.35)
     assert errors["T1"][0] < errors["T1"][1] - 0.1
     assert errors["T2star"][0] < errors["T2star"][1] - 0.03

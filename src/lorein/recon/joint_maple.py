@@ -197,19 +197,31 @@ class SampledLocations:
         ``[T, m]`` int64 flat locations ``kz * ny + ky`` (0 on padding).
     root_weight
         ``[T, m]`` float32 square roots of the multiplicities (0 on padding).
+    dft
+        ``[T, m, nz ny]`` complex64 rows of the orthonormal 2D DFT at those locations, times
+        ``root_weight``.
     """
 
     index: torch.Tensor
     root_weight: torch.Tensor
+    dft: torch.Tensor
 
     @classmethod
     def of(cls, weights: torch.Tensor) -> SampledLocations:
         """From the multiplicities ``[T, nz, ny]`` of :meth:`PlaneEncoding.weights`."""
+        _, nz, ny = weights.shape
         flat = weights.flatten(1)
         sampled = (flat > 0).to(torch.uint8)
         m = max(int(sampled.sum(1).max()), 1)
         index = torch.argsort(sampled, dim=1, descending=True, stable=True)[:, :m]
-        return cls(index, flat.gather(1, index).sqrt())
+        root_weight = flat.gather(1, index).sqrt()
+        z, y = (torch.arange(n, device=weights.device, dtype=torch.float64) for n in (nz, ny))
+        kz, ky = (index // ny).double(), (index % ny).double()
+        turns = kz[..., None, None] * z[:, None] / nz + ky[..., None, None] * y / ny
+        dft = torch.polar(
+            root_weight[..., None, None].double() / math.sqrt(nz * ny), -2 * math.pi * turns
+        )
+        return cls(index, root_weight, dft.flatten(-2).to(torch.complex64))
 
 
 class PlaneEncoding:
@@ -300,31 +312,30 @@ class PlaneEncoding:
         """``E^H M E u`` for multiplicities ``weights [T, nz, ny]`` (from :meth:`weights`)."""
         return self._combine(self.kspace(u, xs) * weights[:, None], xs)
 
-    def _gather_index(self, k: torch.Tensor, locations: SampledLocations) -> torch.Tensor:
-        """``locations.index`` expanded to ``[B, T, C, m]`` for the flat k-space ``k``."""
-        b, _, c, _ = k.shape
-        return locations.index[None, :, None, :].expand(b, -1, c, -1)
-
     def sample(
         self, u: torch.Tensor, locations: SampledLocations, xs: torch.Tensor
     ) -> torch.Tensor:
         """``B u``: coil k-space at the sampled locations, times ``sqrt(multiplicity)``.
 
         ``u [B, T, nz, ny] -> [B, T, C, m]``; ``B^H B`` is :meth:`normal` with the weights that
-        ``locations`` came from.
+        ``locations`` came from. A DFT at the ``m`` locations (a matrix product over the plane)
+        instead of an FFT of every coil image.
         """
-        k = self.kspace(u, xs).flatten(-2)
-        return k.gather(-1, self._gather_index(k, locations)) * locations.root_weight[:, None]
+        t, m = locations.index.shape
+        s = self.coils[xs].flatten(-2)  # [B, C, P]
+        weighted = u.flatten(-2)[:, :, None] * locations.dft  # [B, T, m, P]
+        k = weighted.flatten(1, 2) @ s.transpose(1, 2)  # [B, T m, C]
+        return k.unflatten(1, (t, m)).transpose(2, 3)
 
     def spread(
         self, v: torch.Tensor, locations: SampledLocations, xs: torch.Tensor
     ) -> torch.Tensor:
         """``B^H v``, the adjoint of :meth:`sample`: ``[B, T, C, m] -> [B, T, nz, ny]``."""
         _, nz, ny, _ = self.shape
-        k = v.new_zeros(*v.shape[:3], nz * ny)
-        weighted = v * locations.root_weight[:, None]
-        k = k.scatter_add(-1, self._gather_index(k, locations), weighted)
-        return self._combine(k.unflatten(-1, (nz, ny)), xs)
+        s = self.coils[xs].flatten(-2)  # [B, C, P]
+        combined = v.transpose(2, 3).flatten(1, 2) @ s.conj()  # [B, T m, P]
+        images = (combined.unflatten(1, locations.index.shape) * locations.dft.conj()).sum(2)
+        return images.unflatten(-1, (nz, ny))
 
     def sampled_gram(self, locations: SampledLocations, xs: torch.Tensor) -> torch.Tensor:
         """``B B^H`` of :meth:`sample`: ``[B, T, C m, C m]`` (coil-major, as ``sample``'s output).
