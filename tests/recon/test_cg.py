@@ -130,6 +130,18 @@ def test_differentiable_through_iterations() -> None:
     )
 
 
+def test_gradient_stays_finite_after_convergence() -> None:
+    # (mu I) x = mu z converges in one step; the later steps of an unrolled network's fixed
+    # iteration count must not divide rounding noise by rounding noise (they made it NaN)
+    mu = torch.tensor(0.05, requires_grad=True)
+    z = randn_complex(3, 2, 16, seed=18).requires_grad_()
+    x = conjugate_gradient(lambda v: mu * v, mu * z, iterations=6, tol=0.0, batch_dims=2)
+    grad_mu, grad_z = torch.autograd.grad(x.abs().square().sum(), (mu, z))
+    torch.testing.assert_close(x, z)  # x = z whatever mu
+    assert abs(grad_mu.item()) < 1e-5
+    torch.testing.assert_close(grad_z, 2 * z.detach())
+
+
 def test_cg_sense_fully_sampled_is_exact() -> None:
     nz, ny, nx, n_coils, n_frames = 4, 8, 6, 4, 2
     # unit-RSS coils times a smooth profile: E^H E = diag(profile^2) is not the identity

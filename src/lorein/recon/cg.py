@@ -23,10 +23,11 @@ def _expand(scalar: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return scalar.reshape(*scalar.shape, *([1] * (like.ndim - scalar.ndim)))
 
 
-def _safe_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """``num / den`` where ``den > 0``, else 0; the gradient stays finite in both branches."""
-    positive = den > 0
-    return torch.where(positive, num / torch.where(positive, den, torch.ones_like(den)), 0.0)
+def _safe_ratio(num: torch.Tensor, den: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """``num / den`` where ``live`` and ``den > 0``, else 0; the gradient stays finite in both
+    branches (the masked division never sees a zero or vanishing denominator)."""
+    ok = live & (den > 0)
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), 0.0)
 
 
 def conjugate_gradient(
@@ -73,7 +74,9 @@ def conjugate_gradient(
     -----
     A system whose residual or search direction vanishes (``rhs = 0``, converged, or a direction
     in the null space of a semidefinite ``A``) keeps its iterate: its step size is set to 0
-    instead of dividing by zero.
+    instead of dividing by zero. Converged means ``||r|| <= eps ||rhs||`` (``eps`` of the dtype):
+    iterating further only divides rounding noise by rounding noise, whose derivatives overflow
+    (a system that converged before the last of ``iterations`` made the whole backward pass NaN).
     """
     if iterations < 0:
         raise ValueError(f"iterations must be non-negative, got {iterations}")
@@ -94,16 +97,19 @@ def conjugate_gradient(
         r = rhs - apply(x0)
     p = r
     rr = _inner(r, r, batch_dims)
-    threshold = (tol**2) * _inner(rhs, rhs, batch_dims)
+    rhs_norm = _inner(rhs, rhs, batch_dims).detach()
+    threshold = (tol**2) * rhs_norm
+    floor = torch.finfo(rr.dtype).eps ** 2 * rhs_norm
     for _ in range(iterations):
         if tol > 0 and bool((rr <= threshold).all()):
             break
+        live = rr > floor
         ap = apply(p)
-        alpha = _safe_ratio(rr, _inner(p, ap, batch_dims))
+        alpha = _safe_ratio(rr, _inner(p, ap, batch_dims), live)
         x = x + _expand(alpha, x) * p
         r = r - _expand(alpha, r) * ap
         rr_new = _inner(r, r, batch_dims)
-        beta = _safe_ratio(rr_new, rr)
+        beta = _safe_ratio(rr_new, rr, live)
         p = r + _expand(beta, p) * p
         rr = rr_new
     return x
