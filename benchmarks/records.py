@@ -59,6 +59,11 @@ def _git(*args: str) -> str:
     return done.stdout.strip()
 
 
+RUN_COMMIT = commit()
+"""The checkout this process started from, i.e. the code that its runs used (records are
+written hours later, when the tree may have moved on)."""
+
+
 def merge(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     """Merge a comparison record into the committed one at ``path`` and write it.
 
@@ -74,7 +79,11 @@ def merge(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     The merged record, as written.
     """
     old = load(path)
-    stamp = {"finished": record.get("finished"), "lorein_version": __version__, "commit": commit()}
+    stamp = {
+        "finished": record.get("finished"),
+        "lorein_version": __version__,
+        "commit": RUN_COMMIT,
+    }
     methods = dict(old["methods"])
     for name, entry in record["methods"].items():
         kept = methods.get(name)

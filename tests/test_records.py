@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from paper_table import preset_table  # noqa: E402
-from records import case_path, commit, load, merge  # noqa: E402
+from records import RUN_COMMIT, case_path, commit, load, merge  # noqa: E402
 
 from lorein.sim.presets import get_preset
 
@@ -28,6 +28,7 @@ def test_merge_keeps_other_methods_and_stamps_new_entries(tmp_path: Path) -> Non
         path, {"finished": "t0", "methods": {"lorein": _method(0.4), "lrt": _method(0.5)}}
     )
     assert first["methods"]["lrt"]["recorded"]["finished"] == "t0"
+    assert first["methods"]["lrt"]["recorded"]["commit"] == RUN_COMMIT  # the code that ran
     second = merge(
         path,
         {"finished": "t1", "constant_map": {"T1": 0.5}, "methods": {"lrt": _method(0.45)}},
