@@ -74,7 +74,6 @@ from tqdm import tqdm
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
 from lorein.physics.fft import centered_ifft, modulation
-from lorein.physics.operators import ContrastDataTerm
 from lorein.physics.signal_models import SignalModel, signal_model
 from lorein.recon.calibration import espirit_coils, scaled_kspace
 from lorein.recon.cg import conjugate_gradient
@@ -196,7 +195,7 @@ class SampledLocations:
     Attributes
     ----------
     index
-        ``[T, m]`` int64 flat locations ``kz * ny + ky`` (0 on padding).
+        ``[T, m]`` int64 flat locations ``kz * ny + ky`` (unsampled ones on padding).
     root_weight
         ``[T, m]`` float32 square roots of the multiplicities (0 on padding).
     dft
@@ -356,6 +355,51 @@ class PlaneEncoding:
         gram = products[..., difference] * (w[:, :, None] * w[:, None])  # [B, C, C, T, m, m]
         b, c, m = s.shape[0], s.shape[1], w.shape[1]
         return gram.permute(0, 3, 1, 4, 2, 5).reshape(b, t, c * m, c * m)
+
+
+class SampledDataTerm:
+    """``||y - E I||^2`` over every acquired sample, evaluated at the distinct sampled locations.
+
+    Equal to :class:`~lorein.physics.operators.ContrastDataTerm` (readout FFT: Parseval in hybrid
+    space) without a 3D FFT per contrast and coil: :meth:`PlaneEncoding.sample` on every plane.
+    A location sampled ``w`` times with lines ``y_1 .. y_w`` contributes
+    ``sum_r |p - y_r|^2 = |sqrt(w) p - s / sqrt(w)|^2 + sum_r |y_r|^2 - |s|^2 / w`` with
+    ``s = sum_r y_r``, so the term is ``||B I - y~||^2 + const`` with ``y~ = s / sqrt(w)``.
+
+    Parameters
+    ----------
+    encoding
+        The encoding; all of its acquired lines enter.
+    """
+
+    def __init__(self, encoding: PlaneEncoding) -> None:
+        t, nz, ny, nx = encoding.shape
+        dev = encoding.ky.device
+        self.encoding = encoding
+        self.locations = SampledLocations.of(
+            encoding.weights(torch.arange(encoding.lines.shape[0], device=dev))
+        )
+        index, root = self.locations.index, self.locations.root_weight
+        m = index.shape[1]
+        slot = torch.zeros(t, nz * ny, dtype=torch.long, device=dev)
+        slot.scatter_(1, index, torch.arange(m, device=dev).expand(t, m).contiguous())
+        rows = slot[encoding.contrast, encoding.kz * ny + encoding.ky]
+        sums = encoding.lines.new_zeros(t, m, nx, encoding.lines.shape[2])
+        sums.index_put_((encoding.contrast, rows), encoding.lines, accumulate=True)
+        scale = torch.where(root > 0, 1 / root.clamp_min(1e-30), 0.0)
+        self.target = (sums * scale[:, :, None, None]).permute(2, 0, 3, 1).contiguous()
+        self.constant = encoding.lines.abs().square().sum() - self.target.abs().square().sum()
+        per_plane = t * m * nz * ny * 8
+        self.chunks = torch.arange(nx, device=dev).split(max(1, _INFERENCE_BYTES // per_plane))
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """The data term of ``images [T, nz, ny, nx]`` (the encoding's coils)."""
+        planes = plane_images(images)
+        total = self.constant
+        for xs in self.chunks:
+            predicted = self.encoding.sample(planes[xs], self.locations, xs)
+            total = total + (predicted - self.target[xs]).abs().square().sum()
+        return total
 
 
 def plane_images(images: torch.Tensor) -> torch.Tensor:
@@ -787,7 +831,6 @@ def reconstruct(
     start = time.perf_counter()
     torch.manual_seed(seed)
     dev = torch.device(device)
-    nx, ny, nz = problem.matrix
     kspace, calib = scaled_kspace(problem, config.coil_compression, dev)
     coils = espirit_coils(problem, kspace).to(dev)
     support = calib.support.to(dev)
@@ -812,14 +855,14 @@ def reconstruct(
 
     model = signal_model(problem.signal_model, problem.contrasts.to(dev))
     initial = fit_maps(images, model, mask=support)
-    data_term = ContrastDataTerm(kspace, ky, kz, contrast, (nz, ny, nx))
+    data_term = SampledDataTerm(encoding)
     n_samples = kspace.numel()
     maps, map_history = refine_maps(
         images,
         support,
         model,
         initial,
-        lambda x: data_term(x, coils) / n_samples,
+        lambda x: data_term(x) / n_samples,
         config.beta,
         config.map_iterations,
         config.map_lr,
