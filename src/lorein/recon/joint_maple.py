@@ -494,15 +494,13 @@ class UnrolledNetwork(nn.Module):
         rhs = encoding.adjoint(rows, xs)
         weights = encoding.weights(rows)
         mu = self.log_mu.exp()
-        dc = (self._exact_dc if self.dc_solver == "exact" else self._cg_dc)(
-            encoding, weights, xs, rhs, mu
-        )
+        dc = self._data_consistency(encoding, weights, xs, rhs, mu)
         x = dc(None)
         for _ in range(self.unrolls):
             x = dc(self.denoiser(x))
         return x
 
-    def _cg_dc(
+    def _data_consistency(
         self,
         encoding: PlaneEncoding,
         weights: torch.Tensor,
@@ -510,40 +508,32 @@ class UnrolledNetwork(nn.Module):
         rhs: torch.Tensor,
         mu: torch.Tensor,
     ) -> Callable[[torch.Tensor | None], torch.Tensor]:
-        """``z -> DC(z)`` by ``cg_iterations`` CG steps from ``z`` (from 0 for ``None``)."""
+        """``z -> DC(z)`` (``None``: ``z = 0``): ``cg_iterations`` CG steps from ``z``, or the
+        Woodbury solution with one Cholesky factorisation shared by every call."""
+        if self.dc_solver == "exact":
+            locations = SampledLocations.of(weights)
+            gram = encoding.sampled_gram(locations, xs)
+            eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+            factor = torch.linalg.cholesky(gram + mu * eye)
+
+            def exact(z: torch.Tensor | None) -> torch.Tensor:
+                r = rhs if z is None else rhs + mu * z
+                br = encoding.sample(r, locations, xs)
+                v = torch.cholesky_solve(br.flatten(2).unsqueeze(-1), factor).squeeze(-1)
+                return (r - encoding.spread(v.view_as(br), locations, xs)) / mu
+
+            return exact
 
         def normal(v: torch.Tensor) -> torch.Tensor:
             return encoding.normal(v, weights, xs) + mu * v
 
-        def dc(z: torch.Tensor | None) -> torch.Tensor:
+        def cg(z: torch.Tensor | None) -> torch.Tensor:
             b = rhs if z is None else rhs + mu * z
             return conjugate_gradient(
                 normal, b, x0=z, iterations=self.cg_iterations, tol=0.0, batch_dims=2
             )
 
-        return dc
-
-    @staticmethod
-    def _exact_dc(
-        encoding: PlaneEncoding,
-        weights: torch.Tensor,
-        xs: torch.Tensor,
-        rhs: torch.Tensor,
-        mu: torch.Tensor,
-    ) -> Callable[[torch.Tensor | None], torch.Tensor]:
-        """``z -> DC(z)`` by the Woodbury identity, one factorisation for every call."""
-        locations = SampledLocations.of(weights)
-        gram = encoding.sampled_gram(locations, xs)
-        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-        factor = torch.linalg.cholesky(gram + mu * eye)
-
-        def dc(z: torch.Tensor | None) -> torch.Tensor:
-            r = rhs if z is None else rhs + mu * z
-            br = encoding.sample(r, locations, xs)
-            v = torch.cholesky_solve(br.flatten(2).unsqueeze(-1), factor).squeeze(-1)
-            return (r - encoding.spread(v.view_as(br), locations, xs)) / mu
-
-        return dc
+        return cg
 
 
 def _plane_chunks(
