@@ -20,6 +20,7 @@ from lorein.recon.joint_maple import (
     SampledLocations,
     UnrolledNetwork,
     heldout_loss,
+    kspace_data_term,
     plane_images,
     reconstruct,
     refine_maps,
@@ -113,18 +114,24 @@ def test_sampled_rows_factor_the_normal_operator() -> None:
     torch.testing.assert_close(gram, columns.flatten(2, 3), rtol=1e-5, atol=1e-5)
 
 
-def test_sampled_data_term_equals_the_per_contrast_fft_term() -> None:
+@pytest.mark.parametrize("per_contrast", [2, 5])
+def test_sampled_data_term_equals_the_per_contrast_fft_term(per_contrast: int) -> None:
     nz, ny, nx = GRID
-    ky, kz, contrast = (torch.cat([v, v[:3]]) for v in _lines(5, 4, seed=11))  # 3 repeats
+    ky, kz, contrast = (torch.cat([v, v[:3]]) for v in _lines(5, per_contrast, seed=11))
     coils = _coils(3)
     y = randn_complex(contrast.numel(), 3, nx, seed=12)
-    term = SampledDataTerm(PlaneEncoding(y, ky, kz, contrast, coils, 5))
+    encoding = PlaneEncoding(y, ky, kz, contrast, coils, 5)
     naive = ContrastDataTerm(y, ky, kz, contrast, GRID, chunk=2)
     x = randn_complex(5, nz, ny, nx, seed=13).requires_grad_()
-    value, expected = term(x), naive(x, coils)
-    torch.testing.assert_close(value, expected, rtol=1e-5, atol=0.0)
-    grad = torch.autograd.grad(value, x)[0]
-    torch.testing.assert_close(grad, torch.autograd.grad(expected, x)[0], rtol=1e-4, atol=1e-5)
+    expected = naive(x, coils)
+    expected_grad = torch.autograd.grad(expected, x)[0]
+    chosen = kspace_data_term(encoding, y, coils)  # the sampled form for m <= 3 coils
+    assert isinstance(chosen, SampledDataTerm) == (per_contrast <= 3)
+    for term in (SampledDataTerm(encoding), chosen):
+        value = term(x)
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=0.0)
+        grad = torch.autograd.grad(value, x)[0]
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
 
 
 def test_exact_data_consistency_is_the_converged_cg_solution() -> None:
