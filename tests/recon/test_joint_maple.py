@@ -31,6 +31,7 @@ from lorein.recon.zero_shot import split_lines
 from lorein.sim.presets import vfa_megre_table
 from lorein.sim.simulate import Simulation, simulate
 from tests.helpers import TINY, randn_complex, rng
+from tests.recon.test_fitting import small_t2ir_table
 
 GRID = (2, 8, 6)  # nz, ny, nx
 
@@ -207,6 +208,28 @@ def test_refinement_stays_at_the_truth_and_lowers_its_objective() -> None:
         before = (start[name] - truth[name])[support].norm()
         after = (refined[name] - truth[name])[support].norm()
         assert after < 0.7 * before  # measured: 0.26 (M0) to 0.53 (T1)
+
+
+def test_refinement_stays_at_the_truth_of_the_t2ir_model() -> None:
+    # the sim 2 model (T2 as well, 80 contrasts), 4 locations per contrast (the sampled k-space
+    # term, m <= 4 coils): noiseless
+    # data of the truth are a stationary point (measured: relative errors <= 1.8e-3)
+    model = signal_model("t2ir_gre", small_t2ir_table())
+    truth = {**_truth(0), "T2": 0.04 + 0.08 * torch.rand(GRID, generator=rng(3))}
+    images = model(truth)
+    coils = _coils(4)
+    ky, kz, contrast = _lines(80, 4, seed=1)
+    kspace = EncodingOperator(coils, ky, kz, contrast, n_contrasts=80)(images)
+    encoding = PlaneEncoding(kspace, ky, kz, contrast, coils, 80)
+    term = kspace_data_term(encoding, kspace, coils)
+    support = torch.ones(GRID, dtype=torch.bool)
+    stay, history = refine_maps(
+        images, support, model, truth, lambda x: term(x) / kspace.numel(), 100.0, 40, 1e-2
+    )
+    assert history[-1]["total"] < 1e-6
+    for name in ("M0", "T1", "T2", "T2star"):
+        torch.testing.assert_close(stay[name], truth[name], rtol=5e-3, atol=0)
+    torch.testing.assert_close(stay["B0"], truth["B0"], rtol=0, atol=0.05)
 
 
 def test_training_resumes_to_the_same_network(tiny: Simulation, tmp_path: Path) -> None:
