@@ -212,8 +212,8 @@ def test_refinement_stays_at_the_truth_and_lowers_its_objective() -> None:
 
 def test_refinement_stays_at_the_truth_of_the_t2ir_model() -> None:
     # the sim 2 model (T2 as well, 80 contrasts), 4 locations per contrast (the sampled k-space
-    # term, m <= 4 coils): noiseless
-    # data of the truth are a stationary point (measured: relative errors <= 1.8e-3)
+    # term, m <= 4 coils): noiseless data of the truth are a stationary point (measured: relative
+    # errors <= 1.8e-3)
     model = signal_model("t2ir_gre", small_t2ir_table())
     truth = {**_truth(0), "T2": 0.04 + 0.08 * torch.rand(GRID, generator=rng(3))}
     images = model(truth)
