@@ -54,7 +54,7 @@ Where it departs from the original:
   all: its entries are the 2D FFTs of the coil products ``S_c conj(S_c')`` at the differences
   of the sampled locations. Worth it where ``C m`` is small (sim 2: at most 4 lines per
   contrast, ``C m <= 32`` against ``nz ny = 640``; one training step 7 s instead of 100 s);
-  the CG path is the default.
+  the CG path is the default (sim1-small at R = 12, ``m = 38``: 2.7 s against 0.9 s).
 - The voxel fit uses the shared :func:`fit_maps` (echo analysis, dictionary, Levenberg-Marquardt)
   as the initialisation of the gradient-based joint refinement.
 """
