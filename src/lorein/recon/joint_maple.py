@@ -385,9 +385,9 @@ class SampledDataTerm:
         m = index.shape[1]
         slot = torch.zeros(t, nz * ny, dtype=torch.long, device=dev)
         slot.scatter_(1, index, torch.arange(m, device=dev).expand(t, m).contiguous())
-        rows = slot[encoding.contrast, encoding.kz * ny + encoding.ky]
+        line_slot = slot[encoding.contrast, encoding.kz * ny + encoding.ky]  # [L]
         sums = encoding.lines.new_zeros(t, m, nx, encoding.lines.shape[2])
-        sums.index_put_((encoding.contrast, rows), encoding.lines, accumulate=True)
+        sums.index_put_((encoding.contrast, line_slot), encoding.lines, accumulate=True)
         scale = torch.where(root > 0, 1 / root.clamp_min(1e-30), 0.0)
         self.target = (sums * scale[:, :, None, None]).permute(2, 0, 3, 1).contiguous()
         self.constant = encoding.lines.abs().square().sum() - self.target.abs().square().sum()
