@@ -14,9 +14,9 @@ Layout of ``OUT/``:
 - ``METHOD.log``: its standard output and error (progress bars, error message);
 - ``compare.md``: tables of errors, time, memory, interior errors and tissue statistics (the
   interior voxels per tissue class in ``compare.json``'s ``problem.interior_voxels``); the error
-  table ends with
-  the errors of the best constant maps (``compare.json``'s ``constant_map``: each map set to its
-  truth's mean), the level below which a method's map says more than that one number;
+  table ends with the errors of the best constant maps (``compare.json``'s ``constant_map``:
+  each map set to its truth's mean), the level below which a method's map says more than that
+  one number;
 - ``compare.png``: truth row, then a map row and an error row per successful method;
 - ``compare.json``: everything above, machine-readable. Written last and atomically, so its
   presence means the comparison finished.

@@ -209,13 +209,19 @@ class SampledLocations:
     root_weight: torch.Tensor
     dft: torch.Tensor
 
+    @staticmethod
+    def count(weights: torch.Tensor) -> int:
+        """``m``, the most distinct locations any contrast samples (at least 1), of the
+        multiplicities ``[T, nz, ny]``, without building the DFT rows."""
+        return max(int((weights.flatten(1) > 0).sum(1).max()), 1)
+
     @classmethod
     def of(cls, weights: torch.Tensor) -> SampledLocations:
         """From the multiplicities ``[T, nz, ny]`` of :meth:`PlaneEncoding.weights`."""
         _, nz, ny = weights.shape
         flat = weights.flatten(1)
         sampled = (flat > 0).to(torch.uint8)
-        m = max(int(sampled.sum(1).max()), 1)
+        m = cls.count(weights)
         index = torch.argsort(sampled, dim=1, descending=True, stable=True)[:, :m]
         root_weight = flat.gather(1, index).sqrt()
         z, y = (torch.arange(n, device=weights.device, dtype=torch.float64) for n in (nz, ny))
@@ -424,8 +430,7 @@ def kspace_data_term(
         built from.
     """
     rows = torch.arange(kspace.shape[0], device=encoding.ky.device)
-    m = SampledLocations.of(encoding.weights(rows)).index.shape[1]
-    if m <= coils.shape[0]:
+    if SampledLocations.count(encoding.weights(rows)) <= coils.shape[0]:
         return SampledDataTerm(encoding)
     _, nz, ny, nx = encoding.shape
     term = ContrastDataTerm(kspace, encoding.ky, encoding.kz, encoding.contrast, (nz, ny, nx))
@@ -574,7 +579,7 @@ def _plane_chunks(
     n_coils = encoding.coils.shape[1]
     per_plane = t * n_coils * nz * ny * 8
     if net.dc_solver == "exact":
-        m = SampledLocations.of(encoding.weights(rows)).index.shape[1]
+        m = SampledLocations.count(encoding.weights(rows))
         per_plane = max(per_plane, t * (n_coils * m) ** 2 * 8)
     size = max(1, _INFERENCE_BYTES // per_plane)
     return list(torch.arange(nx, device=encoding.ky.device).split(size))
