@@ -41,7 +41,7 @@ SECTION = "full_size"
 KEY = ("preset", "R", "method", "device", "steps")
 COLUMNS = (
     *KEY,
-    "CPU / GPU",
+    "machine",
     "warm-up [s]",
     "s / step",
     "recon [s]",
@@ -114,7 +114,7 @@ def row(
     status = "" if result["status"] == "ok" else f" ({result['status']})"
     cells = [
         *key,
-        (report.get("device_name") or machine().split(",")[0]) + status,
+        machine() + status,
         _seconds(warm),
         _seconds(per_step),
         _seconds(result.get("wall_seconds")),
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     config = args.config or ROOT / "configs" / f"{preset.name}.toml"
     config = config if config.exists() else None
     case = args.workdir / preset.name / f"seed{args.seed}" / f"R{args.R:g}"
-    simulate_case(preset, args.R, args.seed, case / "problem.h5", snr=None, true_coils=False)
+    simulate_case(preset, args.R, args.seed, case / "problem.h5", None, False, device=args.device)
     out = case / f"compare-{args.device}"
     used = config
     if args.iterations is not None:
@@ -153,7 +153,6 @@ def main(argv: list[str] | None = None) -> None:
         key = (preset.name, f"{args.R:g}", method, args.device, str(steps))
         date = str(record.get("finished") or datetime.date.today().isoformat())[:10]
         rows[key] = row(key, record["methods"][method], report, planned, date)
-    config_name = config.relative_to(ROOT) if config and config.is_relative_to(ROOT) else config
     body = "\n".join(
         [
             "## Paper-sized presets (`benchmarks/full_size.py`)",
@@ -164,8 +163,9 @@ def main(argv: list[str] | None = None) -> None:
             "from process start to the written output folder; 'configured steps: est.': warm-up "
             "+ the configuration's number of steps x s / step, for rows that ran fewer steps. "
             "Peak memory of the process (RSS on CPU, allocator peak on GPU); NRMSE in the truth "
-            f"mask as `lorein eval` computes it. Configuration: `{config_name or 'defaults'}`. "
-            f"Machine and software: {machine()}.",
+            "mask as `lorein eval` computes it. 'machine': where the row ran (CPU, cores, "
+            "memory, GPU; Python and torch). Configuration: `configs/PRESET.toml` of the row's "
+            "preset.",
             "",
             "| " + " | ".join(COLUMNS) + " |",
             "|" + "---|" * len(COLUMNS),

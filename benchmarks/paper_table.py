@@ -127,7 +127,13 @@ def cases(args: argparse.Namespace) -> dict[str, tuple[float, ...]]:
 
 
 def simulate_case(
-    preset: Preset, R: float, seed: int, path: Path, snr: float | None, true_coils: bool
+    preset: Preset,
+    R: float,
+    seed: int,
+    path: Path,
+    snr: float | None,
+    true_coils: bool,
+    device: str = "cpu",
 ) -> None:
     """Write the problem file of one case (with truth), unless it exists already.
 
@@ -139,11 +145,13 @@ def simulate_case(
         Signal-to-noise ratio (None: the preset's, ``inf``: noiseless).
     true_coils
         Store the true coil sensitivities in the problem (``coils``), for the reference fit.
+    device
+        Where the simulation's signal model and FFTs run (the same problem to float rounding).
     """
     if path.exists():
         return
     print(f"simulate {preset.name} R = {R:g} -> {path}", flush=True)
-    sim = simulate(preset, R, seed=seed, snr=snr, progress=False)
+    sim = simulate(preset, R, seed=seed, snr=snr, progress=False, device=device)
     problem = dataclasses.replace(sim.problem, coils=sim.truth.coils) if true_coils else sim.problem
     attrs = {
         "preset": preset.name,

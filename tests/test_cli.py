@@ -153,7 +153,7 @@ def test_import_table_holds_sidecar_keys_and_the_sidecar_overrides_it(
         (
             ["simulate", "-o", "p.h5"],
             "[simulate]\nsede = 1\n",
-            "valid: R, pattern, preset, seed, snr",
+            "valid: R, device, pattern, preset, seed, snr",
         ),
         (["info", "p.h5"], "[info]\nverbose = true\n", "unknown key(s) verbose; valid: none"),
         (["eval", "out", "--truth", "p.h5"], "[eval]\nlabel = 3\n", "label = 3: expected a string"),
@@ -207,7 +207,7 @@ def test_config_show_prints_tables_that_read_back(
     text = capsys.readouterr().out
     shown = tomllib.loads(text)
     assert set(shown) == {*COMMANDS, "lorein"}
-    assert shown["simulate"] == {"seed": 0, "pattern": "vd-random"}
+    assert shown["simulate"] == {"seed": 0, "pattern": "vd-random", "device": "cpu"}
     assert shown["import"] == {"keep_oversampling": False, "prewhitening": True}
     assert "# echo_time_ms = (unset)" in text
     config = _write(tmp_path / "all.toml", text)
@@ -254,6 +254,19 @@ def test_unknown_preset_leaves_no_output(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["simulate", "--preset", "sim3", "--R", "4", "-o", str(out)]) == 2
     assert "sim1-small" in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message on a machine without CUDA"
+)
+def test_cuda_without_a_gpu_is_one_line_error_and_no_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "x.h5"
+    argv = ["simulate", "--preset", "sim1-small", "--R", "27", "--device", "cuda", "-o", str(out)]
+    assert main(argv) == 2
+    assert "no CUDA device is available here (use --device cpu)" in _one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ismrmrd_round_trip(problem_file: Path, shared_config: Path, tmp_path: Path) -> None:

@@ -31,12 +31,16 @@ def _require(args: argparse.Namespace, *keys: str) -> None:
 
 def _cmd_simulate(args: argparse.Namespace) -> None:
     from lorein.data.problem import write_problem
+    from lorein.device import resolve_device
     from lorein.sim.presets import get_preset
     from lorein.sim.simulate import simulate
 
     _require(args, "preset", "R")
     preset = get_preset(args.preset)
-    sim = simulate(preset, args.R, seed=args.seed, snr=args.snr, pattern=args.pattern)
+    device = resolve_device(args.device)
+    sim = simulate(
+        preset, args.R, seed=args.seed, snr=args.snr, pattern=args.pattern, device=device
+    )
     attrs = {
         "preset": preset.name,
         "seed": args.seed,
@@ -404,6 +408,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         default="vd-random",
         help="(config) ky-kz sampling: variable-density random or Poisson disc (default: "
         "vd-random)",
+    )
+    sim.option(
+        "--device",
+        default="cpu",
+        help="(config) where the signal model and the FFTs run: cpu, cuda or cuda:N (default: "
+        "cpu; the same seed gives the same problem on each, to float rounding)",
     )
     sim.parser.add_argument(
         "-o", "--output", type=Path, required=True, help="problem file to write (.h5)"

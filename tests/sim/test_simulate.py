@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from lorein.physics.operators import EncodingOperator
@@ -65,6 +66,18 @@ def test_noise_level_and_acceleration() -> None:
     assert abs(measured / noisy.noise_std - 1) < 0.05
     mask = clean.truth.mask.bool()
     assert noisy.noise_std > 0 and clean.truth.M0[mask].mean() > 0
+
+
+@pytest.mark.cuda
+def test_cuda_simulation_matches_cpu() -> None:
+    cpu = simulate(tiny(), 12, seed=4, snr=20.0, progress=False)
+    gpu = simulate(tiny(), 12, seed=4, snr=20.0, progress=False, device="cuda")
+    assert gpu.problem.kspace.device.type == "cpu"
+    for name in ("ky", "kz", "contrast"):
+        assert torch.equal(getattr(gpu.problem, name), getattr(cpu.problem, name))
+    err = (gpu.problem.kspace - cpu.problem.kspace).norm() / cpu.problem.kspace.norm()
+    assert err < 1e-5, err
+    assert gpu.noise_std == pytest.approx(cpu.noise_std, rel=1e-5)
 
 
 def test_t2ir_echoes_share_lines() -> None:

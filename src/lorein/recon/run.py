@@ -23,6 +23,7 @@ from lorein import __version__
 from lorein.config import method_table, read_toml
 from lorein.data.output import Maps, write_output
 from lorein.data.problem import Problem, read_problem
+from lorein.device import resolve_device
 from lorein.recon import fit, joint_maple, lorein, lrt, summit, zero_deepsub
 
 
@@ -183,9 +184,7 @@ def run(
     method = get_method(method_name)
     problem = read_problem(problem_path)
     config = load_config(method, config_path, overrides)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here (use --device cpu)")
+    dev = resolve_device(device)
     need, have = estimate_memory(problem, config), available_memory(dev)
     if need > 0.9 * have:
         raise MemoryError(

@@ -105,6 +105,7 @@ def simulate(
     pattern: str = "vd-random",
     chunk: int = 8,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> Simulation:
     """Simulate one acquisition of ``preset`` at acceleration ``R``.
 
@@ -125,6 +126,10 @@ def simulate(
         Contrasts simulated at once (bounds memory).
     progress
         Show a progress bar.
+    device
+        Where the signal model, the band-limiting FFTs and the line extraction run (``"cpu"``,
+        ``"cuda"``); the phantom, the sampling and the noise are drawn on the CPU, so a seed gives
+        the same problem on every device (to float rounding).
     """
     start = time.perf_counter()
     snr = preset.snr if snr is None else snr
@@ -154,9 +159,12 @@ def simulate(
         n_contrasts=sampling.n_contrasts,
     )
 
-    dft_y, dft_z = centered_dft_matrix(ny), centered_dft_matrix(nz)
-    fine_maps = _maps_dict(fine)
-    mask = coarse.mask.bool()
+    dev = torch.device(device)
+    dft_y, dft_z = centered_dft_matrix(ny).to(dev), centered_dft_matrix(nz).to(dev)
+    fine_maps = {name: value.to(dev) for name, value in _maps_dict(fine).items()}
+    mask = coarse.mask.bool().to(dev)
+    coil_maps = coils.to(dev)
+    ky, kz = sampling.ky.to(dev), sampling.kz.to(dev)
     lines = torch.empty(len(sampling.ky), preset.n_coils, nx, dtype=torch.complex64)
     magnitude_sum = 0.0
     bounds = range(0, contrasts.n_contrasts, chunk)
@@ -168,10 +176,10 @@ def simulate(
         rows = torch.nonzero((sampling.contrast >= lo) & (sampling.contrast < hi)).squeeze(1)
         if len(rows) == 0:
             continue
-        hybrid = centered_fft(images.unsqueeze(1) * coils, dim=(-1,))  # [t, coil, nz, ny, nx]
+        hybrid = centered_fft(images.unsqueeze(1) * coil_maps, dim=(-1,))  # [t, coil, nz, ny, nx]
         for t in torch.unique(sampling.contrast[rows]).tolist():
             sel = rows[sampling.contrast[rows] == t]
-            lines[sel] = lines_at(hybrid[t - lo], sampling.ky[sel], sampling.kz[sel], dft_y, dft_z)
+            lines[sel] = lines_at(hybrid[t - lo], ky[sel], kz[sel], dft_y, dft_z).cpu()
 
     mean_magnitude = magnitude_sum / (contrasts.n_contrasts * int(mask.sum()))
     noise_std = 0.0 if math.isinf(snr) else mean_magnitude / snr

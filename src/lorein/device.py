@@ -1,0 +1,19 @@
+"""Torch devices named on the command line."""
+
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The torch device ``name`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``), checked to exist here.
+
+    Raises
+    ------
+    ValueError
+        For a CUDA device on a machine without one, naming the option to use instead.
+    """
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here (use --device cpu)")
+    return device
