@@ -473,7 +473,8 @@ def reconstruct(
     kspace, calib = scaled_kspace(problem, config.coil_compression, dev)
 
     model = signal_model(problem.signal_model, problem.contrasts.to(dev))
-    cpu_model = signal_model(problem.signal_model, problem.contrasts)  # for the voxel fits
+    # for the voxel fits (their dictionaries are built on the CPU; the fits run on dev)
+    fit_model = signal_model(problem.signal_model, problem.contrasts)
     subspace = temporal_subspace(
         model, config.rank, config.dictionary_atoms, config.b0_range_hz, seed
     )
@@ -524,7 +525,7 @@ def reconstruct(
                 pmr if config.pmr_start == "cg" else None,
                 u0,
                 subspace,
-                cpu_model,
+                fit_model,
                 calib.support,
                 config.warm_start,
                 progress=progress,
@@ -560,11 +561,11 @@ def reconstruct(
         if pmr is None or config.pmr_start != "lrr" or it != config.pretrain:
             return
         with torch.no_grad():
-            images = subspace.expand(lrr.spatial_bases().cpu().to(subspace.phi.dtype), dim=0)
+            images = subspace.expand(lrr.spatial_bases().to(subspace.phi.dtype), dim=0)
         start_maps(
             pmr,
             images.to(torch.complex64),
-            cpu_model,
+            fit_model,
             calib.support,
             config.warm_start,
             progress=progress,
@@ -602,7 +603,7 @@ def reconstruct(
         from lorein.recon.fitting import fit_maps
 
         assert images is not None
-        fitted = fit_maps(images.to(torch.complex64), cpu_model, mask=calib.support.cpu())
+        fitted = fit_maps(images.to(torch.complex64), fit_model, mask=calib.support.cpu())
         result = {k: v.float() for k, v in fitted.items()}
         mask = calib.support.cpu().to(torch.uint8)
     extras["seconds"] = time.perf_counter() - start
