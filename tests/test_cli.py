@@ -19,6 +19,7 @@ from lorein.data.problem import read_problem, write_problem
 from lorein.recon.loop import NonFiniteLossError
 from lorein.recon.run import METHODS, load_config
 from lorein.sim.simulate import simulate
+from tests.fake_cuda import fake_cuda
 from tests.helpers import TINY
 
 SHARED = """
@@ -321,6 +322,23 @@ def test_recon_saves_weighted_images_on_request_and_eval_scores_chosen_maps(
     assert main([*argv, "--iterations", "3", "--resume"]) == 0
     assert json.loads((kept / "report.json").read_text())["iterations"] == 3
     assert (kept / "checkpoint.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA tests run on the real GPU")
+def test_recon_on_cuda_checkpoints_and_resumes(tmp_path: Path) -> None:
+    sim = simulate(TINY, 8, seed=1, snr=math.inf, progress=False)
+    problem = tmp_path / "tiny.h5"
+    write_problem(problem, sim.problem, truth=sim.truth)
+    config = _write(tmp_path / "tiny.toml", TINY_LOREIN)
+    out = tmp_path / "out"
+    argv = ["recon", str(problem), "-o", str(out), "--config", str(config), "--device", "cuda"]
+    with fake_cuda():
+        assert main([*argv, "--keep-checkpoint", "--iterations", "2"]) == 0
+        assert main([*argv, "--iterations", "3", "--resume"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["device"] == "cuda" and report["iterations"] == 3
+    assert report["device_name"].startswith("pretend GPU")
+    assert nib.load(out / "nifti" / "T1map.nii.gz").shape == (24, 24, 4)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """Every reconstruction method end to end on CUDA: same maps as on the CPU, to training noise.
 
-Skipped without a CUDA device. :func:`compare_devices` is the check; it runs with any pair of
-devices (``compare_devices(name, "cpu")`` checks the test itself on a machine without a GPU).
+On a GPU, :func:`compare_devices` runs each case on both devices. Without one, each case runs on
+the pretend GPU of :mod:`tests.fake_cuda`, which raises where a real one would on a tensor left
+on the CPU (it found the signal models' and Joint-MAPLE's placement errors before any GPU did).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from lorein.eval.metrics import map_error
 from lorein.recon.run import METHODS
 from lorein.sim.simulate import Simulation, simulate
+from tests.fake_cuda import fake_cuda
 from tests.helpers import TINY
 
 SMALL_HASH = {"n_levels": 4, "n_features": 2, "log2_table": 10, "n_min": 4, "growth": "auto"}
@@ -99,6 +101,17 @@ def compare_devices(sim: Simulation, case: str, device: str) -> dict[str, tuple[
 @pytest.mark.parametrize("case", list(CASES))
 def test_method_on_cuda_matches_cpu(sim: Simulation, case: str) -> None:
     compare_devices(sim, case, "cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the real GPU runs the cases above")
+@pytest.mark.parametrize("case", list(CASES))
+def test_method_keeps_its_tensors_on_the_device(sim: Simulation, case: str) -> None:
+    name, settings = CASES[case]
+    method = METHODS[name]
+    with fake_cuda():
+        maps = method.reconstruct(sim.problem, method.config(**settings), device="cuda")
+    for key, value in maps.values.items():
+        assert value.device.type == "cpu" and torch.isfinite(value).all(), key
 
 
 def test_every_method_has_a_cuda_check() -> None:

@@ -9,6 +9,7 @@ from lorein.physics.operators import EncodingOperator
 from lorein.physics.signal_models import signal_model
 from lorein.sim.presets import PRESETS, Preset, get_preset
 from lorein.sim.simulate import band_limit, simulate
+from tests.fake_cuda import fake_cuda
 
 
 def tiny(shared: bool = False, oversampling: int = 2, model: str = "vfa_megre") -> Preset:
@@ -78,6 +79,14 @@ def test_cuda_simulation_matches_cpu() -> None:
     err = (gpu.problem.kspace - cpu.problem.kspace).norm() / cpu.problem.kspace.norm()
     assert err < 1e-5, err
     assert gpu.noise_std == pytest.approx(cpu.noise_std, rel=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA test above runs on the real GPU")
+def test_simulation_keeps_its_tensors_on_the_device() -> None:
+    cpu = simulate(tiny(), 12, seed=4, snr=20.0, progress=False)
+    with fake_cuda():
+        gpu = simulate(tiny(), 12, seed=4, snr=20.0, progress=False, device="cuda")
+    assert torch.equal(gpu.problem.kspace, cpu.problem.kspace)
 
 
 def test_t2ir_echoes_share_lines() -> None:

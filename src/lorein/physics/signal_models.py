@@ -106,8 +106,8 @@ class SignalModel(ABC):
         self.echo_times, self._echo_index = contrasts.echo_index()
         readout = contrasts.readout_index()
         n_readouts = int(readout.max()) + 1
-        positions = torch.arange(readout.numel())
-        first = torch.full((n_readouts,), readout.numel(), dtype=torch.int64)
+        positions = torch.arange(readout.numel(), device=readout.device)
+        first = torch.full((n_readouts,), readout.numel(), dtype=torch.int64, device=readout.device)
         first = first.scatter_reduce(0, readout, positions, reduce="amin")
         self._readout_index = readout
         self._readout_first = first
