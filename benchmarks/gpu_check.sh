@@ -7,7 +7,7 @@
 #      configured run as warm-up + steps x seconds per step).
 # Rows go to docs/BENCHMARKS.md (section full_size); logs, records and the updated file are packed
 # into $OUT/gpu-check.tgz after each stage, so a run stopped at its time limit still returns what
-# it finished. Stops after stage 1 if a CUDA test fails (the full runs would fail the same way).
+# it finished. A failed CUDA test does not stop the full runs (it may be a tolerance).
 #
 # Usage (repository root):  OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 # Dry run on a CPU:         DEVICE=cpu SIM1=sim1-small SIM2=sim2-small STEPS1=3 STEPS2=3 ...
@@ -55,7 +55,6 @@ if [ "$DEVICE" = cuda ]; then
     status=${PIPESTATUS[0]}
     echo "stage 1: rc $status, $((SECONDS - start)) s" | tee -a "$LOG"
     pack
-    [ "$status" = 0 ] || exit "$status"
 fi
 
 run_full() {  # preset R steps timeout

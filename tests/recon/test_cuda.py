@@ -2,7 +2,8 @@
 
 On a GPU, :func:`compare_devices` runs each case on both devices. Without one, each case runs on
 the pretend GPU of :mod:`tests.fake_cuda`, which raises where a real one would on a tensor left
-on the CPU (it found the signal models' and Joint-MAPLE's placement errors before any GPU did).
+on the CPU (it raises at the signal models' readout index as the first GPU run did, before
+that was fixed).
 """
 
 from __future__ import annotations
