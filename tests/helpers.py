@@ -52,3 +52,25 @@ TINY = Preset(
 )
 """A 24 x 24 x 4, 4-coil ``vfa_megre`` problem for end-to-end tests of reconstruction methods
 (simulate it with ``simulate(TINY, 8, seed=..., snr=..., progress=False)``)."""
+
+
+TINY_HASH = {"n_levels": 4, "n_features": 2, "log2_table": 10, "n_min": 4, "growth": "auto"}
+TINY_LOREIN_SETTINGS = {
+    "rank": 6,
+    "dictionary_atoms": 500,
+    "iterations": 40,
+    "pretrain": 10,
+    "coil_warmup": 20,
+    "warm_start": 20,
+    "lr": 1e-2,
+    "decay_every": 20,
+    "wnnm_start": 30,
+    "cnn_channels": 4,
+    "hidden": 16,
+    "layers": 2,
+    "basis_encoding": TINY_HASH,
+    "map_encoding": TINY_HASH,
+    "phase_encoding": dict(TINY_HASH, n_min=1, log2_table=8),
+    "coil_encoding": {"n_levels": 3, "n_features": 2, "log2_table": 4, "n_min": 1, "growth": 1.5},
+}
+"""LoREIN settings for :data:`TINY` problems: small hash tables, fields and budgets (seconds)."""

@@ -9,6 +9,7 @@ that was fixed).
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from typing import Any
 
 import pytest
@@ -16,30 +17,13 @@ import torch
 
 from lorein.eval.metrics import map_error
 from lorein.recon.run import METHODS
+from lorein.recon.summit import SummitConfig
 from lorein.sim.simulate import Simulation, simulate
 from tests.fake_cuda import fake_cuda
-from tests.helpers import TINY
+from tests.helpers import TINY, TINY_LOREIN_SETTINGS
 
-SMALL_HASH = {"n_levels": 4, "n_features": 2, "log2_table": 10, "n_min": 4, "growth": "auto"}
-FIELDS = {
-    "hidden": 16,
-    "layers": 2,
-    "dictionary_atoms": 500,
-    "coil_warmup": 20,
-    "warm_start": 20,
-    "map_encoding": SMALL_HASH,
-    "phase_encoding": dict(SMALL_HASH, n_min=1, log2_table=8),
-    "coil_encoding": {"n_levels": 3, "n_features": 2, "log2_table": 4, "n_min": 1, "growth": 1.5},
-}
-LOREIN = {
-    **FIELDS,
-    "rank": 6,
-    "iterations": 30,
-    "pretrain": 10,
-    "wnnm_start": 20,
-    "cnn_channels": 4,
-    "basis_encoding": SMALL_HASH,
-}
+LOREIN = {**TINY_LOREIN_SETTINGS, "iterations": 30, "wnnm_start": 20}
+SUMMIT = {k: v for k, v in LOREIN.items() if k in {f.name for f in fields(SummitConfig)}}
 JOINT_MAPLE = {
     "unrolls": 1,
     "channels": 8,
@@ -53,7 +37,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "lrt": ("lrt", {"iterations": 10, "cg_iterations": 4}),
     "lorein": ("lorein", LOREIN),
     "lorein-subspace-lrr": ("lorein", {**LOREIN, "dc2_path": "subspace", "pmr_start": "lrr"}),
-    "summit": ("summit", {**FIELDS, "iterations": 30, "wnnm_start": 20}),
+    "summit": ("summit", SUMMIT),
     "zero-deepsub": ("zero-deepsub", {"epochs": 6, "patience": 5, "n_masks": 1}),
     "joint-maple": ("joint-maple", JOINT_MAPLE),
     "joint-maple-exact": ("joint-maple", {**JOINT_MAPLE, "dc_solver": "exact"}),

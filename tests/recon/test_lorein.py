@@ -8,37 +8,11 @@ import torch
 
 from lorein.recon.lorein import LoreinConfig, reconstruct, resolve_encoding
 from lorein.sim.simulate import Simulation, simulate
-from tests.helpers import TINY
+from tests.helpers import TINY, TINY_LOREIN_SETTINGS
 
 
 def tiny_config(**kw) -> LoreinConfig:
-    small = {"n_levels": 4, "n_features": 2, "log2_table": 10, "n_min": 4, "growth": "auto"}
-    base = {
-        "rank": 6,
-        "dictionary_atoms": 500,
-        "iterations": 40,
-        "pretrain": 10,
-        "coil_warmup": 20,
-        "warm_start": 20,
-        "lr": 1e-2,
-        "decay_every": 20,
-        "wnnm_start": 30,
-        "cnn_channels": 4,
-        "hidden": 16,
-        "layers": 2,
-        "basis_encoding": small,
-        "map_encoding": small,
-        "phase_encoding": dict(small, n_min=1, log2_table=8),
-        "coil_encoding": {
-            "n_levels": 3,
-            "n_features": 2,
-            "log2_table": 4,
-            "n_min": 1,
-            "growth": 1.5,
-        },
-    }
-    base.update(kw)
-    return LoreinConfig(**base)
+    return LoreinConfig(**{**TINY_LOREIN_SETTINGS, **kw})
 
 
 @pytest.fixture(scope="module")
