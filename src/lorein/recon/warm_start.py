@@ -170,8 +170,8 @@ def start_maps(
         Signal model (its contrast table moves to the images' device on each call).
     support
         ``[nz, ny, nx]`` bool voxels to fit and regress, on the device of ``pmr``: the voxel fit
-        runs there too (sim2: 1280 contrasts, where a GPU fits in seconds what takes the CPU
-        minutes).
+        runs there too (sim2 at full size, 1280 contrasts: LoREIN's whole warm-up took 15 s on an
+        H200).
     steps, lr, batch
         Adam steps, learning rate and voxels per step of the regression.
 
