@@ -99,7 +99,10 @@ seed-1 problems (tuning only), 150 steps, T1 / T2 / T2* NRMSE:
   being cheaper than joint ones). On sim1-small (60 contrasts, each 27x undersampled) the CG start
   has no such arcs and ``"lrr"`` (pretrain 75) costs T1 (seeds 1 / 2, T1 / T2*: 0.383 / 0.288 and
   0.433 / 0.274 against 0.350 / 0.313 and 0.386 / 0.285), so configs/sim1-small.toml keeps
-  ``"cg"``.
+  ``"cg"``. The same trade at full size (sim1, seed-1 problem, R = 27, configs/sim1.toml): the
+  ``"cg"`` start's maps carry faint arcs, ``"lrr"`` with pretrain 75 removes them but gives T1 /
+  T2* 0.352 / 0.215 against 0.326 / 0.245 (M0 0.185 against 0.151, with a signal drop where B0
+  is largest), so configs/sim1.toml keeps ``"cg"`` too.
 
   At R = 480 (each ky-kz location acquired at most once) no start is reliable. Four more
   sim2-small draws (seeds 1-4, tuning only), T1 / T2 / T2* NRMSE after 150 steps:
