@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 3 in one command, for a lent GPU machine (the device tool):
 #   1. the CUDA tests (every method end to end on CUDA against its CPU run, placement tests);
-#   2. sim1 at full size, LoREIN end to end on the GPU (target: at most 5 minutes);
+#   2. sim1 at full size, LoREIN (or METHODS) end to end on the GPU (target: at most 5 minutes);
 #   3. sim2 at full size, LoREIN end to end (target: at most 15 minutes), in the time left of
 #      LIMIT seconds (STEPS2 runs only that many optimisation steps; the row then estimates the
 #      configured run as warm-up + steps x seconds per step).
@@ -10,6 +10,8 @@
 # it finished. A failed CUDA test does not stop the full runs (it may be a tolerance).
 #
 # Usage (repository root):  OUT=/tmp/gpu bash benchmarks/gpu_check.sh
+# Other methods too:        METHODS="lorein summit lrt fit" ... (default: lorein; each method
+#                           of stage 3 may take the whole time left, so LIMIT bounds one run)
 # Dry run on a CPU:         DEVICE=cpu SIM1=sim1-small SIM2=sim2-small STEPS1=3 STEPS2=3 ...
 # Wheels of packages the machine lacks may lie in .whl/ (installed to /tmp/site first).
 set -u
@@ -23,6 +25,7 @@ STEPS1=${STEPS1:-}
 STEPS2=${STEPS2:-}
 LIMIT=${LIMIT:-570}
 WORK=${WORK:-benchmarks/work-gpu}
+METHODS=${METHODS:-lorein}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT" "$WORK"
 LOG="$OUT/gpu-check.log"
@@ -61,12 +64,12 @@ run_full() {  # preset R steps timeout
     local steps=()
     [ -n "$3" ] && steps=(--iterations "$3")
     start=$SECONDS
-    "$PYTHON" benchmarks/full_size.py --preset "$1" --R "$2" --methods lorein --device "$DEVICE" \
+    "$PYTHON" benchmarks/full_size.py --preset "$1" --R "$2" --methods $METHODS --device "$DEVICE" \
         --workdir "$WORK" --quiet --timeout-s "$4" "${steps[@]}" 2>&1 | tee -a "$LOG"
     echo "$1 R = $2: rc ${PIPESTATUS[0]}, $((SECONDS - start)) s" | tee -a "$LOG"
     pack
 }
-echo "== stage 2: $SIM1 R = $R1, LoREIN on $DEVICE" | tee -a "$LOG"
+echo "== stage 2: $SIM1 R = $R1, $METHODS on $DEVICE" | tee -a "$LOG"
 run_full "$SIM1" "$R1" "$STEPS1" 270
-echo "== stage 3: $SIM2 R = $R2, LoREIN on $DEVICE, ${STEPS2:-all} steps" | tee -a "$LOG"
+echo "== stage 3: $SIM2 R = $R2, $METHODS on $DEVICE, ${STEPS2:-all} steps" | tee -a "$LOG"
 run_full "$SIM2" "$R2" "$STEPS2" $((LIMIT - SECONDS))
