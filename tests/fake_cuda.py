@@ -8,9 +8,8 @@ indices and copies across devices are allowed, as on a GPU). ``torch.cuda`` answ
 GPU would. What this cannot see: kernels that exist on one device only, and numerical
 differences; the CUDA tests (``-m cuda``) cover those on a real GPU.
 
-A tensor is on the pretend GPU when its storage is: storages are recorded weakly (a parameter that
-wraps a recorded tensor shares its storage), and tensors sent to the device are held until the
-context ends.
+A tensor is on the pretend GPU when its storage is recorded (weakly: a storage that is freed
+leaves the record; a parameter that wraps a recorded tensor shares its storage).
 """
 
 from __future__ import annotations
@@ -25,10 +24,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 CUDA = torch.device("cuda", 0)
-_TO_HOST = {torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.tolist, torch.Tensor.item}
+_TO_HOST = {torch.Tensor.numpy, torch.Tensor.tolist, torch.Tensor.item}
 _INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__}
-_CROSS_DEVICE = {torch.Tensor.copy_, torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu}
-_CROSS_DEVICE_NAMES = {"_has_compatible_shallow_copy_type", "__set__"}  # param.data = moved
+_CROSS_DEVICE = {"copy_", "_has_compatible_shallow_copy_type", "__set__"}  # param.data = moved
 
 
 class DeviceMismatchError(RuntimeError):
@@ -55,7 +53,6 @@ class FakeCudaMode(TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self._held: list[torch.Tensor] = []
         self._storages: dict[int, weakref.ref] = {}
 
     def is_fake(self, t: torch.Tensor) -> bool:
@@ -64,13 +61,11 @@ class FakeCudaMode(TorchFunctionMode):
         ref = self._storages.get(key)
         return key != 0 and ref is not None and ref() is storage
 
-    def mark(self, out: Any, hold: bool = False) -> None:
+    def mark(self, out: Any) -> None:
         for t in _tensors(out):
             storage = t.untyped_storage()
             if storage.data_ptr():
                 self._storages[storage.data_ptr()] = weakref.ref(storage)
-                if hold:
-                    self._held.append(t)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = dict(kwargs or {})
@@ -90,16 +85,16 @@ class FakeCudaMode(TorchFunctionMode):
             if out is source and to_device != self.is_fake(source):
                 out = source.clone()
             if to_device:
-                self.mark(out, hold=True)
+                self.mark(out)
             return out
         if _is_cuda(kwargs.get("device")):  # a factory on the device
             kwargs["device"] = "cpu"
             out = func(*args, **kwargs)
-            self.mark(out, hold=True)
+            self.mark(out)
             return out
         tensors = list(_tensors(args)) + list(_tensors(kwargs))
         fake = [self.is_fake(t) for t in tensors]
-        if any(fake) and func not in _CROSS_DEVICE and name not in _CROSS_DEVICE_NAMES:
+        if any(fake) and name not in _CROSS_DEVICE:
             self._check(func, name, args, tensors, fake)
         if func is torch.Tensor.numpy and any(fake):
             raise DeviceMismatchError("can't convert a cuda tensor to numpy (use .cpu() first)")
