@@ -24,7 +24,6 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 CUDA = torch.device("cuda", 0)
-_TO_HOST = {torch.Tensor.numpy, torch.Tensor.tolist, torch.Tensor.item}
 _INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__}
 _CROSS_DEVICE = {"copy_", "_has_compatible_shallow_copy_type", "__set__"}  # param.data = moved
 
@@ -99,7 +98,7 @@ class FakeCudaMode(TorchFunctionMode):
         if func is torch.Tensor.numpy and any(fake):
             raise DeviceMismatchError("can't convert a cuda tensor to numpy (use .cpu() first)")
         out = func(*args, **kwargs)
-        if any(fake) and func not in _TO_HOST:
+        if any(fake):
             inplace = name.endswith("_") and not name.endswith("__")
             if not inplace or fake[0]:
                 self.mark(out)

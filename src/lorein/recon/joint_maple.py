@@ -19,7 +19,7 @@ Follows Heydari et al., "Joint-MAPLE" (MRM 2024), in two stages:
    ``||I - S(maps)||^2 / (T V) + beta ||y - E S(maps)||^2 / n_samples``: image consistency with the
    network images ``I`` inside the support (``V`` voxels) and k-space consistency of the signal
    model ``S`` with every acquired sample (``beta = 100`` as in the original, both terms means;
-   the k-space term by :class:`SampledDataTerm`, a DFT at the sampled locations).
+   the k-space term in the cheaper of two equal forms, :func:`kspace_data_term`).
    Relaxation times are refined as clamped logarithms (:class:`~lorein.recon.fitting.FitBounds`),
    ``|B0| <= 1 / (2 dTE)``, ``M0 >= 0``.
 

@@ -165,7 +165,7 @@ def simulate(
     mask = coarse.mask.bool().to(dev)
     coil_maps = coils.to(dev)
     ky, kz = sampling.ky.to(dev), sampling.kz.to(dev)
-    lines = torch.empty(len(sampling.ky), preset.n_coils, nx, dtype=torch.complex64)
+    lines = torch.empty(len(sampling.ky), preset.n_coils, nx, dtype=torch.complex64, device=dev)
     magnitude_sum = 0.0
     bounds = range(0, contrasts.n_contrasts, chunk)
     for lo in tqdm(bounds, desc=f"simulate {preset.name}", disable=not progress, unit="chunk"):
@@ -179,8 +179,9 @@ def simulate(
         hybrid = centered_fft(images.unsqueeze(1) * coil_maps, dim=(-1,))  # [t, coil, nz, ny, nx]
         for t in torch.unique(sampling.contrast[rows]).tolist():
             sel = rows[sampling.contrast[rows] == t]
-            lines[sel] = lines_at(hybrid[t - lo], ky[sel], kz[sel], dft_y, dft_z).cpu()
+            lines[sel] = lines_at(hybrid[t - lo], ky[sel], kz[sel], dft_y, dft_z)
 
+    lines = lines.cpu()
     mean_magnitude = magnitude_sum / (contrasts.n_contrasts * int(mask.sum()))
     noise_std = 0.0 if math.isinf(snr) else mean_magnitude / snr
     if noise_std > 0:
