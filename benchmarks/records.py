@@ -8,7 +8,8 @@ cell and redraw the table around it, without rerunning the cells it already has.
 Merging keeps the committed methods that the new record lacks and replaces the others; each method
 entry carries ``recorded`` (the comparison's finish time, the package version and the commit of
 this repository that wrote it into the record), so a table mixing runs of different sessions says
-which is which.
+which is which. A reused run scored again (same output folder, a metric added since) keeps the
+``recorded`` of the run and says when it was scored again in ``rescored``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,25 @@ from lorein import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _without_stamps(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k not in ("recorded", "rescored")}
+
+
+def _rescored(kept: dict[str, Any], entry: dict[str, Any]) -> bool:
+    """Whether ``entry`` is the run of ``kept`` scored again: a reused output whose wall time and
+    every score ``kept`` has are unchanged (``entry`` may add metrics)."""
+    if not entry.get("reused") or kept.get("status") != "ok" or entry.get("status") != "ok":
+        return False
+    if kept.get("wall_seconds") != entry.get("wall_seconds"):
+        return False
+    new = entry.get("scores", {})
+    return all(
+        key in new.get(name, {}) and new[name][key] == value
+        for name, values in kept.get("scores", {}).items()
+        for key, value in values.items()
+    )
 
 
 def case_path(results: Path, preset: str, seed: int, case: str) -> Path:
@@ -87,8 +107,12 @@ def merge(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     methods = dict(old["methods"])
     for name, entry in record["methods"].items():
         kept = methods.get(name)
-        same = kept is not None and {k: v for k, v in kept.items() if k != "recorded"} == entry
-        methods[name] = kept if same else {**entry, "recorded": stamp}
+        if kept is not None and _without_stamps(kept) == entry:
+            methods[name] = kept
+        elif kept is not None and _rescored(kept, entry):
+            methods[name] = {**entry, "recorded": kept["recorded"], "rescored": stamp}
+        else:
+            methods[name] = {**entry, "recorded": stamp}
     merged = {**old, **record, "methods": methods}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(merged, indent=2) + "\n")

@@ -315,6 +315,7 @@ def test_recon_saves_weighted_images_on_request_and_eval_scores_chosen_maps(
     assert set(scores) == {"T1", "T2star"}
     assert 0 < scores["T1"]["constant_map"] < 1  # the oracle level printed beside each error
     assert scores["T1"]["interior"] > 0  # the simulated truth has tissue labels
+    assert scores["T1"]["without_csf"] > 0
     assert not (out / "checkpoint.pt").exists()  # a finished run leaves no checkpoint
     kept = tmp_path / "kept"
     argv = ["recon", str(problem), "-o", str(kept), "--config", str(config), "--keep-checkpoint"]

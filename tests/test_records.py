@@ -43,8 +43,34 @@ def test_merge_keeps_other_methods_and_stamps_new_entries(tmp_path: Path) -> Non
     assert third["methods"]["lorein"]["recorded"]["finished"] == "t0"
 
 
+def test_a_reused_run_scored_again_keeps_the_stamp_of_its_run(tmp_path: Path) -> None:
+    path = case_path(tmp_path, "sim1-small", 0, "R27")
+    merge(path, {"finished": "t0", "methods": {"lorein": _method(0.4), "lrt": _method(0.5)}})
+    added = {**_method(0.4), "reused": True}
+    added["scores"] = {"T1": {"nrmse": 0.4, "without_csf": 0.2}, "T2star": {"nrmse": 0.3}}
+    changed = {**_method(0.45), "reused": True}  # another output behind the same name
+    merged = merge(path, {"finished": "t1", "methods": {"lorein": added, "lrt": changed}})
+    lorein = merged["methods"]["lorein"]
+    assert lorein["recorded"]["finished"] == "t0" and lorein["rescored"]["finished"] == "t1"
+    assert lorein["scores"]["T1"]["without_csf"] == 0.2
+    assert merged["methods"]["lrt"]["recorded"]["finished"] == "t1"
+    assert "rescored" not in merged["methods"]["lrt"]
+    # scored once more with nothing new: the entry stays as it is
+    again = merge(path, {"finished": "t2", "methods": {"lorein": added}})
+    assert again["methods"]["lorein"] == lorein
+    # a run that was not reused is a new run even with the same numbers
+    fresh = {**added, "reused": False}
+    assert (
+        merge(path, {"finished": "t3", "methods": {"lorein": fresh}})["methods"]["lorein"][
+            "recorded"
+        ]["finished"]
+        == "t3"
+    )
+
+
 def test_table_is_drawn_from_records_with_their_constant_maps() -> None:
-    interior = {**_method(0.4), "scores": {"T1": {"nrmse": 0.4, "interior": 0.15}}}
+    scores = {"T1": {"nrmse": 0.4, "interior": 0.15, "without_csf": 0.2}}
+    interior = {**_method(0.4), "scores": scores}
     records = {
         27.0: {
             "constant_map": {"T1": 0.524, "T2star": 0.302},
@@ -61,15 +87,20 @@ def test_table_is_drawn_from_records_with_their_constant_maps() -> None:
     assert "| lrt |  | - | 0.500 / 0.300 (9 s) |" in lines
     assert "| fit, fully sampled, noiseless, true coils | 0.322 / 0.300 (9 s) |  |  |" in lines
     # the interior table: its own values, '-' for runs recorded without them
-    inner = lines[lines.index(next(x for x in lines if x.startswith("Tissue interiors"))) :]
+    start = lines.index(next(x for x in lines if x.startswith("Tissue interiors")))
+    without = lines.index(next(x for x in lines if x.startswith("Without CSF")))
+    inner, outer = lines[start:without], lines[without:]
     assert inner[0].startswith("Tissue interiors (WM 10, GM 0): ")
     assert "| lorein |  | 0.150 / - | failed |" in inner
     assert "| lrt |  | - | - |" in inner
     assert "| fit, fully sampled, noiseless, true coils | - |  |  |" in inner
+    # the table without CSF: the same layout with its own values
+    assert "| lorein |  | 0.200 / - | failed |" in outer
+    assert "| lrt |  | - | - |" in outer
     skipped = preset_table(get_preset("sim1-small"), records, "skipped: big", ["lrt"])
     assert (
         sum("| fit, fully sampled, noiseless, true coils | skipped: big |" in x for x in skipped)
-        == 2
+        == 3
     )
 
 

@@ -179,6 +179,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         evaluate_maps,
         interior_voxels,
         read_maps,
+        without_csf_voxels,
     )
     from lorein.eval.figures import comparison_figure
 
@@ -201,21 +202,28 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     label = args.label or args.output.name
     figure = args.output / "figure.png"
     comparison_figure(figure, truth_maps, truth.mask, {label: maps}, {label: scores})
+    regions = [key for key in ("interior", "without_csf") if key in next(iter(scores.values()))]
+    titles = {"interior": "interior", "without_csf": "no CSF"}
     header = f"{'map':<8} {'error':>12} {'SSIM':>7} {'constant map':>13}"
-    print(header + (f" {'interior':>12}" if interior is not None else ""))
+    print(header + "".join(f" {titles[key]:>12}" for key in regions))
     for name, score in scores.items():
         unit, digits = (" Hz", 2) if "rmse_hz" in score else ("", 4)
         error = f"{score.get('rmse_hz', score.get('nrmse')):.{digits}f}{unit}"
         level = f"{score['constant_map']:.{digits}f}{unit}"
         line = f"{name:<8} {error:>12} {score['ssim']:>7.3f} {level:>13}"
-        if interior is not None:
-            line += f" {score['interior']:.{digits}f}{unit}".rjust(13)
+        line += "".join(f" {score[key]:.{digits}f}{unit}".rjust(13) for key in regions)
         print(line)
     print("constant map: the error of each map set to its truth's mean (no anatomy)")
     if interior is not None:
         print(
             f"interior: the same errors in the {int(interior.sum())} voxels whose 26 neighbours "
             "share their tissue label (no partial-volume floor)"
+        )
+    tissue = without_csf_voxels(truth)
+    if tissue is not None:
+        print(
+            f"no CSF: the same errors in the {int(tissue.sum())} voxels of the mask not labelled "
+            "CSF (CSF's capped T1 dominates the mask's T1 error)"
         )
     print(f"wrote {args.output / 'eval.json'} and {figure}")
 

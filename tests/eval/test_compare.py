@@ -80,7 +80,7 @@ def test_successful_method_is_scored(compared: Path) -> None:
     assert 0 < fit["scores"]["M0"]["nrmse"] < 0.5 and 0 < fit["scores"]["T1"]["nrmse"] < 1
     assert 0 < fit["scores"]["B0"]["rmse_hz"] < 10
     assert fit["wall_seconds"] > 0 and fit["peak_memory_gib"] > 0
-    for tissue in ("WM", "GM", "deep GM"):
+    for tissue in ("WM", "GM", "deep GM", "CSF"):
         t1 = fit["tissues"][tissue]["T1"]
         assert t1["bias"] == pytest.approx(t1["mean"] - t1["true_mean"])
 
@@ -103,6 +103,32 @@ def test_interior_errors_are_the_errors_in_the_interior_mask(
     assert all("interior" not in s for s in evaluate_maps(maps, unlabelled).values())
 
 
+def test_without_csf_errors_leave_out_exactly_the_csf_voxels(
+    compared: Path, tiny: tuple[Path, Path]
+) -> None:
+    """Naive reference: the capped NRMSE recomputed by hand over the non-CSF voxels of the mask."""
+    truth = read_truth(tiny[0])
+    labels = truth.extra["labels"]
+    csf = labels == TISSUES["csf"].label
+    record = _record(compared)
+    maps = read_maps(compared / "fit")
+    region = truth.mask.bool() & ~csf
+    assert csf[truth.mask.bool()].any() and region.any()  # the phantom has CSF in its mask
+    x, ref = maps["T1"].clamp(0, 3.5)[region], truth.T1.clamp(0, 3.5)[region]
+    expected = float((x - ref).norm() / ref.norm())
+    scores = record["methods"]["fit"]["scores"]
+    assert scores["T1"]["without_csf"] == pytest.approx(expected, rel=1e-5)
+    assert scores["T1"]["without_csf"] != pytest.approx(scores["T1"]["nrmse"])
+    problem = record["problem"]
+    assert problem["mask_voxels"] - problem["tissue_voxels"]["CSF"] == int(region.sum())
+    text = (compared / "compare.md").read_text()
+    assert "The same errors in the mask without its CSF voxels" in text
+    assert f": {int(region.sum())} voxels." in text
+    assert "CSF" in record["methods"]["fit"]["tissues"]
+    unlabelled = read_truth(tiny[1])
+    assert all("without_csf" not in s for s in evaluate_maps(maps, unlabelled).values())
+
+
 def test_constant_map_row_is_the_oracle_level(compared: Path, tiny: tuple[Path, Path]) -> None:
     truth = read_truth(tiny[0])
     constant = _record(compared)["constant_map"]
@@ -123,11 +149,11 @@ def test_failed_method_keeps_its_last_error_line(compared: Path) -> None:
 def test_truth_itself_has_no_tissue_bias(tiny: tuple[Path, Path]) -> None:
     truth = read_truth(tiny[0])
     stats = tissue_stats(truth.maps(), truth)
-    assert set(stats) == {"WM", "GM", "deep GM"}
+    assert set(stats) == {"WM", "GM", "deep GM", "CSF"}
     for values in stats.values():
         for name, s in values.items():
             assert s["bias"] == pytest.approx(0, abs=1e-6 * abs(s["true_mean"]) + 1e-9), name
-    for tissue, nominal in (("WM", TISSUES["wm"]), ("GM", TISSUES["gm"])):
+    for tissue, nominal in (("WM", TISSUES["wm"]), ("GM", TISSUES["gm"]), ("CSF", TISSUES["csf"])):
         assert stats[tissue]["T1"]["true_mean"] == pytest.approx(nominal.t1, rel=0.05)
         assert stats[tissue]["T2star"]["true_mean"] == pytest.approx(nominal.t2star, rel=0.05)
 

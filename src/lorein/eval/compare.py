@@ -5,15 +5,17 @@ own and a crash of one method leaves the others running. Every successful output
 against the problem's ground truth: the paper's capped NRMSE per map (M0 after a least-squares
 scale, B0 as RMSE [Hz]) and SSIM (:func:`lorein.eval.evaluate.evaluate_maps`), the same errors in
 the tissue interiors (voxels whose 26 neighbours share their label, free of the phantom's
-partial-volume floor; :func:`lorein.eval.metrics.interior_mask`), and per-tissue mean and bias in
-white matter, cortical grey matter and deep grey matter.
+partial-volume floor; :func:`lorein.eval.metrics.interior_mask`) and in the mask without its CSF
+voxels (:func:`lorein.eval.evaluate.without_csf_voxels`), and per-tissue mean and bias in white
+matter, cortical grey matter, deep grey matter and CSF.
 
 Layout of ``OUT/``:
 
 - ``METHOD/``: the method's output folder (``maps.h5``, ``nifti/``, ``report.json``);
 - ``METHOD.log``: its standard output and error (progress bars, error message);
-- ``compare.md``: tables of errors, time, memory, interior errors and tissue statistics (the
-  interior voxels per tissue class in ``compare.json``'s ``problem.interior_voxels``); the error
+- ``compare.md``: tables of errors, time, memory, interior errors, errors without CSF and tissue
+  statistics (the interior voxels per tissue class in ``compare.json``'s
+  ``problem.interior_voxels``, the mask's voxels in ``problem.mask_voxels``); the error
   table ends with the errors of the best constant maps (``compare.json``'s ``constant_map``:
   each map set to its truth's mean), the level below which a method's map says more than that
   one number;
@@ -67,6 +69,7 @@ TISSUE_CLASSES: dict[str, tuple[str, ...]] = {
     "WM": ("wm",),
     "GM": ("gm",),
     "deep GM": TISSUE_GROUPS["deep_gm"],
+    "CSF": ("csf",),
 }
 """Tissue classes of the per-tissue statistics -> phantom tissues (:data:`TISSUES`) they join."""
 
@@ -314,7 +317,7 @@ def last_line(text: str) -> str:
 def tissue_stats(
     maps: dict[str, torch.Tensor], truth: Truth
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean and bias of each map in white matter, grey matter and deep grey matter.
+    """Mean and bias of each map in white matter, grey matter, deep grey matter and CSF.
 
     Voxels of a class are those whose label in ``truth.extra["labels"]`` belongs to it
     (:data:`TISSUE_CLASSES`). M0 is first scaled by the least-squares factor of its NRMSE (inside
@@ -377,6 +380,7 @@ def _problem_record(summary: dict[str, Any], truth: Truth) -> dict[str, Any]:
             for tissue, members in TISSUE_CLASSES.items()
         }
         record["tissue_voxels"] = {tissue: int(region.sum()) for tissue, region in classes.items()}
+        record["mask_voxels"] = int(truth.mask.bool().sum())
         if interior is not None:
             record["interior_voxels"] = {
                 tissue: int((region & interior).sum()) for tissue, region in classes.items()
@@ -450,7 +454,8 @@ def comparison_markdown(record: dict[str, Any]) -> str:
                 for m, s in scored.items()
             ],
         )
-    lines += _interior_lines(record, columns)
+    lines += _region_lines(record, columns, "interior")
+    lines += _region_lines(record, columns, "without_csf")
     lines += _tissue_lines(record, columns)
     notes = [f"- {note}" for note in record["notes"]]
     return "\n".join([*lines, *(["", "Notes:", "", *notes] if notes else [])]) + "\n"
@@ -462,26 +467,33 @@ def _constant_row(record: dict[str, Any], columns: list[str]) -> list[list[str]]
     return [[CONSTANT_ROW, "oracle", *[_number(errors.get(n), 3) for n in columns], "-", "-"]]
 
 
-def _interior_lines(record: dict[str, Any], columns: list[str]) -> list[str]:
-    """The error table over the tissue interiors (:func:`~lorein.eval.metrics.interior_mask`)."""
+def _region_lines(record: dict[str, Any], columns: list[str], key: str) -> list[str]:
+    """The error table over one region of the truth mask: ``key`` ``"interior"`` (the tissue
+    interiors, :func:`~lorein.eval.metrics.interior_mask`) or ``"without_csf"`` (the mask
+    without its CSF voxels, :func:`~lorein.eval.evaluate.without_csf_voxels`)."""
     scored = {
-        m: s
-        for m, s in _scores(record["methods"]).items()
-        if any("interior" in v for v in s.values())
+        m: s for m, s in _scores(record["methods"]).items() if any(key in v for v in s.values())
     }
     if not scored:
         return []
-    counts = record["problem"]["interior_voxels"]
-    intro = (
-        "The same errors in the tissue interiors, voxels whose 26 neighbours share their tissue "
-        "label (no partial-volume floor; at coarse voxels mostly white matter): "
-        f"{', '.join(f'{t} {n}' for t, n in counts.items())} voxels."
-    )
-    names = _error_names(columns)
-    rows = [
-        [m, *[_number(s.get(n, {}).get("interior"), 3) for n in columns]] for m, s in scored.items()
-    ]
-    return ["", intro, "", *_table(["method", *names], rows)]
+    problem = record["problem"]
+    if key == "interior":
+        counts = problem["interior_voxels"]
+        intro = (
+            "The same errors in the tissue interiors, voxels whose 26 neighbours share their "
+            "tissue label (no partial-volume floor; at coarse voxels mostly white matter): "
+            f"{', '.join(f'{t} {n}' for t, n in counts.items())} voxels."
+        )
+    else:
+        csf = problem.get("tissue_voxels", {}).get("CSF")
+        kept = problem["mask_voxels"] - csf if "mask_voxels" in problem and csf else None
+        intro = (
+            "The same errors in the mask without its CSF voxels (CSF's capped T1 is the largest "
+            "value in the mask and dominates its T1 error)"
+            + (f": {kept} voxels." if kept is not None else ".")
+        )
+    rows = [[m, *[_number(s.get(n, {}).get(key), 3) for n in columns]] for m, s in scored.items()]
+    return ["", intro, "", *_table(["method", *_error_names(columns)], rows)]
 
 
 def _error_names(columns: list[str]) -> list[str]:
