@@ -17,7 +17,9 @@ so an interrupted run resumes where it stopped; delete a case's ``compare/compar
 Each case's record is merged into ``benchmarks/results/paper_table/PRESET/seedS/R*.json``
 (committed; :mod:`records`), and the tables are drawn from those records: on a fresh checkout,
 ``--methods zero-deepsub --R 160`` runs that one cell and redraws the tables with the others as
-they were recorded, and ``--report-only`` redraws them without running anything.
+they were recorded, and ``--report-only`` redraws them without running anything. After a metric
+is added, ``--rescore --workdir W`` scores the finished runs kept in ``W`` again and merges the new
+numbers into the records (each run keeps the stamp of when it ran).
 
 A reference row fits ``fit`` to the same phantom fully sampled (R = 1), noiseless, with the true
 coil sensitivities stored in the problem: the phantom is rendered on a twice finer grid and
@@ -104,6 +106,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--report-only",
         action="store_true",
         help="run nothing: draw the tables from the committed records ('-' where none)",
+    )
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="run nothing: score the finished runs of the work folder again (e.g. after a metric "
+        "was added) and merge them into the records; cases without a comparison are left alone",
     )
     parser.add_argument(
         "--note",
@@ -193,6 +201,18 @@ def run_case(
     )
 
 
+def rescore_case(problem: Path, out: Path) -> dict[str, Any]:
+    """``compare.json`` of a finished case scored again from its output folders (nothing runs).
+
+    The methods are those of the case's ``compare.json`` whose output folder holds a finished
+    run; :func:`records.merge` keeps each one's ``recorded`` stamp when its scores are unchanged.
+    """
+    listed = json.loads((out / "compare.json").read_text())["methods"]
+    finished = [m for m in listed if (out / m / "report.json").is_file()]
+    print(f"score {', '.join(finished)} in {out} again", flush=True)
+    return compare(problem, finished, out, progress=False, reuse=True)
+
+
 def committed_case(
     record: Path,
     preset: Preset,
@@ -221,6 +241,12 @@ def committed_case(
     """
     if args.report_only:
         return load(record)
+    if args.rescore:
+        return (
+            merge(record, rescore_case(problem, out))
+            if (out / "compare.json").exists()
+            else load(record)
+        )
     reference = R == 1
     simulate_case(
         preset,
