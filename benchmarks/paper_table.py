@@ -243,7 +243,7 @@ def committed_case(
         return load(record)
     if args.rescore:
         return (
-            merge(record, rescore_case(problem, out))
+            merge(record, rescore_case(problem, out), rescore_only=True)
             if (out / "compare.json").exists()
             else load(record)
         )

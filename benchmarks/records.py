@@ -63,11 +63,12 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def commit() -> str:
-    """Short hash of this repository's ``HEAD`` (``-dirty`` with uncommitted changes), or
-    ``unknown`` outside a git checkout."""
+    """Short hash of this repository's ``HEAD`` (``-dirty`` with uncommitted changes outside the
+    records themselves), or ``unknown`` outside a git checkout."""
     try:
         head = _git("rev-parse", "--short", "HEAD")
-        dirty = _git("status", "--porcelain", "--untracked-files=no")
+        records = f":(exclude){RESULTS.relative_to(ROOT).as_posix()}"
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", records)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{head}-dirty" if dirty else head
@@ -84,7 +85,7 @@ RUN_COMMIT = commit()
 written hours later, when the tree may have moved on)."""
 
 
-def merge(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+def merge(path: Path, record: dict[str, Any], rescore_only: bool = False) -> dict[str, Any]:
     """Merge a comparison record into the committed one at ``path`` and write it.
 
     Parameters
@@ -93,6 +94,9 @@ def merge(path: Path, record: dict[str, Any]) -> dict[str, Any]:
         Content of a ``compare.json``. Its methods replace those of the same name at ``path``;
         the others at ``path`` are kept. Its other keys (problem, constant map, ...) replace the
         committed ones.
+    rescore_only
+        Take only the entries that are committed runs scored again (:func:`_rescored`): another
+        run of a method, or one the record lacks, leaves the record as it is.
 
     Returns
     -------
@@ -111,6 +115,8 @@ def merge(path: Path, record: dict[str, Any]) -> dict[str, Any]:
             methods[name] = kept
         elif kept is not None and _rescored(kept, entry):
             methods[name] = {**entry, "recorded": kept["recorded"], "rescored": stamp}
+        elif rescore_only:
+            print(f"{path}: {name} is not the recorded run: record left as it is", flush=True)
         else:
             methods[name] = {**entry, "recorded": stamp}
     merged = {**old, **record, "methods": methods}

@@ -58,6 +58,10 @@ def test_a_reused_run_scored_again_keeps_the_stamp_of_its_run(tmp_path: Path) ->
     # scored once more with nothing new: the entry stays as it is
     again = merge(path, {"finished": "t2", "methods": {"lorein": added}})
     assert again["methods"]["lorein"] == lorein
+    # scoring again only: another run behind the name leaves the committed entry alone
+    other = {**added, "wall_seconds": 99}
+    kept = merge(path, {"finished": "t4", "methods": {"lorein": other}}, rescore_only=True)
+    assert kept["methods"]["lorein"] == lorein
     # a run that was not reused is a new run even with the same numbers
     fresh = {**added, "reused": False}
     assert (
