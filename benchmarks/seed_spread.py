@@ -46,6 +46,9 @@ from report import machine, update_section  # noqa: E402
 from lorein.recon.run import METHODS  # noqa: E402
 from lorein.sim.presets import get_preset  # noqa: E402
 
+REGIONS = {"interior": " interior", "without_csf": " no CSF"}
+"""Score keys of the other regions the section shows (when recorded) -> column suffix."""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -81,6 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run nothing: draw the section from the committed records ('-' where none)",
     )
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="run nothing: score the finished runs again (e.g. after a metric was added) and "
+        "merge them into the records (paper_table.py --rescore)",
+    )
     args = parser.parse_args(argv)
     if len(set(args.seeds)) < 2:
         parser.error("--seeds: give at least two different seeds")
@@ -93,7 +102,8 @@ def nrmse_by_seed(
     """Seed -> NRMSE of map ``key`` for ``method``: None where the run failed; seeds where it did
     not run, or whose finished run has no such map or metric, are left out.
 
-    ``metric = "interior"``: the error in the tissue interiors instead of the mask's.
+    ``metric = "interior"`` or ``"without_csf"``: the error in the tissue interiors or in the
+    mask without its CSF voxels instead of the mask's.
     """
     values: dict[int, float | None] = {}
     for seed, record in records.items():
@@ -132,20 +142,15 @@ def report(args: argparse.Namespace, records: dict[int, dict[str, Any]]) -> str:
     preset = get_preset(args.preset)
     maps = table_maps(preset)
     columns = [(m, "nrmse") for m in maps]
-    if any(
-        "interior" in score
-        for record in records.values()
-        for result in record["methods"].values()
-        for score in result.get("scores", {}).values()
-    ):
-        columns += [(m, "interior") for m in maps]
-    header = [
-        "method",
-        *(
-            MAP_NAMES.get(m, m) + (" interior" if metric == "interior" else "")
-            for m, metric in columns
-        ),
-    ]
+    for metric in REGIONS:
+        if any(
+            metric in score
+            for record in records.values()
+            for result in record["methods"].values()
+            for score in result.get("scores", {}).values()
+        ):
+            columns += [(m, metric) for m in maps]
+    header = ["method", *(MAP_NAMES.get(m, m) + REGIONS.get(metric, "") for m, metric in columns)]
     seeds = ", ".join(map(str, args.seeds))
     if args.vary == "problem":
         title = "Spread over sampling draws"
@@ -163,8 +168,8 @@ def report(args: argparse.Namespace, records: dict[int, dict[str, Any]]) -> str:
         "",
         f"Machine: {machine()}; device {args.device}; {datetime.date.today().isoformat()}. "
         f"{which}. NRMSE (capped, truth mask; 'interior': in the tissue interiors, voxels whose "
-        f"26 neighbours share their label): mean +- standard deviation (min - max) over the "
-        f"{over}.",
+        "26 neighbours share their label; 'no CSF': in the mask without its CSF voxels): mean "
+        f"+- standard deviation (min - max) over the {over}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

@@ -87,3 +87,11 @@ def test_interior_columns_appear_when_runs_have_them() -> None:
     )
     assert "| lorein < summit | 2 / 2 | 0 / 0 | 0 / 0 | 0 / 0 |" in text
     assert "T1 interior" not in report(_args(preset="sim1-small", R=27.0), RECORDS)
+
+
+def test_without_csf_columns_follow_the_interior_ones() -> None:
+    scores = {"T1": {"nrmse": 0.4, "interior": 0.1, "without_csf": 0.3}}
+    records = {s: {"methods": {"lorein": {"status": "ok", "scores": scores}}} for s in (0, 1)}
+    text = report(_args(preset="sim1-small", R=27.0, seeds=[0, 1], methods=["lorein"]), records)
+    assert "| method | T1 | T2* | T1 interior | T2* interior | T1 no CSF | T2* no CSF |" in text
+    assert "| 0.300 +- 0.000 (0.300 - 0.300) | - |" in text
