@@ -26,7 +26,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _without_stamps(entry: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in entry.items() if k not in ("recorded", "rescored")}
+    """An entry without what changes when the same run is scored again: its stamps and the
+    scoring process's own time."""
+    return {k: v for k, v in entry.items() if k not in ("recorded", "rescored", "process_seconds")}
 
 
 def _rescored(kept: dict[str, Any], entry: dict[str, Any]) -> bool:
@@ -111,7 +113,7 @@ def merge(path: Path, record: dict[str, Any], rescore_only: bool = False) -> dic
     methods = dict(old["methods"])
     for name, entry in record["methods"].items():
         kept = methods.get(name)
-        if kept is not None and _without_stamps(kept) == entry:
+        if kept is not None and _without_stamps(kept) == _without_stamps(entry):
             methods[name] = kept
         elif kept is not None and _rescored(kept, entry):
             methods[name] = {**entry, "recorded": kept["recorded"], "rescored": stamp}

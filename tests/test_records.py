@@ -56,8 +56,8 @@ def test_a_reused_run_scored_again_keeps_the_stamp_of_its_run(tmp_path: Path) ->
     assert merged["methods"]["lrt"]["recorded"]["finished"] == "t1"
     assert "rescored" not in merged["methods"]["lrt"]
     # scored once more with nothing new: the entry stays as it is
-    again = merge(path, {"finished": "t2", "methods": {"lorein": added}})
-    assert again["methods"]["lorein"] == lorein
+    again = merge(path, {"finished": "t2", "methods": {"lorein": {**added, "process_seconds": 1}}})
+    assert again["methods"]["lorein"] == lorein  # its process time is not part of the run
     # scoring again only: another run behind the name leaves the committed entry alone
     other = {**added, "wall_seconds": 99}
     kept = merge(path, {"finished": "t4", "methods": {"lorein": other}}, rescore_only=True)
