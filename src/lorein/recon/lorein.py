@@ -69,6 +69,35 @@ Loss, each term a mean over its samples so that the unit weights of eq. 18 balan
   On the paper table's seed-0 case (R = 27) the interiors keep only the T2* gain (LoREIN 0.169 /
   0.183, SUMMIT 0.160 / 0.229; docs/BENCHMARKS.md): the T1 order in the interiors depends on the
   draw as well.
+
+  Where the mask's T1 error sits: in CSF (4.2 s, capped at 3.5 s; a TR of 46 ms barely encodes
+  it). On the seed-0 case CSF is 16 % of the mask's voxels but 70-86 % of LoREIN's and SUMMIT's
+  squared T1 error at R = 12-48, and the INR fields, smooth at the scale of the 3.9 mm sulci,
+  blur CSF into grey matter (CSF mean T1 at R = 27: LoREIN 1.99 s, SUMMIT 2.15 s). In the rest
+  of the mask (:func:`~lorein.eval.evaluate.without_csf_voxels`) LoREIN's T1 and T2* are below
+  SUMMIT's at every R (docs/BENCHMARKS.md).
+
+  At R = 48 (9 lines per contrast) the CG start is underdetermined (15 bases x 448 ky-kz
+  locations against 560 lines x 8 virtual coils) and its voxel fit puts T1 near its lower bound
+  everywhere (seed-1 problem: start T1 0.91); both blocks spend their steps climbing from there
+  and end biased low (seed-0 case, white matter: 0.75 s against 0.93 s). Seed-1 problem at
+  R = 48 (tuning only), T1 / T2* in the mask:
+
+  =========================================  ===============  ===============
+  run                                        LoREIN           SUMMIT
+  =========================================  ===============  ===============
+  150 steps (configs/sim1-small.toml)        0.666 / 0.480    0.652 / 0.515
+  150 steps, ``lr = 1e-2`` (prior 1)         0.667 / 0.436    0.635 / 0.438
+  150 steps, ``"lrr"`` start, pretrain 75    0.742 / 0.435
+  300 steps (decay 150)                      0.517 / 0.389    0.483 / 0.467
+  300 steps, prior 1                         0.507 / 0.367
+  =========================================  ===============  ===============
+
+  The number of steps limits T1 here, not the learning rate. No better linear start was found:
+  damping the CG (0.1, 1) or running it for 3-30 iterations leaves the start's T1 at 0.90-0.97;
+  a lower start rank helps T1 (rank 4-6: 0.53) but costs T2* and B0 (0.68-0.70, 12-13 Hz against
+  0.68, 9 Hz); Gauss-Newton on voxel maps against the exact data term overfits (after 8 steps
+  its data misfit is below that of the true maps, with T1 0.87 and B0 30 Hz).
 - ``lambda L_WNNM`` on the maps, switched on after a warm-up, block matching fixed then.
 
 Schedule: the coil field is first fitted to the calibration-region estimate (a warm start, data
