@@ -75,7 +75,8 @@ Loss, each term a mean over its samples so that the unit weights of eq. 18 balan
   squared T1 error at R = 12-48, and the INR fields, smooth at the scale of the 3.9 mm sulci,
   blur CSF into grey matter (CSF mean T1 at R = 27: LoREIN 1.99 s, SUMMIT 2.15 s). In the rest
   of the mask (:func:`~lorein.eval.evaluate.without_csf_voxels`) LoREIN's T1 and T2* are below
-  SUMMIT's at every R (docs/BENCHMARKS.md).
+  SUMMIT's at every R on the seed-0 case, and at R = 48 on each of three method seeds and of
+  three sampling draws (docs/BENCHMARKS.md, spread sections).
 
   At R = 48 (9 lines per contrast) the CG start is underdetermined (15 bases x 448 ky-kz
   locations against 560 lines x 8 virtual coils) and its voxel fit puts T1 near its lower bound
@@ -93,8 +94,10 @@ Loss, each term a mean over its samples so that the unit weights of eq. 18 balan
   300 steps, prior 1                         0.507 / 0.367
   =========================================  ===============  ===============
 
-  The number of steps limits T1 here, not the learning rate. No better linear start was found:
-  damping the CG (0.1, 1) or running it for 3-30 iterations leaves the start's T1 at 0.90-0.97;
+  The number of steps limits T1 here, not the learning rate (300 steps about halve LoREIN's T1
+  bias: white matter 0.55 -> 0.77 s, grey matter 0.77 -> 1.11 s, truth 0.96 and 1.42 s). No
+  better linear start was found: damping the CG (0.1, 1) or running it for 3-30 iterations leaves
+  the start's T1 at 0.90-0.97;
   a lower start rank helps T1 (rank 4-6: 0.53) but costs T2* and B0 (0.68-0.70, 12-13 Hz against
   0.68, 9 Hz); Gauss-Newton on voxel maps against the exact data term overfits (after 8 steps
   its data misfit is below that of the true maps, with T1 0.87 and B0 30 Hz).
