@@ -97,10 +97,10 @@ Loss, each term a mean over its samples so that the unit weights of eq. 18 balan
   The number of steps limits T1 here, not the learning rate (300 steps about halve LoREIN's T1
   bias: white matter 0.55 -> 0.77 s, grey matter 0.77 -> 1.11 s, truth 0.96 and 1.42 s). No
   better linear start was found: damping the CG (0.1, 1) or running it for 3-30 iterations leaves
-  the start's T1 at 0.90-0.97;
-  a lower start rank helps T1 (rank 4-6: 0.53) but costs T2* and B0 (0.68-0.70, 12-13 Hz against
-  0.68, 9 Hz); Gauss-Newton on voxel maps against the exact data term overfits (after 8 steps
-  its data misfit is below that of the true maps, with T1 0.87 and B0 30 Hz).
+  the start's T1 at 0.90-0.97; a lower start rank helps T1 (rank 4-6: 0.53) but costs T2* and B0
+  (0.68-0.70, 12-13 Hz against 0.68, 9 Hz); Gauss-Newton on voxel maps against the exact data
+  term overfits (after 8 steps its data misfit is below that of the true maps, with T1 0.87 and
+  B0 30 Hz).
 - ``lambda L_WNNM`` on the maps, switched on after a warm-up, block matching fixed then.
 
 Schedule: the coil field is first fitted to the calibration-region estimate (a warm start, data
