@@ -172,16 +172,26 @@ def simulate_case(
     write_problem(path, problem, truth=sim.truth, attrs=attrs)
 
 
+def finished_case(out: Path, methods: list[str]) -> dict[str, Any] | None:
+    """The ``compare.json`` in ``out`` when it lists every one of ``methods``, else None."""
+    done = out / "compare.json"
+    if not done.exists():
+        return None
+    record = json.loads(done.read_text())
+    return record if set(methods) <= set(record["methods"]) else None
+
+
 def run_case(
     problem: Path, methods: list[str], out: Path, config: Path | None, args: argparse.Namespace
 ) -> dict[str, Any]:
     """``compare.json`` of one case: read if it lists ``methods``, else computed."""
+    finished = finished_case(out, methods)
+    if finished is not None:
+        print(f"skip {out} (done)", flush=True)
+        return finished
     done = out / "compare.json"
     if done.exists():
         record = json.loads(done.read_text())
-        if set(methods) <= set(record["methods"]):
-            print(f"skip {out} (done)", flush=True)
-            return record
         missing = [m for m in methods if m not in record["methods"]]
         print(
             f"rerun {out}: it lacks {', '.join(missing)} (finished methods are reused)", flush=True
@@ -243,7 +253,7 @@ def committed_case(
         return load(record)
     if args.rescore:
         return (
-            merge(record, rescore_case(problem, out), rescore_only=True)
+            merge(record, rescore_case(problem, out), new_runs=False, add_missing=False)
             if (out / "compare.json").exists()
             else load(record)
         )
@@ -256,7 +266,8 @@ def committed_case(
         snr=math.inf if reference else None,
         true_coils=reference,
     )
-    return merge(record, run_case(problem, methods, out, config, args))
+    ran = finished_case(out, methods) is None  # a finished case is only read back
+    return merge(record, run_case(problem, methods, out, config, args), new_runs=ran)
 
 
 def reference_gib(preset: Preset) -> float:

@@ -9,7 +9,8 @@ Merging keeps the committed methods that the new record lacks and replaces the o
 entry carries ``recorded`` (the comparison's finish time, the package version and the commit of
 this repository that wrote it into the record), so a table mixing runs of different sessions says
 which is which. A reused run scored again (same output folder, a metric added since) keeps the
-``recorded`` of the run and says when it was scored again in ``rescored``.
+``recorded`` of the run and says when it was scored again in ``rescored``; only a run of the
+merging process replaces a committed one.
 """
 
 from __future__ import annotations
@@ -87,18 +88,27 @@ RUN_COMMIT = commit()
 written hours later, when the tree may have moved on)."""
 
 
-def merge(path: Path, record: dict[str, Any], rescore_only: bool = False) -> dict[str, Any]:
+def merge(
+    path: Path, record: dict[str, Any], new_runs: bool = True, add_missing: bool = True
+) -> dict[str, Any]:
     """Merge a comparison record into the committed one at ``path`` and write it.
+
+    A committed run is replaced only by a run of this process; an entry that is the committed
+    run scored again (:func:`_rescored`) keeps its ``recorded`` stamp and gains ``rescored``;
+    any other entry (a reused output that is not the committed run) leaves the committed one as
+    it is, so a work folder left by another session cannot overwrite the records silently.
 
     Parameters
     ----------
     record
-        Content of a ``compare.json``. Its methods replace those of the same name at ``path``;
-        the others at ``path`` are kept. Its other keys (problem, constant map, ...) replace the
-        committed ones.
-    rescore_only
-        Take only the entries that are committed runs scored again (:func:`_rescored`): another
-        run of a method, or one the record lacks, leaves the record as it is.
+        Content of a ``compare.json``. The methods at ``path`` that it lacks are kept; its other
+        keys (problem, constant map, ...) replace the committed ones.
+    new_runs
+        Whether the entries of ``record`` not marked ``reused`` ran in this process (False for a
+        comparison read back from the work folder, or scored again).
+    add_missing
+        Whether methods that ``path`` lacks are added; when they did not run in this process
+        their stamp's commit is ``"unknown"``.
 
     Returns
     -------
@@ -113,14 +123,18 @@ def merge(path: Path, record: dict[str, Any], rescore_only: bool = False) -> dic
     methods = dict(old["methods"])
     for name, entry in record["methods"].items():
         kept = methods.get(name)
+        ran_here = new_runs and not entry.get("reused")
         if kept is not None and _without_stamps(kept) == _without_stamps(entry):
             methods[name] = kept
         elif kept is not None and _rescored(kept, entry):
             methods[name] = {**entry, "recorded": kept["recorded"], "rescored": stamp}
-        elif rescore_only:
-            print(f"{path}: {name} is not the recorded run: record left as it is", flush=True)
-        else:
+        elif ran_here:
             methods[name] = {**entry, "recorded": stamp}
+        elif kept is None and add_missing:
+            methods[name] = {**entry, "recorded": {**stamp, "commit": "unknown"}}
+        else:
+            why = "not in the record" if kept is None else "not the recorded run"
+            print(f"{path}: {name} is {why}: record left as it is", flush=True)
     merged = {**old, **record, "methods": methods}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(merged, indent=2) + "\n")

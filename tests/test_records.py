@@ -48,28 +48,43 @@ def test_a_reused_run_scored_again_keeps_the_stamp_of_its_run(tmp_path: Path) ->
     merge(path, {"finished": "t0", "methods": {"lorein": _method(0.4), "lrt": _method(0.5)}})
     added = {**_method(0.4), "reused": True}
     added["scores"] = {"T1": {"nrmse": 0.4, "without_csf": 0.2}, "T2star": {"nrmse": 0.3}}
-    changed = {**_method(0.45), "reused": True}  # another output behind the same name
-    merged = merge(path, {"finished": "t1", "methods": {"lorein": added, "lrt": changed}})
+    merged = merge(path, {"finished": "t1", "methods": {"lorein": added}})
     lorein = merged["methods"]["lorein"]
     assert lorein["recorded"]["finished"] == "t0" and lorein["rescored"]["finished"] == "t1"
     assert lorein["scores"]["T1"]["without_csf"] == 0.2
-    assert merged["methods"]["lrt"]["recorded"]["finished"] == "t1"
-    assert "rescored" not in merged["methods"]["lrt"]
-    # scored once more with nothing new: the entry stays as it is
+    # scored once more with nothing new: the entry stays as it is (its scoring time aside)
     again = merge(path, {"finished": "t2", "methods": {"lorein": {**added, "process_seconds": 1}}})
-    assert again["methods"]["lorein"] == lorein  # its process time is not part of the run
-    # scoring again only: another run behind the name leaves the committed entry alone
-    other = {**added, "wall_seconds": 99}
-    kept = merge(path, {"finished": "t4", "methods": {"lorein": other}}, rescore_only=True)
-    assert kept["methods"]["lorein"] == lorein
-    # a run that was not reused is a new run even with the same numbers
-    fresh = {**added, "reused": False}
-    assert (
-        merge(path, {"finished": "t3", "methods": {"lorein": fresh}})["methods"]["lorein"][
-            "recorded"
-        ]["finished"]
-        == "t3"
+    assert again["methods"]["lorein"] == lorein
+
+
+def test_only_a_run_of_this_process_replaces_a_committed_run(tmp_path: Path) -> None:
+    path = case_path(tmp_path, "sim1-small", 0, "R27")
+    merge(path, {"finished": "t0", "methods": {"lrt": _method(0.5)}})
+    committed = load(path)["methods"]["lrt"]
+    other = {**_method(0.45), "reused": True}  # another output left in the work folder
+    assert merge(path, {"finished": "t1", "methods": {"lrt": other}})["methods"]["lrt"] == committed
+    read_back = _method(0.45)  # a finished comparison read back, not run now
+    merged = merge(path, {"finished": "t2", "methods": {"lrt": read_back}}, new_runs=False)
+    assert merged["methods"]["lrt"] == committed
+    # a method the record lacks is added, with an unknown commit when it did not run here
+    fit = merge(path, {"finished": "t3", "methods": {"fit": other}})["methods"]["fit"]
+    assert fit["recorded"] == {
+        "finished": "t3",
+        "lorein_version": fit["recorded"]["lorein_version"],
+        "commit": "unknown",
+    }
+    # scoring again only: nothing is added
+    rescored = merge(
+        path,
+        {"finished": "t4", "methods": {"zero-deepsub": other}},
+        new_runs=False,
+        add_missing=False,
     )
+    assert "zero-deepsub" not in rescored["methods"]
+    # a run of this process replaces the committed one
+    run = {**_method(0.5), "wall_seconds": 10}
+    fresh = merge(path, {"finished": "t5", "methods": {"lrt": run}})["methods"]["lrt"]
+    assert fresh["recorded"]["finished"] == "t5"
 
 
 def test_table_is_drawn_from_records_with_their_constant_maps() -> None:
