@@ -584,8 +584,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         "score reconstructed maps against a simulation's ground truth",
         "Score OUT/maps.h5 against the truth/ of a problem file: NRMSE inside the truth mask with "
         "T1, T2, T2* capped to 0-3.5 s, 0-0.2 s, 0-0.1 s (as in the paper), M0 after a "
-        "least-squares scale, B0 as RMSE in Hz, and SSIM. Writes OUT/eval.json and "
-        "OUT/figure.png (truth, reconstruction and error maps).",
+        "least-squares scale, B0 as RMSE in Hz, and SSIM; with tissue labels in the truth, the "
+        "same errors in the tissue interiors and in the mask without its CSF voxels. Writes "
+        "OUT/eval.json and OUT/figure.png (truth, reconstruction and error maps).",
         _config_help("eval"),
     )
     ev.parser.add_argument(
@@ -613,7 +614,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         "run several methods on one simulated problem and compare them side by side",
         "Run each method ('lorein recon' in its own process, so one failure does not stop the "
         "others and peak memory is per method), score each against the problem's truth/ "
-        "(capped NRMSE, SSIM, per-tissue mean and bias for WM, GM and deep GM), and write "
+        "(capped NRMSE, SSIM, the same errors in the tissue interiors and without CSF, per-tissue "
+        "mean and bias for WM, GM, deep GM and CSF), and write "
         "OUT/compare.json, OUT/compare.md (tables) and OUT/compare.png (truth row, then maps "
         "and error maps per method, as the paper's Figs. 4-5). The same --config file is passed "
         "to every method, each reading its own [METHOD] table.",
