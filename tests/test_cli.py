@@ -189,6 +189,17 @@ def test_unknown_method_setting_is_one_line_error_before_any_output(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("path", sorted(Path("configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_configuration_is_valid(path: Path) -> None:
+    tables = tomllib.loads(path.read_text())
+    methods = [name for name in tables if name in METHODS]
+    assert methods, f"{path} sets no method"
+    for name in methods:
+        config = load_config(METHODS[name], path)
+        for key, value in tables[name].items():
+            assert getattr(config, key) == value or isinstance(value, dict), (name, key)
+
+
 def test_method_settings_in_a_table_or_outside_the_tables(tmp_path: Path) -> None:
     lorein = METHODS["lorein"]
     assert load_config(lorein, Path("configs/sim1-small.toml")).iterations == 150
