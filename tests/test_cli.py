@@ -202,7 +202,7 @@ def test_every_shipped_configuration_is_valid(path: Path) -> None:
 
 def test_method_settings_in_a_table_or_outside_the_tables(tmp_path: Path) -> None:
     lorein = METHODS["lorein"]
-    assert load_config(lorein, Path("configs/sim1-small.toml")).iterations == 150
+    assert load_config(lorein, Path("configs/sim1-small.toml")).iterations == 300
     loose = _write(tmp_path / "loose.toml", 'lr = 1\n[simulate]\npreset = "sim1"\n')
     assert load_config(lorein, loose).lr == 1.0
     both = _write(tmp_path / "both.toml", "lr = 1\n[lorein]\niterations = 5\n")
