@@ -367,7 +367,7 @@ def preset_table(
         "",
         "Without CSF: the same NRMSEs in the mask's voxels not labelled CSF. CSF's T1 (4.2 s, "
         "capped at 3.5 s) is the largest value in the mask and a TR of 46 ms (sim1) barely "
-        "encodes it: on sim1-small CSF is 16 % of the mask's voxels but 70-86 % of LoREIN's and "
+        "encodes it: on sim1-small CSF is 16 % of the mask's voxels but 64-78 % of LoREIN's and "
         "SUMMIT's squared T1 error ('-': recorded before this metric).",
         "",
         *_markdown(header, region_rows("without_csf")),

@@ -71,7 +71,7 @@ def without_csf_voxels(truth: Truth) -> torch.Tensor | None:
 
     With the relaxation caps of the paper, CSF's T1 (4.2 s in the phantoms, capped at 3.5 s) is
     the largest value in the mask, and a VFA protocol with TR = 46 ms barely encodes it: on
-    sim1-small (seed 0) CSF holds 16 % of the mask's voxels but 70-86 % of LoREIN's and SUMMIT's
+    sim1-small (seed 0) CSF holds 16 % of the mask's voxels but 64-78 % of LoREIN's and SUMMIT's
     squared T1 error at R = 12-48 (docs/BENCHMARKS.md). The error over the rest of the brain
     (grey and white matter, deep grey matter, veins, lesions, boundary voxels included) says how
     well the tissue is mapped.

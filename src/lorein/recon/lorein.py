@@ -72,11 +72,13 @@ Loss, each term a mean over its samples so that the unit weights of eq. 18 balan
 
   Where the mask's T1 error sits: in CSF (4.2 s, capped at 3.5 s; a TR of 46 ms barely encodes
   it). On the seed-0 case CSF is 16 % of the mask's voxels but 70-86 % of LoREIN's and SUMMIT's
-  squared T1 error at R = 12-48, and the INR fields, smooth at the scale of the 3.9 mm sulci,
-  blur CSF into grey matter (CSF mean T1 at R = 27: LoREIN 1.99 s, SUMMIT 2.15 s). In the rest
-  of the mask (:func:`~lorein.eval.evaluate.without_csf_voxels`) LoREIN's T1 and T2* are below
-  SUMMIT's at every R on the seed-0 case, and at R = 48 on each of three method seeds and of
-  three sampling draws (docs/BENCHMARKS.md, spread sections).
+  squared T1 error at R = 12-48 with 150 steps (64-78 % with 300), and the INR fields, smooth at
+  the scale of the 3.9 mm sulci, blur CSF into grey matter (CSF mean T1 at R = 27: LoREIN 1.99 s,
+  SUMMIT 2.15 s with 150 steps; 2.47 s and 2.58 s with 300). In the rest of the mask
+  (:func:`~lorein.eval.evaluate.without_csf_voxels`) LoREIN's T1 and T2* are below SUMMIT's at
+  every R on the seed-0 case, with either budget, and with 300 steps at R = 27 and 48 on each of
+  three method seeds and of three sampling draws, but for T1 on one draw at R = 27
+  (docs/BENCHMARKS.md).
 
   At R = 48 (9 lines per contrast) the CG start is underdetermined (15 bases x 448 ky-kz
   locations against 560 lines x 8 virtual coils) and its voxel fit puts T1 near its lower bound
