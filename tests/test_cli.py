@@ -227,7 +227,7 @@ def test_config_show_prints_tables_that_read_back(
     assert load_config(METHODS["lorein"], config) == load_config(METHODS["lorein"], None)
     legacy = "configs/sim1-small.toml"
     assert main(["config", "show", "lorein", "--config", legacy]) == 0
-    assert tomllib.loads(capsys.readouterr().out)["lorein"]["iterations"] == 150
+    assert tomllib.loads(capsys.readouterr().out)["lorein"]["iterations"] == 300
 
 
 def test_every_command_has_a_config_table_and_help(capsys: pytest.CaptureFixture) -> None:
