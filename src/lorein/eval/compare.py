@@ -486,7 +486,9 @@ def _region_lines(record: dict[str, Any], columns: list[str], key: str) -> list[
         )
     else:
         csf = problem.get("tissue_voxels", {}).get("CSF")
-        kept = problem["mask_voxels"] - csf if "mask_voxels" in problem and csf else None
+        kept = (
+            problem["mask_voxels"] - csf if "mask_voxels" in problem and csf is not None else None
+        )
         intro = (
             "The same errors in the mask without its CSF voxels (CSF's capped T1 is the largest "
             "value in the mask and dominates its T1 error)"
