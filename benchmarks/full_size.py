@@ -53,9 +53,13 @@ COLUMNS = (
     "T2",
     "T2*",
     "B0 RMSE [Hz]",
+    "T1 no CSF",
+    "T2* no CSF",
     "date",
 )
 MAPS = ("M0", "T1", "T2", "T2star")
+WITHOUT_CSF = ("T1", "T2star")
+"""Maps whose error in the mask without CSF (``without_csf`` of the scores) gets a column."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,12 +91,17 @@ def shortened_config(config: Path | None, methods: list[str], steps: int, path: 
 
 
 def _rows(text: str) -> dict[tuple[str, ...], str]:
-    """Existing table rows of the section, keyed by (preset, R, method, device, steps)."""
+    """Existing table rows of the section, keyed by (preset, R, method, device, steps).
+
+    Rows written before the 'no CSF' columns existed get '-' there.
+    """
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("|") and len(cells) > len(KEY) and cells[0] in PRESETS:
-            rows[tuple(cells[: len(KEY)])] = line
+            if len(cells) == len(COLUMNS) - len(WITHOUT_CSF):
+                cells[-1:-1] = ["-"] * len(WITHOUT_CSF)
+            rows[tuple(cells[: len(KEY)])] = "| " + " | ".join(cells) + " |"
     return rows
 
 
@@ -123,6 +132,10 @@ def row(
         f"{result.get('peak_memory_gib', float('nan')):.2f}",
         *(f"{scores[m]['nrmse']:.3f}" if m in scores else "-" for m in MAPS),
         f"{scores['B0']['rmse_hz']:.2f}" if "B0" in scores else "-",
+        *(
+            f"{scores[m]['without_csf']:.3f}" if "without_csf" in scores.get(m, {}) else "-"
+            for m in WITHOUT_CSF
+        ),
         date,
     ]
     return "| " + " | ".join(cells) + " |"
@@ -163,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
             "from process start to the written output folder; 'configured steps: est.': warm-up "
             "+ the configuration's number of steps x s / step, for rows that ran fewer steps. "
             "Peak memory of the process (RSS on CPU, allocator peak on GPU); NRMSE in the truth "
-            "mask as `lorein eval` computes it. 'machine': where the row ran (CPU, cores, "
+            "mask as `lorein eval` computes it; 'no CSF': the same in the mask without its CSF "
+            "voxels ('-': the run predates the column). 'machine': where the row ran (CPU, cores, "
             "memory, GPU; Python and torch). Configuration: `configs/PRESET.toml` of the row's "
             "preset.",
             "",
