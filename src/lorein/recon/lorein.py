@@ -72,13 +72,17 @@ Loss, each term a mean over its samples so that the unit weights of eq. 18 balan
 
   Where the mask's T1 error sits: in CSF (4.2 s, capped at 3.5 s; a TR of 46 ms barely encodes
   it). On the seed-0 case CSF is 16 % of the mask's voxels but 70-86 % of LoREIN's and SUMMIT's
-  squared T1 error at R = 12-48 with 150 steps (64-78 % with 300), and the INR fields, smooth at
-  the scale of the 3.9 mm sulci, blur CSF into grey matter (CSF mean T1 at R = 27: LoREIN 1.99 s,
-  SUMMIT 2.15 s with 150 steps; 2.47 s and 2.58 s with 300). In the rest of the mask
-  (:func:`~lorein.eval.evaluate.without_csf_voxels`) LoREIN's T1 and T2* are below SUMMIT's at
-  every R on the seed-0 case, with either budget, and with 300 steps at R = 27 and 48 on each of
-  three method seeds and of three sampling draws, but for T1 on one draw at R = 27
-  (docs/BENCHMARKS.md).
+  squared T1 error at R = 12-48 with 150 steps (64-78 % with 300). CSF is the phantom's
+  partial-volume tissue: a CSF-labelled voxel holds 53 % CSF on average (counted on the
+  simulation's 2x finer grid; 6 % of them hold at least 90 %) and none is interior, so the data
+  encode mixtures whose T1 lies far below 3.5 s even fully sampled and noiseless (that voxel
+  fit: CSF mean 2.57 s after the cap, mask T1 0.322 with 75 % of its squared error in CSF). The
+  INR fields, smooth at the scale of the 3.9 mm sulci, blur CSF further into grey matter (CSF
+  mean T1 at R = 27: LoREIN 1.99 s, SUMMIT 2.15 s with 150 steps; 2.47 s and 2.58 s with 300).
+  In the rest of the mask (:func:`~lorein.eval.evaluate.without_csf_voxels`) LoREIN's T1 and T2*
+  are below SUMMIT's at every R on the seed-0 case, with either budget, and with 300 steps at
+  R = 27 and 48 on each of three method seeds and of three sampling draws, but for T1 on one
+  draw at R = 27 (docs/BENCHMARKS.md).
 
   At R = 48 (9 lines per contrast) the CG start is underdetermined (15 bases x 448 ky-kz
   locations against 560 lines x 8 virtual coils) and its voxel fit puts T1 near its lower bound
@@ -122,7 +126,13 @@ Loss, each term a mean over its samples so that the unit weights of eq. 18 balan
   ===================  ===============  ===============  ===============
 
   The mask errors fall on all four problems, T1 most at R = 48; the interiors' T2* rises by a few
-  hundredths on three of the four.
+  hundredths on three of the four. Twice that again (600 steps, decay 300, WNNM from 360) on the
+  seed-1 problem at R = 27 leaves CSF where it was (mean T1 2.43 s for both blocks, 300 or 600
+  steps) and costs T2* (LoREIN, mask / without CSF: T1 0.328 / 0.267 -> 0.322 / 0.265, T2*
+  0.310 / 0.311 -> 0.313 / 0.344; SUMMIT T1 0.325 / 0.261 -> 0.327 / 0.276, T2* 0.320 / 0.332
+  -> 0.335 / 0.368): at this size 300 steps have converged CSF to its partial-volume level. At
+  full size (sim1, 1.96 mm) they had not with 150 steps, and configs/sim1.toml runs 300 as well
+  (docs/BENCHMARKS.md).
 - ``lambda L_WNNM`` on the maps, switched on after a warm-up, block matching fixed then.
 
 Schedule: the coil field is first fitted to the calibration-region estimate (a warm start, data
