@@ -615,6 +615,10 @@ def test_noise_whitening_matrix(psi: np.ndarray) -> None:
     assert np.abs(w @ psi @ w.conj().T - np.eye(N_COILS)).max() < 0.1
     with pytest.raises(ValueError, match="not positive definite"):
         noise_whitening_matrix(noise[:, :2])  # fewer samples than coils
+    copied = noise.copy()
+    copied[1] = copied[0] * (1 + 1e-14)  # two channels record the same noise: rank n_coils - 1
+    with pytest.raises(ValueError, match="eigenvalue ratio"):
+        noise_whitening_matrix(copied)
 
 
 def test_noise_prewhitening(tmp_path: Path, psi: np.ndarray) -> None:

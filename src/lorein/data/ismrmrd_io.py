@@ -468,6 +468,11 @@ def export_ismrmrd(
 # --------------------------------------------------------------------------------------------
 
 
+WHITENING_RCOND = 1e-10
+"""Smallest accepted ratio of the noise covariance's smallest to largest eigenvalue: below it
+the covariance counts as singular (a dead channel, fewer samples than coils)."""
+
+
 def noise_whitening_matrix(noise: np.ndarray) -> np.ndarray:
     """Whitening matrix of coil noise: the inverse Cholesky factor of its covariance.
 
@@ -485,18 +490,22 @@ def noise_whitening_matrix(noise: np.ndarray) -> np.ndarray:
     Raises
     ------
     ValueError
-        If the covariance is not positive definite (fewer samples than coils, a dead channel).
+        If the covariance is not positive definite (fewer samples than coils, a dead channel):
+        its eigenvalue ratio is at most ``WHITENING_RCOND``.
     """
     n_coils, n_samples = noise.shape
     noise = noise.astype(np.complex128)
     psi = noise @ noise.conj().T / n_samples
-    try:
-        lower = np.linalg.cholesky(psi)
-    except np.linalg.LinAlgError:
+    # rank checked explicitly: whether Cholesky fails on a singular matrix is rounding luck
+    eigenvalues = np.linalg.eigvalsh(psi)
+    if n_samples < n_coils or not eigenvalues[0] > WHITENING_RCOND * eigenvalues[-1]:
         raise ValueError(
             f"noise covariance of {n_coils} coils from {n_samples} samples is not positive "
-            f"definite (diagonal {np.round(psi.diagonal().real, 6).tolist()})"
-        ) from None
+            f"definite (eigenvalue ratio {eigenvalues[0] / max(eigenvalues[-1], 1e-300):.1e}, "
+            f"expected > {WHITENING_RCOND:.0e}; diagonal "
+            f"{np.round(psi.diagonal().real, 6).tolist()})"
+        )
+    lower = np.linalg.cholesky(psi)
     return scipy.linalg.solve_triangular(lower, np.eye(n_coils), lower=True)
 
 
