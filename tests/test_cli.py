@@ -16,8 +16,8 @@ import torch
 from lorein.cli import build_parser, main, parse_args
 from lorein.config import COMMANDS
 from lorein.data.problem import read_problem, write_problem
-from lorein.recon.loop import NonFiniteLossError
-from lorein.recon.run import METHODS, load_config
+from lorein.numerics.optimisation import NonFiniteLossError
+from lorein.run import METHODS, load_config
 from lorein.sim.simulate import simulate
 from tests.fake_cuda import fake_cuda
 from tests.helpers import TINY

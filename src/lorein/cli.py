@@ -145,7 +145,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_recon(args: argparse.Namespace) -> None:
-    from lorein.recon.run import run
+    from lorein.run import run
 
     overrides = {} if args.iterations is None else {"iterations": args.iterations}
     report = run(
@@ -252,7 +252,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 def _cmd_config(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from lorein.recon.run import METHODS, load_config
+    from lorein.run import METHODS, load_config
 
     _, commands = build_parser()
     config = {} if args.config is None else read_toml(args.config)
@@ -714,7 +714,7 @@ def _run_failure_hint(err: RuntimeError) -> str | None:
     """What to try after a known run-time failure; None for an unexpected error (traceback)."""
     import torch
 
-    from lorein.recon.loop import NonFiniteLossError
+    from lorein.numerics.optimisation import NonFiniteLossError
 
     if isinstance(err, torch.OutOfMemoryError):
         return (

@@ -15,7 +15,7 @@ from lorein.data.problem import read_problem, read_truth, write_problem
 from lorein.eval.compare import compare, last_line, tissue_stats
 from lorein.eval.evaluate import evaluate_maps, read_maps
 from lorein.eval.metrics import interior_mask, map_error
-from lorein.recon.run import METHODS
+from lorein.run import METHODS
 from lorein.sim.phantom import TISSUES
 from lorein.sim.simulate import simulate
 from tests.helpers import TINY

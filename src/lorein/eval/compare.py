@@ -52,7 +52,7 @@ from lorein.eval.evaluate import (
 )
 from lorein.eval.figures import LABELS, comparison_figure
 from lorein.eval.metrics import least_squares_scale
-from lorein.recon.run import METHODS
+from lorein.run import METHODS
 from lorein.sim.phantom import TISSUE_GROUPS, TISSUES
 
 FORMAT = "lorein-compare"
@@ -103,7 +103,7 @@ def compare(
     problem
         Problem file (HDF5) with a ``truth/`` group.
     methods
-        Names in :data:`lorein.recon.run.METHODS`, in the order of the tables and figure rows.
+        Names in :data:`lorein.run.METHODS`, in the order of the tables and figure rows.
     out
         Output folder (created); see the module docstring for its layout.
     config

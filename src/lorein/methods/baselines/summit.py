@@ -1,0 +1,82 @@
+"""The ``summit`` baseline: the PMR block alone (SUMMIT, anchors.md), sharing LoREIN's code.
+
+SUMMIT represents every parametric map by its own hash-encoded field, turns the maps into
+weighted images with the sequence's signal model and fits them to the acquired k-space of every
+contrast, with WNNM on the maps. That is LoREIN without its LRR block: this module runs
+:func:`lorein.methods.lorein.method.reconstruct` in ``mode = "pmr-only"`` (coil field warmed up on
+the calibration region, then learned with the maps; per-contrast exact data consistency). Its
+configuration holds only the settings that act in that mode.
+
+Departures from the published SUMMIT: the coil field is learned jointly (SUMMIT used ESPIRiT
+maps), the hash growth is LoREIN's ``"auto"``, and, like LoREIN, the fields are warm-started from
+a data-only CG subspace reconstruction and its voxel fit (``warm_start = 0`` gives SUMMIT's
+cold start) so that both methods get the same start and the same number of steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lorein.data.output import Maps
+from lorein.data.problem import Problem
+from lorein.methods.lorein import method as lorein
+from lorein.methods.lorein.method import LoreinConfig
+
+_DEFAULTS = LoreinConfig()
+
+
+def _default(name: str) -> Any:
+    """LoREIN's default of a field, copied so that dict defaults are not shared."""
+    value = getattr(_DEFAULTS, name)
+    return field(default_factory=lambda: dict(value)) if isinstance(value, dict) else value
+
+
+@dataclass
+class SummitConfig:
+    """Hyper-parameters of the SUMMIT baseline; each means what it means in
+    :class:`lorein.methods.lorein.method.LoreinConfig` (defaults are LoREIN's)."""
+
+    dictionary_atoms: int = _default("dictionary_atoms")
+    b0_range_hz: float = _default("b0_range_hz")
+    iterations: int = _default("iterations")
+    coil_warmup: int = _default("coil_warmup")
+    warm_start: int = _default("warm_start")
+    lr: float = _default("lr")
+    decay_every: int = _default("decay_every")
+    wnnm_start: int = _default("wnnm_start")
+    dc2: float = _default("dc2")
+    wnnm: float = _default("wnnm")
+    wnnm_maps: dict[str, float] = _default("wnnm_maps")
+    dc2_path: Literal["exact", "subspace"] = "exact"
+    coil_compression: int | None = _default("coil_compression")
+    map_encoding: dict[str, Any] = _default("map_encoding")
+    phase_encoding: dict[str, Any] = _default("phase_encoding")
+    coil_encoding: dict[str, Any] = _default("coil_encoding")
+    hidden: int = _default("hidden")
+    layers: int = _default("layers")
+    initial: dict[str, float] = _default("initial")
+
+    def lorein_config(self) -> LoreinConfig:
+        """The equivalent LoREIN configuration (``mode = "pmr-only"``, no pre-training)."""
+        return LoreinConfig(mode="pmr-only", pretrain=0, **asdict(self))
+
+
+def reconstruct(
+    problem: Problem,
+    config: SummitConfig | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Maps:
+    """Run the PMR block alone; arguments and result as
+    :func:`lorein.methods.lorein.method.reconstruct`."""
+    config = config or SummitConfig()
+    maps = lorein.reconstruct(
+        problem, config.lorein_config(), device, seed, checkpoint, resume, progress
+    )
+    maps.extras["config"] = asdict(config)
+    return maps

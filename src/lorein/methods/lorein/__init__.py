@@ -1,0 +1,1 @@
+"""LoREIN's own parts: configuration, blocks, objective, schedule, warm start, WNNM."""

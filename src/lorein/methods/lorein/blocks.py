@@ -1,0 +1,166 @@
+"""LoREIN's two blocks as modules: LRR (spatial bases + coils) and PMR (parameter maps).
+
+- :class:`CoilField`: a low-resolution hash field whose complex outputs, normalised to unit
+  root-sum-of-squares, are the coil sensitivities (paper eq. 13).
+- :class:`LowRankBlock`: the spatial-basis field ``f_theta`` giving ``K`` complex bases, refined by
+  the CNN ``g_phi`` (paper eq. 12), and the coil field.
+- :class:`ParameterBlock`: one field per parameter map (paper eq. 15): exponential outputs with
+  physical bounds for M0, T1, T2, T2*; a linear two-output field for B0 [Hz] and phase0 [rad].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from lorein.inr.field import Field
+from lorein.methods.lorein.basis_cnn import BasisCNN
+
+POSITIVE_BOUNDS: dict[str, tuple[float, float]] = {
+    "M0": (1e-8, 1e8),
+    "T1": (0.05, 5.0),
+    "T2": (0.005, 2.0),
+    "T2star": (0.002, 1.0),
+}
+"""Physical clamps [s] of the positive maps (M0 in data units)."""
+
+B0_UNIT_HZ = 50.0
+"""The phase field's first output times this is B0 [Hz]: keeps the MLP output of order one."""
+
+
+def _start_at(field: Field, values: torch.Tensor, output_scale: float = 0.1) -> None:
+    """Make a fresh field output ``values`` (after its output transform) almost everywhere.
+
+    The last layer's weights are shrunk by ``output_scale`` and its bias set so that the output
+    starts near ``values`` (``[out_features]``, log-domain for exponential outputs).
+    """
+    last = field.mlps[-1].net[-1]
+    with torch.no_grad():
+        last.weight.mul_(output_scale)
+        last.bias.copy_(values)
+
+
+class CoilField(nn.Module):
+    """Coil sensitivities ``[n_coils, nz, ny, nx]`` from a low-resolution complex field."""
+
+    def __init__(
+        self,
+        grid: tuple[int, int, int],
+        n_coils: int,
+        encoding: dict[str, Any],
+        hidden: int = 64,
+        layers: int = 2,
+    ) -> None:
+        super().__init__()
+        mlp = {"hidden": hidden, "n_hidden_layers": layers}
+        self.field = Field(
+            grid, 2 * n_coils, encoding, mlp, output="complex", separate_complex_mlps=False
+        )
+
+    def forward(self) -> torch.Tensor:
+        raw = self.field()
+        rss = raw.abs().pow(2).sum(0, keepdim=True).sqrt()
+        return raw / rss.clamp_min(1e-8)
+
+    def at_voxels(self, voxels: torch.Tensor) -> torch.Tensor:
+        """``[N, n_coils]`` sensitivities at flat voxel indices ``voxels [N]``."""
+        raw = self.field.at_voxels(voxels)
+        rss = raw.abs().pow(2).sum(1, keepdim=True).sqrt()
+        return raw / rss.clamp_min(1e-8)
+
+
+class LowRankBlock(nn.Module):
+    """Spatial bases ``U = g(f(x, y, z))`` ``[K, nz, ny, nx]`` and coil maps (paper eqs. 12-13).
+
+    Parameters
+    ----------
+    grid
+        ``(nz, ny, nx)``.
+    rank
+        Number of bases K.
+    n_coils
+        Number of (virtual) coils.
+    basis_encoding, coil_encoding
+        Hash-encoding settings of the two fields.
+    hidden, layers
+        MLP width and depth of the basis field.
+    cnn_channels
+        Channels of the refinement CNN; 0 switches the CNN off (ablation).
+    """
+
+    def __init__(
+        self,
+        grid: tuple[int, int, int],
+        rank: int,
+        n_coils: int,
+        basis_encoding: dict[str, Any],
+        coil_encoding: dict[str, Any],
+        hidden: int = 64,
+        layers: int = 3,
+        cnn_channels: int = 16,
+    ) -> None:
+        super().__init__()
+        mlp = {"hidden": hidden, "n_hidden_layers": layers}
+        self.bases = Field(
+            grid, 2 * rank, basis_encoding, mlp, output="complex", separate_complex_mlps=False
+        )
+        self.cnn = BasisCNN(cnn_channels) if cnn_channels > 0 else None
+        self.coils = CoilField(grid, n_coils, coil_encoding)
+
+    def spatial_bases(self) -> torch.Tensor:
+        """``[K, nz, ny, nx]`` complex64."""
+        u = self.bases()
+        return self.cnn(u) if self.cnn is not None else u
+
+
+class ParameterBlock(nn.Module):
+    """One field per parameter map (paper eq. 15).
+
+    Parameters
+    ----------
+    grid
+        ``(nz, ny, nx)``.
+    parameters
+        The signal model's map names (e.g. ``M0, T1, T2star, B0, phase0``).
+    initial
+        Starting value of each positive map (e.g. ``{"M0": 3.0, "T1": 1.0, "T2star": 0.05}``).
+    map_encoding, phase_encoding
+        Hash-encoding settings of the positive maps and of the B0/phase0 field.
+    hidden, layers
+        MLP width and depth.
+    """
+
+    def __init__(
+        self,
+        grid: tuple[int, int, int],
+        parameters: tuple[str, ...],
+        initial: dict[str, float],
+        map_encoding: dict[str, Any],
+        phase_encoding: dict[str, Any],
+        hidden: int = 64,
+        layers: int = 3,
+    ) -> None:
+        super().__init__()
+        unknown = set(parameters) - set(POSITIVE_BOUNDS) - {"B0", "phase0"}
+        if unknown:
+            raise ValueError(f"the parameter block cannot represent maps {sorted(unknown)}")
+        mlp = {"hidden": hidden, "n_hidden_layers": layers}
+        self.positive = nn.ModuleDict()
+        for name in parameters:
+            if name in POSITIVE_BOUNDS:
+                f = Field(grid, 1, map_encoding, mlp, output="exp", bounds=POSITIVE_BOUNDS[name])
+                _start_at(f, torch.tensor([math.log(initial[name])]))
+                self.positive[name] = f
+        self.phase = Field(grid, 2, phase_encoding, mlp, output="linear")
+        _start_at(self.phase, torch.zeros(2))
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        """The maps, float32 ``[nz, ny, nx]`` each: M0 (data units), times [s], B0 [Hz], rad."""
+        maps = {name: field()[0] for name, field in self.positive.items()}
+        phase = self.phase()
+        maps["B0"] = B0_UNIT_HZ * phase[0]
+        maps["phase0"] = phase[1]
+        return maps

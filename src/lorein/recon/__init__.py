@@ -1,1 +1,0 @@
-"""Reconstruction methods: LoREIN and the methods it is compared with."""

@@ -1,0 +1,244 @@
+"""Run a reconstruction method on a problem file and write the output folder.
+
+Methods share one entry point so that the command line, the comparison and the benchmarks treat
+them alike: each has a configuration dataclass (its hyper-parameters, overridable from TOML) and a
+``reconstruct(problem, config, device, seed, checkpoint, resume, progress) -> Maps`` function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorein import __version__
+from lorein.config import method_table, read_toml
+from lorein.data.output import Maps, write_output
+from lorein.data.problem import Problem, read_problem
+from lorein.device import resolve_device
+from lorein.methods.baselines import fit, joint_maple, lrt, summit, zero_deepsub
+from lorein.methods.lorein import method as lorein
+
+
+@dataclass(frozen=True)
+class Method:
+    """A reconstruction method: its configuration class and its entry point."""
+
+    name: str
+    config: type
+    reconstruct: Callable[..., Maps]
+    description: str
+
+
+METHODS: dict[str, Method] = {
+    "lorein": Method(
+        "lorein", lorein.LoreinConfig, lorein.reconstruct, "LoREIN: LRR + PMR blocks, jointly"
+    ),
+    "summit": Method(
+        "summit", summit.SummitConfig, summit.reconstruct, "SUMMIT: parameter fields alone"
+    ),
+    "lrt": Method(
+        "lrt", lrt.LrtConfig, lrt.reconstruct, "low-rank subspace + TV (ADMM), then voxel fit"
+    ),
+    "zero-deepsub": Method(
+        "zero-deepsub",
+        zero_deepsub.ZeroDeepSubConfig,
+        zero_deepsub.reconstruct,
+        "Zero-DeepSub: zero-shot self-supervised unrolled subspace network, then voxel fit",
+    ),
+    "joint-maple": Method(
+        "joint-maple",
+        joint_maple.JointMapleConfig,
+        joint_maple.reconstruct,
+        "Joint-MAPLE: zero-shot unrolled multi-contrast network, then joint map estimation",
+    ),
+    "fit": Method(
+        "fit", fit.FitConfig, fit.reconstruct, "CG-SENSE or zero-filled images, voxel-wise fit"
+    ),
+}
+
+
+def get_method(name: str) -> Method:
+    """Look up a method; the error lists the known ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def load_config(method: Method, path: Path | None, overrides: dict[str, Any] | None = None) -> Any:
+    """The method's configuration: defaults, then the file's hyper-parameters, then ``overrides``.
+
+    The file's hyper-parameters are its ``[METHOD]`` table or, without one, its keys outside the
+    command tables (:func:`lorein.config.method_table`). A key the configuration does not have, or
+    a value of the wrong type, is a one-line error naming the file, the table and the valid keys.
+    """
+    default = method.config()
+    defaults = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)}
+    sources = [(overrides or {}, "overrides")]
+    if path is not None:
+        sources.insert(0, method_table(read_toml(path), path, method.name, METHODS))
+    values: dict[str, Any] = {}
+    for given, where in sources:
+        unknown = sorted(set(given) - set(defaults))
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown {method.name} setting(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(sorted(defaults))}"
+            )
+        values.update({key: _typed(key, v, defaults[key], where) for key, v in given.items()})
+    return method.config(**values)
+
+
+_KINDS = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    dict: "a table",
+}
+"""Types of hyper-parameters checked in configuration files, as error messages name them."""
+
+
+def _typed(key: str, value: Any, default: Any, where: str) -> Any:
+    """``value`` if it has the type of the setting's ``default`` (an integer passes as a float).
+
+    Settings whose default is ``None`` or of another type are passed through unchecked.
+    """
+    kind = type(default)
+    if kind not in _KINDS:
+        return value
+    if kind is float and type(value) is int:
+        return float(value)
+    if type(value) is not kind:
+        raise ValueError(f"{where}: {key} = {value!r}: expected {_KINDS[kind]}")
+    return value
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes available on ``device`` (free GPU memory, or physical memory on CPU)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def estimate_memory(problem: Problem, config: Any) -> int:
+    """Rough peak bytes of a LoREIN-style run (fields, hash buffers, data terms, images)."""
+    nx, ny, nz = problem.matrix
+    n = nx * ny * nz
+    coils = getattr(config, "coil_compression", None) or problem.n_coils
+    rank = getattr(config, "rank", 15)
+    fields = 7
+    hash_buffers = fields * 16 * n * 8 * 16  # precomputed corner rows, weights and transpose
+    tables = fields * 16 * min(2**19, 2 * n) * 2 * 4 * 4  # parameters, gradients, Adam moments
+    data_terms = 6 * rank * coils * n * 8  # Gram-form k-space, its gradient and temporaries
+    contrast_chunk = 4 * 16 * coils * n * 8
+    images = 4 * problem.n_contrasts * n * 8
+    return hash_buffers + tables + data_terms + contrast_chunk + images
+
+
+def _versions() -> dict[str, str]:
+    return {"lorein": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _peak_memory(device: torch.device) -> float:
+    """Peak memory [GiB] of this process (GPU allocator peak on CUDA)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run(
+    problem_path: Path,
+    out: Path,
+    method_name: str = "lorein",
+    config_path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    resume: bool = False,
+    progress: bool = True,
+    save_images: bool = False,
+    keep_checkpoint: bool = False,
+) -> dict[str, Any]:
+    """Reconstruct ``problem_path`` with a method and write the output folder ``out``.
+
+    Checks everything that can fail early (problem file, configuration, device, memory) before
+    creating ``out``; the checkpoint lives in ``out/checkpoint.pt`` while the run goes on (a run
+    that fails before its first checkpoint removes the folder it created; a finished run removes
+    the checkpoint unless ``keep_checkpoint``, since it can be 100 MB to 1 GB). With
+    ``save_images``, the method's weighted images (if it returns any) are written as well
+    (:func:`~lorein.data.output.write_output`); ``report["saved_images"]`` says whether they were.
+
+    Returns
+    -------
+    The report written to ``out/report.json``.
+    """
+    method = get_method(method_name)
+    problem = read_problem(problem_path)
+    config = load_config(method, config_path, overrides)
+    dev = resolve_device(device)
+    need, have = estimate_memory(problem, config), available_memory(dev)
+    if need > 0.9 * have:
+        raise MemoryError(
+            f"{problem_path}: this {method.name} run needs about {need / 2**30:.1f} GiB but only "
+            f"{have / 2**30:.1f} GiB are available on {dev}; use coil_compression in the config, "
+            "a GPU, or a smaller matrix"
+        )
+    checkpoint = Path(out) / "checkpoint.pt"
+    if resume and not checkpoint.exists():
+        raise FileNotFoundError(f"{checkpoint}: nothing to resume (no checkpoint)")
+    created = not checkpoint.parent.exists()
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    start = time.perf_counter()
+    try:
+        maps = method.reconstruct(
+            problem,
+            config,
+            device=device,
+            seed=seed,
+            checkpoint=checkpoint,
+            resume=resume,
+            progress=progress,
+        )
+    except BaseException:
+        # a failed or interrupted run leaves its checkpoint (for --resume) and nothing else
+        if created and not any(checkpoint.parent.iterdir()):
+            checkpoint.parent.rmdir()
+        raise
+    seconds = time.perf_counter() - start
+    history = maps.extras.pop("history", [])
+    report = {
+        "method": method.name,
+        "problem": str(problem_path),
+        "config": dataclasses.asdict(config),
+        "seed": seed,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else platform.processor(),
+        "versions": _versions(),
+        "wall_seconds": seconds,
+        "peak_memory_gib": _peak_memory(dev),
+        "estimated_memory_gib": need / 2**30,
+        "iterations": len(history),
+        "final_losses": history[-1] if history else {},
+        "losses_every_10": history[::10],
+        **{k: v for k, v in maps.extras.items() if k != "config"},
+        "saved_images": save_images and maps.images is not None,
+    }
+    contrasts = problem.contrasts if save_images else None
+    write_output(Path(out), maps, problem.affine, report, method=method.name, contrasts=contrasts)
+    if not keep_checkpoint:
+        checkpoint.unlink(missing_ok=True)
+    return report

@@ -1,0 +1,161 @@
+"""LoREIN end to end on a tiny simulated problem: runs, learns, resumes exactly, ablations."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorein.methods.lorein.method import LoreinConfig, reconstruct, resolve_encoding
+from lorein.sim.simulate import Simulation, simulate
+from tests.helpers import TINY, TINY_LOREIN_SETTINGS
+
+
+def tiny_config(**kw) -> LoreinConfig:
+    return LoreinConfig(**{**TINY_LOREIN_SETTINGS, **kw})
+
+
+@pytest.fixture(scope="module")
+def sim() -> Simulation:
+    return simulate(TINY, 8, seed=2, snr=math.inf, progress=False)
+
+
+def test_auto_growth_reaches_twice_the_grid() -> None:
+    enc = resolve_encoding({"n_levels": 16, "n_min": 16, "growth": "auto"}, (8, 56, 56))
+    assert enc["n_min"] * enc["growth"] ** 15 == pytest.approx(112)
+    assert resolve_encoding({"n_levels": 4, "n_min": 1, "growth": 1.5}, (8, 8, 8))["growth"] == 1.5
+
+
+def test_joint_run_learns_and_reports(sim: Simulation) -> None:
+    maps = reconstruct(sim.problem, tiny_config(), progress=False)
+    history = maps.extras["history"]
+    assert len(history) == 40
+    assert {"dc1", "dc2", "prior", "wnnm"} <= set(history[-1])
+    data = [sum(h[k] for k in ("dc1", "dc2", "prior")) for h in (history[10], history[-1])]
+    assert data[1] < 0.9 * data[0]  # the joint phase starts at iteration 10
+    for name in ("M0", "T1", "T2star", "B0", "phase0"):
+        assert torch.isfinite(maps.values[name]).all()
+    assert maps.images is not None and maps.images.shape == (60, 4, 24, 24)
+    assert maps.extras["dc2_relative_difference"] >= 0
+
+
+def test_resume_continues_to_the_same_result(sim: Simulation, tmp_path: Path) -> None:
+    cfg = tiny_config(iterations=30, wnnm_start=15)
+    straight = reconstruct(sim.problem, cfg, progress=False)
+    ckpt = tmp_path / "ckpt.pt"
+    reconstruct(
+        sim.problem, tiny_config(iterations=20, wnnm_start=15), checkpoint=ckpt, progress=False
+    )
+    resumed = reconstruct(sim.problem, cfg, checkpoint=ckpt, resume=True, progress=False)
+    for name in ("T1", "T2star", "B0"):
+        torch.testing.assert_close(resumed.values[name], straight.values[name])
+
+
+@pytest.mark.parametrize("mode", ["pmr-only", "lrr-fit"])
+def test_ablation_modes_run(sim: Simulation, mode: str) -> None:
+    maps = reconstruct(sim.problem, tiny_config(mode=mode, iterations=15), progress=False)
+    assert torch.isfinite(maps.values["T1"]).all()
+    if mode == "pmr-only":
+        assert maps.images is None and "dc1" not in maps.extras["history"][-1]
+    else:
+        assert "dc2" not in maps.extras["history"][-1]
+
+
+def test_subspace_dc2_path_runs(sim: Simulation) -> None:
+    maps = reconstruct(sim.problem, tiny_config(dc2_path="subspace", iterations=15), progress=False)
+    assert "dc2" in maps.extras["history"][-1]
+
+
+def test_prior_fast_path_equals_naive_formula(sim: Simulation) -> None:
+    """The prior from the projected factors equals ||Phi u - I||^2 / (T V C) of the images."""
+    from lorein.methods.lorein.method import LoreinLosses, temporal_subspace
+    from lorein.physics.signal_models import signal_model
+
+    problem = sim.problem
+    model = signal_model(problem.signal_model, problem.contrasts)
+    subspace = temporal_subspace(model, 6, 500, 50.0, seed=0)
+    losses = LoreinLosses(problem, problem.kspace, subspace, model)
+    nx, ny, nz = problem.matrix
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(6, nz, ny, nx, dtype=torch.complex64, generator=g)
+    maps = {name: value.float() for name, value in sim.truth.maps().items()}
+    factors = model.factors(maps)
+    images = factors.images()
+    phi = subspace.phi.to(torch.complex64)
+    lrr_images = torch.tensordot(phi, u, dims=([1], [0]))
+    naive = (lrr_images - images).abs().pow(2).sum() / (images.numel() * problem.n_coils)
+    projected, norm2 = losses.project(factors)
+    assert float(losses.prior(u, projected, norm2)) == pytest.approx(float(naive), rel=1e-5)
+    # the subspace form: ||u - Phi^H I||^2 with the projection computed from the images
+    coefficients = torch.tensordot(phi.conj(), images, dims=([0], [0]))
+    naive_subspace = (u - coefficients).abs().pow(2).sum() / (images.numel() * problem.n_coils)
+    fast_subspace = losses.prior(u, projected, norm2, "subspace")
+    assert float(fast_subspace) == pytest.approx(float(naive_subspace), rel=1e-4)
+    assert float(naive_subspace) < float(naive)  # it drops the out-of-subspace energy
+
+
+@pytest.mark.parametrize(("flow", "lrr_moves"), [("to-pmr", False), ("both", True)])
+def test_prior_flow_decides_which_blocks_the_prior_trains(
+    sim: Simulation, flow: str, lrr_moves: bool
+) -> None:
+    # only the prior acts: with "to-pmr" its weight must not reach the LRR block's images
+    runs = [
+        reconstruct(
+            sim.problem,
+            tiny_config(
+                iterations=12, pretrain=2, dc1=0.0, dc2=0.0, wnnm=0.0, prior=w, prior_flow=flow
+            ),
+            progress=False,
+        )
+        for w in (1.0, 5.0)
+    ]
+    assert not torch.equal(runs[0].values["T1"], runs[1].values["T1"])
+    assert torch.equal(runs[0].images, runs[1].images) is not lrr_moves
+
+
+@pytest.mark.parametrize("key", ["mode", "prior_flow", "prior_space", "dc2_path"])
+def test_unknown_choice_is_rejected(key: str) -> None:
+    with pytest.raises(ValueError, match=f"{key} = 'nope': expected one of"):
+        LoreinConfig(**{key: "nope"})
+
+
+def test_report_times_warm_up_and_steps(sim: Simulation) -> None:
+    extras = reconstruct(sim.problem, tiny_config(iterations=3), progress=False).extras
+    assert 0 < extras["warm_up_seconds"] < extras["seconds"]
+    assert 0 < 3 * extras["seconds_per_step"] < extras["seconds"]
+
+
+def test_pmr_start_from_lrr_needs_joint_pretraining() -> None:
+    with pytest.raises(ValueError, match="pmr_start = 'lrr' needs mode = 'joint' and pretrain > 0"):
+        LoreinConfig(pmr_start="lrr", pretrain=0)
+    with pytest.raises(ValueError, match="mode = 'pmr-only'"):
+        LoreinConfig(pmr_start="lrr", mode="pmr-only")
+
+
+def test_pmr_start_from_lrr_fits_the_pretrained_images(
+    sim: Simulation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``pmr_start = "lrr"`` the maps are started once, from the LRR block's images after
+    pre-training (the CG warm start leaves them alone); with ``"cg"`` never during the loop."""
+    import lorein.methods.lorein.method as lorein_module
+
+    calls: list[torch.Tensor] = []
+    real = lorein_module.start_maps
+
+    def recording(pmr, images, *args, **kwargs):
+        calls.append(images.clone())
+        return real(pmr, images, *args, **kwargs)
+
+    monkeypatch.setattr(lorein_module, "start_maps", recording)
+    reconstruct(sim.problem, tiny_config(iterations=12, pretrain=10), progress=False)
+    assert calls == []
+    maps = reconstruct(
+        sim.problem, tiny_config(pmr_start="lrr", iterations=11, pretrain=10), progress=False
+    )
+    assert len(calls) == 1
+    started, final = calls[0].flatten(), maps.images.flatten()
+    assert started.shape == final.shape
+    # one joint step after the start the LRR images have barely moved (measured 0.998; the CG
+    # start's images, which the "cg" start fits, give 0.72 against the same final images)
+    cosine = torch.vdot(started, final).abs() / (started.norm() * final.norm())
+    assert float(cosine) > 0.99
