@@ -34,7 +34,8 @@ from paper_table import ROOT, run_case, simulate_case  # noqa: E402
 from report import BENCHMARKS, machine, update_section  # noqa: E402
 
 from lorein.config import read_toml, toml_table  # noqa: E402
-from lorein.run import METHODS, get_method, load_config  # noqa: E402
+from lorein.methods.registry import METHODS, get_method  # noqa: E402
+from lorein.run import load_config  # noqa: E402
 from lorein.sim.presets import PRESETS, get_preset  # noqa: E402
 
 SECTION = "full_size"

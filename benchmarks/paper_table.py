@@ -47,7 +47,7 @@ from report import README, machine, update_section  # noqa: E402
 from lorein import __version__  # noqa: E402
 from lorein.data.problem import write_problem  # noqa: E402
 from lorein.eval.compare import compare  # noqa: E402
-from lorein.run import METHODS  # noqa: E402
+from lorein.methods.registry import METHODS  # noqa: E402
 from lorein.sim.presets import Preset, get_preset  # noqa: E402
 from lorein.sim.simulate import simulate  # noqa: E402
 

@@ -43,7 +43,7 @@ from paper_table import MAP_NAMES, ROOT, committed_case, table_maps  # noqa: E40
 from records import RESULTS, case_path  # noqa: E402
 from report import machine, update_section  # noqa: E402
 
-from lorein.run import METHODS  # noqa: E402
+from lorein.methods.registry import METHODS  # noqa: E402
 from lorein.sim.presets import get_preset  # noqa: E402
 
 REGIONS = {"interior": " interior", "without_csf": " no CSF"}

@@ -1,8 +1,8 @@
 """Run a reconstruction method on a problem file and write the output folder.
 
-Methods share one entry point so that the command line, the comparison and the benchmarks treat
-them alike: each has a configuration dataclass (its hyper-parameters, overridable from TOML) and a
-``reconstruct(problem, config, device, seed, checkpoint, resume, progress) -> Maps`` function.
+Every method is reached through the registry (:mod:`lorein.methods.registry`) and the interface
+of :mod:`lorein.methods.base`; this module adds what a run of any method needs around it: its
+configuration from TOML, the memory check, the checkpoint's place, timing and the report.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import os
 import platform
 import resource
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,105 +19,36 @@ import torch
 
 from lorein import __version__
 from lorein.config import method_table, read_toml
-from lorein.data.output import Maps, write_output
-from lorein.data.problem import Problem, read_problem
+from lorein.data.output import write_output
+from lorein.data.problem import read_problem
 from lorein.device import resolve_device
-from lorein.methods.baselines import fit, joint_maple, lrt, summit, zero_deepsub
-from lorein.methods.lorein import method as lorein
-
-
-@dataclass(frozen=True)
-class Method:
-    """A reconstruction method: its configuration class and its entry point."""
-
-    name: str
-    config: type
-    reconstruct: Callable[..., Maps]
-    description: str
-
-
-METHODS: dict[str, Method] = {
-    "lorein": Method(
-        "lorein", lorein.LoreinConfig, lorein.reconstruct, "LoREIN: LRR + PMR blocks, jointly"
-    ),
-    "summit": Method(
-        "summit", summit.SummitConfig, summit.reconstruct, "SUMMIT: parameter fields alone"
-    ),
-    "lrt": Method(
-        "lrt", lrt.LrtConfig, lrt.reconstruct, "low-rank subspace + TV (ADMM), then voxel fit"
-    ),
-    "zero-deepsub": Method(
-        "zero-deepsub",
-        zero_deepsub.ZeroDeepSubConfig,
-        zero_deepsub.reconstruct,
-        "Zero-DeepSub: zero-shot self-supervised unrolled subspace network, then voxel fit",
-    ),
-    "joint-maple": Method(
-        "joint-maple",
-        joint_maple.JointMapleConfig,
-        joint_maple.reconstruct,
-        "Joint-MAPLE: zero-shot unrolled multi-contrast network, then joint map estimation",
-    ),
-    "fit": Method(
-        "fit", fit.FitConfig, fit.reconstruct, "CG-SENSE or zero-filled images, voxel-wise fit"
-    ),
-}
-
-
-def get_method(name: str) -> Method:
-    """Look up a method; the error lists the known ones."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
-    return METHODS[name]
+from lorein.methods.base import Method, RunContext
+from lorein.methods.registry import METHODS, get_method
+from lorein.settings import merge
 
 
 def load_config(method: Method, path: Path | None, overrides: dict[str, Any] | None = None) -> Any:
     """The method's configuration: defaults, then the file's hyper-parameters, then ``overrides``.
 
     The file's hyper-parameters are its ``[METHOD]`` table or, without one, its keys outside the
-    command tables (:func:`lorein.config.method_table`). A key the configuration does not have, or
-    a value of the wrong type, is a one-line error naming the file, the table and the valid keys.
+    command tables (:func:`lorein.config.method_table`); nested tables (hash encodings) name only
+    what they change. A key the configuration does not have, or a value of the wrong type, is a
+    one-line error naming the file, the table and the key (:func:`lorein.settings.merge`).
     """
-    default = method.config()
-    defaults = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)}
+    config = method.config_class()
+    names = sorted(f.name for f in dataclasses.fields(config))
     sources = [(overrides or {}, "overrides")]
     if path is not None:
         sources.insert(0, method_table(read_toml(path), path, method.name, METHODS))
-    values: dict[str, Any] = {}
     for given, where in sources:
-        unknown = sorted(set(given) - set(defaults))
+        unknown = sorted(set(given) - set(names))
         if unknown:
             raise ValueError(
                 f"{where}: unknown {method.name} setting(s) {', '.join(unknown)}; "
-                f"valid: {', '.join(sorted(defaults))}"
+                f"valid: {', '.join(names)}"
             )
-        values.update({key: _typed(key, v, defaults[key], where) for key, v in given.items()})
-    return method.config(**values)
-
-
-_KINDS = {
-    bool: "true or false",
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    dict: "a table",
-}
-"""Types of hyper-parameters checked in configuration files, as error messages name them."""
-
-
-def _typed(key: str, value: Any, default: Any, where: str) -> Any:
-    """``value`` if it has the type of the setting's ``default`` (an integer passes as a float).
-
-    Settings whose default is ``None`` or of another type are passed through unchecked.
-    """
-    kind = type(default)
-    if kind not in _KINDS:
-        return value
-    if kind is float and type(value) is int:
-        return float(value)
-    if type(value) is not kind:
-        raise ValueError(f"{where}: {key} = {value!r}: expected {_KINDS[kind]}")
-    return value
+        config = merge(config, given, where)
+    return config
 
 
 def available_memory(device: torch.device) -> int:
@@ -128,21 +57,6 @@ def available_memory(device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
-def estimate_memory(problem: Problem, config: Any) -> int:
-    """Rough peak bytes of a LoREIN-style run (fields, hash buffers, data terms, images)."""
-    nx, ny, nz = problem.matrix
-    n = nx * ny * nz
-    coils = getattr(config, "coil_compression", None) or problem.n_coils
-    rank = getattr(config, "rank", 15)
-    fields = 7
-    hash_buffers = fields * 16 * n * 8 * 16  # precomputed corner rows, weights and transpose
-    tables = fields * 16 * min(2**19, 2 * n) * 2 * 4 * 4  # parameters, gradients, Adam moments
-    data_terms = 6 * rank * coils * n * 8  # Gram-form k-space, its gradient and temporaries
-    contrast_chunk = 4 * 16 * coils * n * 8
-    images = 4 * problem.n_contrasts * n * 8
-    return hash_buffers + tables + data_terms + contrast_chunk + images
 
 
 def _versions() -> dict[str, str]:
@@ -186,7 +100,7 @@ def run(
     problem = read_problem(problem_path)
     config = load_config(method, config_path, overrides)
     dev = resolve_device(device)
-    need, have = estimate_memory(problem, config), available_memory(dev)
+    need, have = method.estimate_memory(problem, config), available_memory(dev)
     if need > 0.9 * have:
         raise MemoryError(
             f"{problem_path}: this {method.name} run needs about {need / 2**30:.1f} GiB but only "
@@ -203,13 +117,7 @@ def run(
     start = time.perf_counter()
     try:
         maps = method.reconstruct(
-            problem,
-            config,
-            device=device,
-            seed=seed,
-            checkpoint=checkpoint,
-            resume=resume,
-            progress=progress,
+            problem, config, RunContext(dev, seed, checkpoint, resume, progress)
         )
     except BaseException:
         # a failed or interrupted run leaves its checkpoint (for --resume) and nothing else

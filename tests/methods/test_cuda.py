@@ -17,7 +17,7 @@ import torch
 
 from lorein.eval.metrics import map_error
 from lorein.methods.baselines.summit import SummitConfig
-from lorein.run import METHODS
+from lorein.methods.registry import METHODS, reconstruct
 from lorein.sim.simulate import Simulation, simulate
 from tests.fake_cuda import fake_cuda
 from tests.helpers import TINY, TINY_LOREIN_SETTINGS
@@ -62,11 +62,11 @@ def compare_devices(sim: Simulation, case: str, device: str) -> dict[str, tuple[
     """
     name, settings = CASES[case]
     method = METHODS[name]
-    config = method.config(**settings)
+    config = method.config_class(**settings)
     runs = []
     for dev in ("cpu", device):
         torch.manual_seed(0)
-        maps = method.reconstruct(sim.problem, config, device=dev, seed=0, progress=False)
+        maps = reconstruct(name, sim.problem, config, device=dev, seed=0, progress=False)
         for key, value in maps.values.items():
             assert value.device.type == "cpu", f"{name} on {dev}: map {key} left on {value.device}"
             assert torch.isfinite(value).all(), f"{name} on {dev}: map {key} not finite"
@@ -94,7 +94,7 @@ def test_method_keeps_its_tensors_on_the_device(sim: Simulation, case: str) -> N
     name, settings = CASES[case]
     method = METHODS[name]
     with fake_cuda():
-        maps = method.reconstruct(sim.problem, method.config(**settings), device="cuda")
+        maps = reconstruct(name, sim.problem, method.config_class(**settings), device="cuda")
     for key, value in maps.values.items():
         assert value.device.type == "cpu" and torch.isfinite(value).all(), key
 

@@ -416,3 +416,13 @@ def calibration_matrix(
     ).index_add_(0, rows, data[keep])
     n_samples = counts[:, common].reshape(-1, *([1] * len(sample_shape))).to(data.real.dtype)
     return (sums / n_samples).reshape(n_contrasts, -1)
+
+
+def temporal_subspace(
+    model: SignalModel, rank: int, n_atoms: int, b0_range_hz: float, seed: int
+) -> Subspace:
+    """Phi (``rank`` columns) from the SVD of ``n_atoms`` simulated signals over physiological
+    ranges, off-resonance within ``+-b0_range_hz`` [Hz]."""
+    ranges = DictionaryRanges(b0=(-b0_range_hz, b0_range_hz))
+    atoms, _ = simulate_dictionary(model, n_atoms, ranges, seed=seed)
+    return subspace_from_dictionary(atoms.to(torch.complex128), rank)

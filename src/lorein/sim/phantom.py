@@ -464,8 +464,19 @@ class BrainPhantom:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         rng = np.random.default_rng(seed)
+        # one generator for every part, drawn in this order (the phantom of a seed is fixed)
         self.tissues = _perturbed_tissues(rng)
+        self._sample_outline(rng)
+        self._sample_deep(rng)
+        self._sample_cavities(rng)
+        self._sample_veins(rng)
+        self._sample_texture(rng)
+        # Lesions go where labels_at, evaluated without lesions, finds white matter.
+        self.lesions: tuple[tuple[torch.Tensor, float], ...] = ()
+        self.lesions = self._sample_lesions(rng, 4)
 
+    def _sample_outline(self, rng: np.random.Generator) -> None:
+        """Head outline, cortex, sulci and the interhemispheric and Sylvian fissures."""
         # Head outline: ellipsoid with an egg-shaped and a seeded low-order radius modulation.
         self._centre = torch.tensor([0.0, -2.0, -10.0] + _jitter(rng, 1.0), dtype=torch.float32)
         self._head_axes = torch.tensor(
@@ -497,6 +508,9 @@ class BrainPhantom:
             width=2.0,
         )
 
+    def _sample_deep(self, rng: np.random.Generator) -> None:
+        """Ventricles and deep grey matter (``_deep``) and their bounding box."""
+        midline = float(self._centre[0])
         # Deep structures, painted in this order over white matter: lateral ventricles (frontal
         # horn, body, atrium, occipital horn, temporal horn), caudate (head, body), putamen,
         # globus pallidus, thalamus, third ventricle, perivascular spaces.
@@ -535,6 +549,8 @@ class BrainPhantom:
         centres = torch.stack([s.centre for s in shapes])
         self._deep_box = ((centres - reach).amin(0), (centres + reach).amax(0))
 
+    def _sample_cavities(self, rng: np.random.Generator) -> None:
+        """Air cavities (frontal sinus, ear canals) in thickened bone."""
         # Air cavities in thickened bone: frontal sinus, right and left ear canal with mastoid.
         self._cavities: dict[str, _Cavity] = {}
         for name, direction, radius, thickening, width in [
@@ -549,6 +565,9 @@ class BrainPhantom:
             self._cavities[name] = _Cavity(centre, r, u, thickening, width)
         self.cavities = {name: (c.centre.clone(), c.radius) for name, c in self._cavities.items()}
 
+    def _sample_veins(self, rng: np.random.Generator) -> None:
+        """Superior sagittal sinus radii, deep and cortical veins."""
+        midline = float(self._centre[0])
         # Veins: superior sagittal sinus (tube along the inner table at the midline, anterior ->
         # posterior radius), straight sinus, vein of Galen, internal cerebral veins, cortical veins.
         self._sss_radius = (2.2, 3.8)
@@ -564,15 +583,13 @@ class BrainPhantom:
         )
         self._cortical_veins = [self._cortical_vein(rng) for _ in range(4)]
 
+    def _sample_texture(self, rng: np.random.Generator) -> None:
+        """Texture of M0, T1, T2, T2* and the smooth B0 [Hz] and phase0 [rad] polynomials."""
         # Texture of M0, T1, T2, T2* and the smooth B0 [Hz] and phase0 [rad] polynomials (in
         # units of 100 mm).
         self._texture = _Waves.sample(rng, 20, (12.0, 60.0), n_fields=4)
         scales = np.array([[5.0, 0.5]] + [[25.0, 0.6]] * 3 + [[20.0, 0.3]] * 6)
         self._poly = torch.tensor(rng.uniform(-1, 1, size=(10, 2)) * scales, dtype=torch.float32)
-
-        # Lesions go where labels_at, evaluated without lesions, finds white matter.
-        self.lesions: tuple[tuple[torch.Tensor, float], ...] = ()
-        self.lesions = self._sample_lesions(rng, 4)
 
     @staticmethod
     def _points(

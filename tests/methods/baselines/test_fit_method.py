@@ -8,9 +8,9 @@ import torch
 
 from lorein.eval.metrics import map_error
 from lorein.methods.baselines.fit import FitConfig
-from lorein.methods.baselines.fit import reconstruct as fit_reconstruct
 from lorein.methods.baselines.summit import SummitConfig
-from lorein.run import METHODS, load_config
+from lorein.methods.registry import METHODS, reconstruct
+from lorein.run import load_config
 from lorein.sim.simulate import Simulation, simulate
 from tests.helpers import TINY
 
@@ -28,7 +28,7 @@ def test_fit_of_full_data_beats_fit_of_undersampled_data(images: str, sim: Simul
     truth, mask = full.truth, full.truth.mask
     errors = []
     for problem in (full.problem, sim.problem):
-        maps = fit_reconstruct(problem, FitConfig(images=images), progress=False)
+        maps = reconstruct("fit", problem, FitConfig(images=images), progress=False)
         assert maps.images is not None and maps.images.shape == (60, 4, 24, 24)
         errors.append([map_error(n, maps.values[n], getattr(truth, n), mask) for n in ERRORS])
     # The tiny grid's partial volume limits even full data (T1 0.42, T2* 0.34 without noise);
@@ -46,7 +46,7 @@ def test_summit_config_maps_onto_the_pmr_only_lorein_mode() -> None:
 def test_every_method_is_registered_with_a_loadable_default_config() -> None:
     for name, method in METHODS.items():
         assert method.name == name
-        assert isinstance(load_config(method, None), method.config)
+        assert isinstance(load_config(method, None), method.config_class)
     with pytest.raises(ValueError, match="unknown summit setting"):
         load_config(METHODS["summit"], None, {"rank": 3})
 
@@ -65,7 +65,7 @@ def test_summit_runs_without_the_low_rank_block(sim: Simulation) -> None:
         phase_encoding=dict(small, n_min=1),
         coil_encoding={"n_levels": 3, "n_features": 2, "log2_table": 4, "n_min": 1, "growth": 1.5},
     )
-    maps = METHODS["summit"].reconstruct(sim.problem, config, progress=False)
+    maps = reconstruct("summit", sim.problem, config, progress=False)
     assert maps.images is None and {"dc2", "wnnm"} <= set(maps.extras["history"][-1])
     assert all(torch.isfinite(v).all() for v in maps.values.values())
     assert math.isfinite(maps.extras["dc2_relative_difference"])
@@ -77,7 +77,7 @@ def test_known_coils_are_compressed_with_the_data() -> None:
     truth, mask = full.truth, full.truth.mask
     errors = []
     for n in (None, 3):
-        maps = fit_reconstruct(problem, FitConfig(coil_compression=n), progress=False).values
+        maps = reconstruct("fit", problem, FitConfig(coil_compression=n), progress=False).values
         errors.append([map_error(m, maps[m], getattr(truth, m), mask) for m in ERRORS])
     # fully sampled: SENSE with compressed known coils solves the same least-squares problem
     # (measured: equal to 4 digits; 0.6 % of the voxels, at the support's edge, differ)

@@ -17,13 +17,13 @@ from lorein.methods.baselines.joint_maple import (
     heldout_loss,
     kspace_data_term,
     plane_images,
-    reconstruct,
     refine_maps,
     train_network,
     volume_images,
 )
 from lorein.methods.baselines.zero_shot import split_lines
 from lorein.methods.calibration import espirit_coils, estimate_from_calibration
+from lorein.methods.registry import reconstruct
 from lorein.numerics.voxel_fit import fit_maps, zero_filled_images
 from lorein.physics.coils import rss_normalise, simulate_coils
 from lorein.physics.operators import ContrastDataTerm, EncodingOperator
@@ -278,7 +278,7 @@ def test_beats_zero_filled_fitting(tiny: Simulation, dc_solver: str) -> None:
         lr=2e-3,
         map_iterations=40,
     )
-    maps = reconstruct(problem, config, progress=False)
+    maps = reconstruct("joint-maple", problem, config, progress=False)
 
     assert set(maps.values) == set(model.parameters)
     for v in maps.values.values():

@@ -16,10 +16,10 @@ from lorein.methods.baselines.lrt import (
     gram_scale,
     group_norm,
     group_shrink,
-    reconstruct,
     voxel_weights,
 )
 from lorein.methods.calibration import espirit_coils, estimate_from_calibration
+from lorein.methods.registry import reconstruct
 from lorein.numerics.cg import conjugate_gradient
 from lorein.numerics.voxel_fit import fit_maps, zero_filled_images
 from lorein.physics.operators import EncodingOperator
@@ -123,7 +123,7 @@ def sim() -> Simulation:
 
 @pytest.fixture(scope="module")
 def lrt_maps(sim: Simulation) -> Maps:
-    return reconstruct(sim.problem, progress=False)
+    return reconstruct("lrt", sim.problem, progress=False)
 
 
 def test_output_contract(sim: Simulation, lrt_maps: Maps) -> None:
@@ -159,9 +159,9 @@ def test_lrt_beats_zero_filled_fitting(sim: Simulation, lrt_maps: Maps) -> None:
 def test_data_scale_does_not_change_the_maps(sim: Simulation) -> None:
     config = LrtConfig(iterations=4, cg_iterations=3, fit_method="dictionary")
     problem = sim.problem
-    base = reconstruct(problem, config, progress=False)
+    base = reconstruct("lrt", problem, config, progress=False)
     louder = dataclasses.replace(problem, kspace=problem.kspace * 1e3)
-    scaled = reconstruct(louder, config, progress=False)
+    scaled = reconstruct("lrt", louder, config, progress=False)
     assert scaled.images is not None and base.images is not None
     expected = 1e3 * base.images
     # ESPIRiT's float32 iterations differ by ~6e-5 between the two scales; ADMM amplifies that
@@ -174,6 +174,6 @@ def test_data_scale_does_not_change_the_maps(sim: Simulation) -> None:
 
 def test_coil_compression(sim: Simulation) -> None:
     config = LrtConfig(iterations=2, cg_iterations=2, fit_method="dictionary", coil_compression=2)
-    maps = reconstruct(sim.problem, config, progress=False)
+    maps = reconstruct("lrt", sim.problem, config, progress=False)
     assert maps.coils is not None and maps.coils.shape[0] == 2
     assert torch.isfinite(maps.values["T1"]).all()

@@ -14,9 +14,9 @@ from lorein.methods.baselines.zero_deepsub import (
     UnrolledSubspaceNet,
     ZeroDeepSubConfig,
     effective_config,
-    reconstruct,
 )
 from lorein.methods.calibration import espirit_coils, estimate_from_calibration
+from lorein.methods.registry import reconstruct
 from lorein.numerics.cg import conjugate_gradient
 from lorein.numerics.voxel_fit import fit_maps, zero_filled_images
 from lorein.physics.operators import EncodingOperator
@@ -35,7 +35,7 @@ def sim() -> Simulation:
 
 @pytest.fixture(scope="module")
 def maps(sim: Simulation) -> Maps:
-    return reconstruct(sim.problem, E2E, progress=False)
+    return reconstruct("zero-deepsub", sim.problem, E2E, progress=False)
 
 
 def test_full_size_selects_the_original_sizes() -> None:
@@ -137,11 +137,14 @@ def test_beats_zero_filled_fitting(sim: Simulation, maps: Maps) -> None:
 
 def test_resume_continues_to_the_same_result(sim: Simulation, tmp_path: Path) -> None:
     small = {"unrolls": 1, "blocks": 1, "channels": 4, "cg_iterations": 2, "rank": 4}
-    straight = reconstruct(sim.problem, ZeroDeepSubConfig(epochs=4, **small), progress=False)
+    straight = reconstruct(
+        "zero-deepsub", sim.problem, ZeroDeepSubConfig(epochs=4, **small), progress=False
+    )
     ckpt = tmp_path / "ckpt.pt"
     first = ZeroDeepSubConfig(epochs=2, **small)
-    reconstruct(sim.problem, first, checkpoint=ckpt, progress=False)
+    reconstruct("zero-deepsub", sim.problem, first, checkpoint=ckpt, progress=False)
     resumed = reconstruct(
+        "zero-deepsub",
         sim.problem,
         ZeroDeepSubConfig(epochs=4, **small),
         checkpoint=ckpt,

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorein.methods.lorein.method import LoreinConfig, reconstruct, resolve_encoding
+from lorein.methods.lorein.config import LoreinConfig, resolve_encoding
+from lorein.methods.registry import reconstruct
 from lorein.sim.simulate import Simulation, simulate
 from tests.helpers import TINY, TINY_LOREIN_SETTINGS
 
@@ -27,7 +28,7 @@ def test_auto_growth_reaches_twice_the_grid() -> None:
 
 
 def test_joint_run_learns_and_reports(sim: Simulation) -> None:
-    maps = reconstruct(sim.problem, tiny_config(), progress=False)
+    maps = reconstruct("lorein", sim.problem, tiny_config(), progress=False)
     history = maps.extras["history"]
     assert len(history) == 40
     assert {"dc1", "dc2", "prior", "wnnm"} <= set(history[-1])
@@ -41,19 +42,23 @@ def test_joint_run_learns_and_reports(sim: Simulation) -> None:
 
 def test_resume_continues_to_the_same_result(sim: Simulation, tmp_path: Path) -> None:
     cfg = tiny_config(iterations=30, wnnm_start=15)
-    straight = reconstruct(sim.problem, cfg, progress=False)
+    straight = reconstruct("lorein", sim.problem, cfg, progress=False)
     ckpt = tmp_path / "ckpt.pt"
     reconstruct(
-        sim.problem, tiny_config(iterations=20, wnnm_start=15), checkpoint=ckpt, progress=False
+        "lorein",
+        sim.problem,
+        tiny_config(iterations=20, wnnm_start=15),
+        checkpoint=ckpt,
+        progress=False,
     )
-    resumed = reconstruct(sim.problem, cfg, checkpoint=ckpt, resume=True, progress=False)
+    resumed = reconstruct("lorein", sim.problem, cfg, checkpoint=ckpt, resume=True, progress=False)
     for name in ("T1", "T2star", "B0"):
         torch.testing.assert_close(resumed.values[name], straight.values[name])
 
 
 @pytest.mark.parametrize("mode", ["pmr-only", "lrr-fit"])
 def test_ablation_modes_run(sim: Simulation, mode: str) -> None:
-    maps = reconstruct(sim.problem, tiny_config(mode=mode, iterations=15), progress=False)
+    maps = reconstruct("lorein", sim.problem, tiny_config(mode=mode, iterations=15), progress=False)
     assert torch.isfinite(maps.values["T1"]).all()
     if mode == "pmr-only":
         assert maps.images is None and "dc1" not in maps.extras["history"][-1]
@@ -62,14 +67,17 @@ def test_ablation_modes_run(sim: Simulation, mode: str) -> None:
 
 
 def test_subspace_dc2_path_runs(sim: Simulation) -> None:
-    maps = reconstruct(sim.problem, tiny_config(dc2_path="subspace", iterations=15), progress=False)
+    maps = reconstruct(
+        "lorein", sim.problem, tiny_config(dc2_path="subspace", iterations=15), progress=False
+    )
     assert "dc2" in maps.extras["history"][-1]
 
 
 def test_prior_fast_path_equals_naive_formula(sim: Simulation) -> None:
     """The prior from the projected factors equals ||Phi u - I||^2 / (T V C) of the images."""
-    from lorein.methods.lorein.method import LoreinLosses, temporal_subspace
+    from lorein.methods.lorein.objective import LoreinLosses
     from lorein.physics.signal_models import signal_model
+    from lorein.physics.subspace import temporal_subspace
 
     problem = sim.problem
     model = signal_model(problem.signal_model, problem.contrasts)
@@ -101,6 +109,7 @@ def test_prior_flow_decides_which_blocks_the_prior_trains(
     # only the prior acts: with "to-pmr" its weight must not reach the LRR block's images
     runs = [
         reconstruct(
+            "lorein",
             sim.problem,
             tiny_config(
                 iterations=12, pretrain=2, dc1=0.0, dc2=0.0, wnnm=0.0, prior=w, prior_flow=flow
@@ -120,7 +129,7 @@ def test_unknown_choice_is_rejected(key: str) -> None:
 
 
 def test_report_times_warm_up_and_steps(sim: Simulation) -> None:
-    extras = reconstruct(sim.problem, tiny_config(iterations=3), progress=False).extras
+    extras = reconstruct("lorein", sim.problem, tiny_config(iterations=3), progress=False).extras
     assert 0 < extras["warm_up_seconds"] < extras["seconds"]
     assert 0 < 3 * extras["seconds_per_step"] < extras["seconds"]
 
@@ -137,7 +146,7 @@ def test_pmr_start_from_lrr_fits_the_pretrained_images(
 ) -> None:
     """With ``pmr_start = "lrr"`` the maps are started once, from the LRR block's images after
     pre-training (the CG warm start leaves them alone); with ``"cg"`` never during the loop."""
-    import lorein.methods.lorein.method as lorein_module
+    import lorein.methods.lorein.pipeline as lorein_module
 
     calls: list[torch.Tensor] = []
     real = lorein_module.start_maps
@@ -147,10 +156,13 @@ def test_pmr_start_from_lrr_fits_the_pretrained_images(
         return real(pmr, images, *args, **kwargs)
 
     monkeypatch.setattr(lorein_module, "start_maps", recording)
-    reconstruct(sim.problem, tiny_config(iterations=12, pretrain=10), progress=False)
+    reconstruct("lorein", sim.problem, tiny_config(iterations=12, pretrain=10), progress=False)
     assert calls == []
     maps = reconstruct(
-        sim.problem, tiny_config(pmr_start="lrr", iterations=11, pretrain=10), progress=False
+        "lorein",
+        sim.problem,
+        tiny_config(pmr_start="lrr", iterations=11, pretrain=10),
+        progress=False,
     )
     assert len(calls) == 1
     started, final = calls[0].flatten(), maps.images.flatten()

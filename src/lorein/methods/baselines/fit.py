@@ -11,18 +11,17 @@ tests of the other baselines.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Literal
-
-import torch
 
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
+from lorein.methods.base import Method, RunContext, finish
 from lorein.methods.calibration import espirit_coils, estimate_from_calibration
 from lorein.numerics.voxel_fit import FitMethod, fit_maps, sense_images, zero_filled_images
 from lorein.physics.coils import apply_coil_compression, coil_compression
 from lorein.physics.signal_models import signal_model
+from lorein.settings import validate
 
 
 @dataclass
@@ -49,53 +48,55 @@ class FitConfig:
     fit_iterations: int = 6
     coil_compression: int | None = None
 
+    def __post_init__(self) -> None:
+        validate(self)
 
-def reconstruct(
-    problem: Problem,
-    config: FitConfig | None = None,
-    device: str = "cpu",
-    seed: int = 0,
-    checkpoint: Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> Maps:
-    """Weighted images and voxel-wise maps of a problem.
 
-    ``seed``, ``checkpoint``, ``resume`` and ``progress`` are accepted for the common method
-    interface; the pipeline is deterministic and short, so it neither checkpoints nor draws
-    random numbers.
+class Fit(Method):
+    """CG-SENSE or zero-filled images of every contrast, then a voxel-wise fit.
 
-    Returns
-    -------
-    Maps (M0 in data units, times [s], B0 [Hz], phase0 [rad]), the calibration support as mask,
-    the weighted images ``[T, nz, ny, nx]`` and the ESPIRiT coils.
+    The pipeline is deterministic and short, so it neither checkpoints nor draws random numbers.
+    It works in data units (no calibration scaling): SENSE with known coils compresses them with
+    the data's own compression matrix. Returns the calibration support as mask, the weighted
+    images ``[T, nz, ny, nx]`` and the coils used.
     """
-    config = config or FitConfig()
-    if config.images not in ("sense", "zero-filled"):
-        raise ValueError(f"fit: images must be 'sense' or 'zero-filled', got {config.images!r}")
-    start = time.perf_counter()
-    dev = torch.device(device)
-    kspace = problem.kspace
-    if config.coil_compression is not None and config.coil_compression < problem.n_coils:
-        kspace, matrix = coil_compression(kspace, config.coil_compression, coil_dim=1)
-        known = problem.coils
-        if known is not None:  # the same virtual coils: exact, since compression is linear
-            known = apply_coil_compression(known, matrix.to(known.device), coil_dim=0)
-        problem = replace(problem, kspace=kspace, coils=known)
-    coils = (problem.coils if problem.coils is not None else espirit_coils(problem)).to(dev)
-    support = estimate_from_calibration(problem, kspace).support.cpu()
-    if config.images == "sense":
-        images = sense_images(problem, coils, iterations=config.sense_iterations)
-    else:
-        images = zero_filled_images(problem, coils)
-    model = signal_model(problem.signal_model, problem.contrasts.to(dev))
-    maps = fit_maps(
-        images, model, mask=support.to(dev), method=config.fit, iterations=config.fit_iterations
-    )
-    return Maps(
-        values={k: v.float().cpu() for k, v in maps.items()},
-        mask=support.to(torch.uint8),
-        images=images.cpu(),
-        coils=coils.cpu(),
-        extras={"history": [], "seconds": time.perf_counter() - start, "config": asdict(config)},
-    )
+
+    name = "fit"
+    description = "CG-SENSE or zero-filled images, voxel-wise fit"
+    config_class = FitConfig
+
+    def reconstruct(self, problem: Problem, config: FitConfig, context: RunContext) -> Maps:
+        if config.images not in ("sense", "zero-filled"):
+            raise ValueError(f"fit: images must be 'sense' or 'zero-filled', got {config.images!r}")
+        start = time.perf_counter()
+        dev = context.device
+        kspace = problem.kspace
+        if config.coil_compression is not None and config.coil_compression < problem.n_coils:
+            kspace, matrix = coil_compression(kspace, config.coil_compression, coil_dim=1)
+            known = problem.coils
+            if known is not None:  # the same virtual coils: exact, since compression is linear
+                known = apply_coil_compression(known, matrix.to(known.device), coil_dim=0)
+            problem = replace(problem, kspace=kspace, coils=known)
+        coils = (problem.coils if problem.coils is not None else espirit_coils(problem)).to(dev)
+        support = estimate_from_calibration(problem, kspace).support.cpu()
+        if config.images == "sense":
+            images = sense_images(problem, coils, iterations=config.sense_iterations)
+        else:
+            images = zero_filled_images(problem, coils)
+        model = signal_model(problem.signal_model, problem.contrasts.to(dev))
+        maps = fit_maps(
+            images,
+            model,
+            mask=support.to(dev),
+            method=config.fit,
+            iterations=config.fit_iterations,
+        )
+        return finish(
+            maps,
+            mask=support,
+            images=images,
+            coils=coils,
+            extras={"history": []},
+            config=config,
+            started=start,
+        )

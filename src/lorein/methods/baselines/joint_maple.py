@@ -62,11 +62,10 @@ Where it departs from the original:
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal
 
 import torch
 from torch import nn
@@ -74,6 +73,7 @@ from tqdm import tqdm
 
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
+from lorein.methods.base import Method, RunContext, finish, prepare
 from lorein.methods.baselines.zero_shot import (
     EarlyStopping,
     LineSplit,
@@ -84,13 +84,14 @@ from lorein.methods.baselines.zero_shot import (
     normalised_loss,
     split_lines,
 )
-from lorein.methods.calibration import espirit_coils, scaled_kspace
+from lorein.methods.calibration import espirit_coils
 from lorein.numerics.cg import conjugate_gradient
 from lorein.numerics.optimisation import LoopConfig, Optimisation
 from lorein.numerics.voxel_fit import FitBounds, default_b0_max, fit_maps
 from lorein.physics.fft import centered_ifft, modulation
 from lorein.physics.operators import ContrastDataTerm
-from lorein.physics.signal_models import SignalModel, signal_model
+from lorein.physics.signal_models import SignalModel
+from lorein.settings import validate
 
 FULL_SIZE = {"unrolls": 8, "channels": 128, "blocks": 12, "cg_iterations": 6}
 """Network sizes of the original Joint-MAPLE."""
@@ -173,10 +174,7 @@ class JointMapleConfig:
     coil_compression: int | None = None
 
     def __post_init__(self) -> None:
-        if self.dc_solver not in get_args(DcSolver):
-            raise ValueError(
-                f"dc_solver = {self.dc_solver!r}: expected one of {', '.join(get_args(DcSolver))}"
-            )
+        validate(self)
 
     def network_sizes(self) -> dict[str, int]:
         """``unrolls``, ``channels``, ``blocks`` and ``cg_iterations`` in effect."""
@@ -816,97 +814,79 @@ def refine_maps(
 # --------------------------------------------------------------------------------------------
 
 
-def reconstruct(
-    problem: Problem,
-    config: JointMapleConfig | None = None,
-    device: str = "cpu",
-    seed: int = 0,
-    checkpoint: Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> Maps:
-    """Run Joint-MAPLE on a problem.
+class JointMaple(Method):
+    """Joint-MAPLE: zero-shot unrolled multi-contrast network, then joint map estimation.
 
-    Parameters
-    ----------
-    problem
-        The acquisition (never the truth).
-    config
-        Hyper-parameters; defaults if None.
-    device
-        ``"cpu"`` or ``"cuda"``.
-    seed
-        Seeds the line split, the plane order and the network initialisation.
-    checkpoint
-        Checkpoint file of the network training (resume with ``resume=True``); the map stage is
-        short and deterministic and is rerun.
-    resume
-        Continue the network training from ``checkpoint``.
-    progress
-        Show progress bars.
-
-    Returns
-    -------
-    Maps ``M0`` (data units), ``T1``, ``T2`` (``t2ir_gre``), ``T2star`` [s], ``B0`` [Hz],
-    ``phase0`` [rad] inside the calibration support (zero outside); the support as ``mask``; the
-    network images ``[T, nz, ny, nx]`` in data units; the ESPIRiT coils; ``extras`` with the
-    per-step ``history`` (network steps, then map steps), ``network_steps`` and ``seconds``.
+    The seed draws the line split, the plane order and the network initialisation; the network
+    training checkpoints and resumes (the map stage is short and deterministic and is rerun).
+    Returns maps inside the calibration support (zero outside), the support as ``mask``, the
+    network images, the ESPIRiT coils and ``extras`` with the per-step ``history`` (network
+    steps, then map steps), ``network_steps``, ``heldout_best`` and ``mu``.
     """
-    config = config or JointMapleConfig()
-    start = time.perf_counter()
-    torch.manual_seed(seed)
-    dev = torch.device(device)
-    kspace, calib = scaled_kspace(problem, config.coil_compression, dev)
-    coils = espirit_coils(problem, kspace).to(dev)
-    support = calib.support.to(dev)
-    ky, kz, contrast = problem.ky.to(dev), problem.kz.to(dev), problem.contrast.to(dev)
-    encoding = PlaneEncoding(kspace, ky, kz, contrast, coils, problem.n_contrasts)
 
-    split = split_lines(
-        problem.contrast,
-        config.heldout_fraction,
-        config.loss_fraction,
-        config.n_masks,
-        seed,
-        stochastic_rounding=True,
+    name = "joint-maple"
+    description = (
+        "Joint-MAPLE: zero-shot unrolled multi-contrast network, then joint map estimation"
     )
-    net = UnrolledNetwork(
-        problem.n_contrasts, config.network_sizes(), config.mu, config.dc_solver
-    ).to(dev)
-    history, stopping = train_network(
-        net, encoding, split, config, seed, checkpoint, resume, progress
-    )
-    images = network_images(net, encoding)
+    config_class = JointMapleConfig
 
-    model = signal_model(problem.signal_model, problem.contrasts.to(dev))
-    initial = fit_maps(images, model, mask=support)
-    data_term = kspace_data_term(encoding, kspace, coils)
-    n_samples = kspace.numel()
-    maps, map_history = refine_maps(
-        images,
-        support,
-        model,
-        initial,
-        lambda x: data_term(x) / n_samples,
-        config.beta,
-        config.map_iterations,
-        config.map_lr,
-        progress=progress,
-    )
-    values = {k: v.cpu() for k, v in maps.items()}
-    values["M0"] = values["M0"] * calib.scale
-    extras: dict[str, Any] = {
-        "history": history + map_history,
-        "network_steps": len(history),
-        "heldout_best": stopping.best_loss,
-        "mu": float(net.log_mu.detach().exp()),
-        "config": asdict(config),
-        "seconds": time.perf_counter() - start,
-    }
-    return Maps(
-        values=values,
-        mask=support.cpu().to(torch.uint8),
-        images=(images * calib.scale).cpu().to(torch.complex64),
-        coils=coils.cpu(),
-        extras=extras,
-    )
+    def reconstruct(self, problem: Problem, config: JointMapleConfig, context: RunContext) -> Maps:
+        prepared = prepare(problem, context, config.coil_compression)
+        kspace, calib, model = prepared.kspace, prepared.calibration, prepared.model
+        coils = espirit_coils(problem, kspace).to(prepared.device)
+        support = calib.support.to(prepared.device)
+        encoding = PlaneEncoding(
+            kspace, prepared.ky, prepared.kz, prepared.contrast, coils, problem.n_contrasts
+        )
+        split = split_lines(
+            problem.contrast,
+            config.heldout_fraction,
+            config.loss_fraction,
+            config.n_masks,
+            context.seed,
+            stochastic_rounding=True,
+        )
+        net = UnrolledNetwork(
+            problem.n_contrasts, config.network_sizes(), config.mu, config.dc_solver
+        ).to(prepared.device)
+        history, stopping = train_network(
+            net,
+            encoding,
+            split,
+            config,
+            context.seed,
+            context.checkpoint,
+            context.resume,
+            context.progress,
+        )
+        images = network_images(net, encoding)
+        initial = fit_maps(images, model, mask=support)
+        data_term = kspace_data_term(encoding, kspace, coils)
+        n_samples = kspace.numel()
+        maps, map_history = refine_maps(
+            images,
+            support,
+            model,
+            initial,
+            lambda x: data_term(x) / n_samples,
+            config.beta,
+            config.map_iterations,
+            config.map_lr,
+            progress=context.progress,
+        )
+        extras = {
+            "history": history + map_history,
+            "network_steps": len(history),
+            "heldout_best": stopping.best_loss,
+            "mu": float(net.log_mu.detach().exp()),
+        }
+        return finish(
+            maps,
+            mask=support,
+            images=images,
+            coils=coils,
+            extras=extras,
+            config=config,
+            started=prepared.started,
+            scale=calib.scale,
+        )

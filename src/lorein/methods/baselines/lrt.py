@@ -44,21 +44,20 @@ Nothing here reads the truth.
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
-from lorein.methods.calibration import espirit_coils, scaled_kspace
-from lorein.methods.lorein.method import temporal_subspace
+from lorein.methods.base import Method, RunContext, finish, prepare
+from lorein.methods.calibration import espirit_coils
 from lorein.numerics.cg import conjugate_gradient
 from lorein.numerics.voxel_fit import FitMethod, fit_maps
 from lorein.physics.operators import EncodingOperator, LinearOperator
-from lorein.physics.signal_models import signal_model
+from lorein.physics.subspace import temporal_subspace
+from lorein.settings import validate
 
 
 @dataclass
@@ -98,6 +97,9 @@ class LrtConfig:
     b0_range_hz: float = 60.0
     fit_method: FitMethod = "nlls"
     coil_compression: int | None = None
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 class FiniteDifference(LinearOperator):
@@ -260,80 +262,54 @@ def admm_tv(
     return u, history
 
 
-def reconstruct(
-    problem: Problem,
-    config: LrtConfig | None = None,
-    device: str = "cpu",
-    seed: int = 0,
-    checkpoint: Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> Maps:
-    """Run the LRT baseline (ESPIRiT coils, subspace + TV by ADMM, voxel-wise fit).
+class Lrt(Method):
+    """The LRT baseline: ESPIRiT coils, subspace + TV by ADMM, voxel-wise fit of ``Phi u``.
 
-    Parameters
-    ----------
-    problem
-        The acquisition (never the truth).
-    config
-        Hyper-parameters; defaults if None.
-    device
-        Torch device for the reconstruction and the fit (``"cpu"``, ``"cuda"``, ...).
-    seed
-        Seeds the dictionary of the temporal subspace.
-    checkpoint, resume
-        Accepted for the common interface and ignored: the run is short (a few minutes at the
-        paper's sizes) and deterministic, so it is simply rerun.
-    progress
-        Show a progress bar over the ADMM iterations (objective, primal residual).
-
-    Returns
-    -------
-    Maps with ``M0`` (data units), ``T1``, ``T2`` (t2ir_gre), ``T2star`` [s], ``B0`` [Hz],
-    ``phase0`` [rad] (and ``B`` when the model estimates it), float32 ``[nz, ny, nx]``; ``mask`` the
-    calibration support (uint8); ``images = Phi u`` complex64 ``[T, nz, ny, nx]`` in data units;
-    ``coils`` the ESPIRiT maps; ``extras`` with the ADMM ``history`` and ``seconds``.
+    The run is short and deterministic, so it does not checkpoint (``checkpoint`` and
+    ``resume`` of the context are not used; an interrupted run is simply rerun); the seed draws
+    the dictionary of the temporal subspace. Returns the calibration support as mask,
+    ``images = Phi u`` and the ESPIRiT coils; ``extras`` holds the ADMM ``history`` and the
+    effective ``lambda_eff`` and ``rho_eff``.
     """
-    del checkpoint, resume
-    config = config or LrtConfig()
-    start = time.perf_counter()
-    dev = torch.device(device)
-    kspace, calib = scaled_kspace(problem, config.coil_compression, dev)
-    coils = espirit_coils(problem, kspace)
 
-    model = signal_model(problem.signal_model, problem.contrasts.to(dev))
-    subspace = temporal_subspace(
-        model, config.rank, config.dictionary_atoms, config.b0_range_hz, seed
-    )
-    phi = subspace.phi.to(dev, torch.complex64)
-    enc = EncodingOperator(
-        coils, problem.ky.to(dev), problem.kz.to(dev), problem.contrast.to(dev), phi
-    )
-    g = gram_scale(enc)
-    prob = AdmmProblem(
-        enc=enc,
-        rhs=enc.H(kspace),
-        y_norm2=float(kspace.abs().square().sum(dtype=torch.float64)),
-        diff=FiniteDifference(voxel_weights(problem.voxel_size)),
-        lam=config.lambda_tv * g * math.sqrt(problem.n_contrasts),
-        rho=config.rho * g,
-    )
-    u, history = admm_tv(prob, config.iterations, config.cg_iterations, progress)
+    name = "lrt"
+    description = "low-rank subspace + TV (ADMM), then voxel fit"
+    config_class = LrtConfig
 
-    images = torch.tensordot(phi, u, dims=([1], [0])) * calib.scale
-    support = calib.support
-    fitted = fit_maps(images, model, mask=support, method=config.fit_method)
-    return Maps(
-        values={k: v.float().cpu() for k, v in fitted.items()},
-        mask=support.cpu().to(torch.uint8),
-        images=images.cpu(),
-        coils=coils.cpu(),
-        extras={
+    def reconstruct(self, problem: Problem, config: LrtConfig, context: RunContext) -> Maps:
+        prepared = prepare(problem, context, config.coil_compression)
+        kspace, calib, model = prepared.kspace, prepared.calibration, prepared.model
+        coils = espirit_coils(problem, kspace)
+        subspace = temporal_subspace(
+            model, config.rank, config.dictionary_atoms, config.b0_range_hz, context.seed
+        )
+        phi = subspace.phi.to(prepared.device, torch.complex64)
+        enc = EncodingOperator(coils, prepared.ky, prepared.kz, prepared.contrast, phi)
+        g = gram_scale(enc)
+        prob = AdmmProblem(
+            enc=enc,
+            rhs=enc.H(kspace),
+            y_norm2=float(kspace.abs().square().sum(dtype=torch.float64)),
+            diff=FiniteDifference(voxel_weights(problem.voxel_size)),
+            lam=config.lambda_tv * g * math.sqrt(problem.n_contrasts),
+            rho=config.rho * g,
+        )
+        u, history = admm_tv(prob, config.iterations, config.cg_iterations, context.progress)
+        # fitted in data units, so the fit sees the data's scale
+        images = torch.tensordot(phi, u, dims=([1], [0])) * calib.scale
+        fitted = fit_maps(images, model, mask=calib.support, method=config.fit_method)
+        extras = {
             "history": history,
-            "seconds": time.perf_counter() - start,
-            "config": asdict(config),
             "lambda_eff": prob.lam,
             "rho_eff": prob.rho,
             "subspace_captured_energy": subspace.captured_energy,
-        },
-    )
+        }
+        return finish(
+            fitted,
+            mask=calib.support,
+            images=images,
+            coils=coils,
+            extras=extras,
+            config=config,
+            started=prepared.started,
+        )

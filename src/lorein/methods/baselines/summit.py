@@ -15,14 +15,17 @@ cold start) so that both methods get the same start and the same number of steps
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import dataclasses
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
-from lorein.methods.lorein import method as lorein
-from lorein.methods.lorein.method import LoreinConfig
+from lorein.methods.base import Method, RunContext
+from lorein.methods.lorein import pipeline
+from lorein.methods.lorein.config import HashEncodingConfig, LoreinConfig
+from lorein.methods.lorein.model import field_memory
+from lorein.settings import validate
 
 _DEFAULTS = LoreinConfig()
 
@@ -30,7 +33,11 @@ _DEFAULTS = LoreinConfig()
 def _default(name: str) -> Any:
     """LoREIN's default of a field, copied so that dict defaults are not shared."""
     value = getattr(_DEFAULTS, name)
-    return field(default_factory=lambda: dict(value)) if isinstance(value, dict) else value
+    if isinstance(value, dict):
+        return field(default_factory=lambda: dict(value))
+    if isinstance(value, HashEncodingConfig):
+        return field(default_factory=lambda: replace(value))
+    return value
 
 
 @dataclass
@@ -51,32 +58,31 @@ class SummitConfig:
     wnnm_maps: dict[str, float] = _default("wnnm_maps")
     dc2_path: Literal["exact", "subspace"] = "exact"
     coil_compression: int | None = _default("coil_compression")
-    map_encoding: dict[str, Any] = _default("map_encoding")
-    phase_encoding: dict[str, Any] = _default("phase_encoding")
-    coil_encoding: dict[str, Any] = _default("coil_encoding")
+    map_encoding: HashEncodingConfig = _default("map_encoding")
+    phase_encoding: HashEncodingConfig = _default("phase_encoding")
+    coil_encoding: HashEncodingConfig = _default("coil_encoding")
     hidden: int = _default("hidden")
     layers: int = _default("layers")
     initial: dict[str, float] = _default("initial")
 
+    def __post_init__(self) -> None:
+        validate(self)
+
     def lorein_config(self) -> LoreinConfig:
         """The equivalent LoREIN configuration (``mode = "pmr-only"``, no pre-training)."""
-        return LoreinConfig(mode="pmr-only", pretrain=0, **asdict(self))
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return LoreinConfig(mode="pmr-only", pretrain=0, **fields)
 
 
-def reconstruct(
-    problem: Problem,
-    config: SummitConfig | None = None,
-    device: str = "cpu",
-    seed: int = 0,
-    checkpoint: Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> Maps:
-    """Run the PMR block alone; arguments and result as
-    :func:`lorein.methods.lorein.method.reconstruct`."""
-    config = config or SummitConfig()
-    maps = lorein.reconstruct(
-        problem, config.lorein_config(), device, seed, checkpoint, resume, progress
-    )
-    maps.extras["config"] = asdict(config)
-    return maps
+class Summit(Method):
+    """The PMR block alone: LoREIN's stages in ``mode = "pmr-only"``."""
+
+    name = "summit"
+    description = "SUMMIT: parameter fields alone"
+    config_class = SummitConfig
+
+    def reconstruct(self, problem: Problem, config: SummitConfig, context: RunContext) -> Maps:
+        return pipeline.run(problem, config.lorein_config(), context, recorded=config)
+
+    def estimate_memory(self, problem: Problem, config: SummitConfig) -> int:
+        return field_memory(problem, config.lorein_config())

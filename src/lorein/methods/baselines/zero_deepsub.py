@@ -61,8 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -71,20 +70,22 @@ from tqdm import tqdm
 
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
+from lorein.methods.base import Method, RunContext, finish, prepare
 from lorein.methods.baselines.zero_shot import (
+    LineSplit,
     ResidualBlock,
     Training,
     central_lines,
     kspace_loss,
     split_lines,
 )
-from lorein.methods.calibration import espirit_coils, scaled_kspace
-from lorein.methods.lorein.method import temporal_subspace
+from lorein.methods.calibration import espirit_coils
 from lorein.numerics.cg import conjugate_gradient
 from lorein.numerics.optimisation import LoopConfig, Optimisation
 from lorein.numerics.voxel_fit import fit_maps
 from lorein.physics.operators import EncodingOperator
-from lorein.physics.signal_models import signal_model
+from lorein.physics.subspace import temporal_subspace
+from lorein.settings import validate
 
 FULL_SIZE: dict[str, int] = {
     "unrolls": 10,
@@ -162,6 +163,9 @@ class ZeroDeepSubConfig:
     n_masks: int = 4
     keep_centre: tuple[int, int] = (4, 4)
     coil_compression: int | None = None
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 def effective_config(config: ZeroDeepSubConfig) -> ZeroDeepSubConfig:
@@ -412,99 +416,65 @@ def train(
     return history, stopping.best_iteration
 
 
-def reconstruct(
-    problem: Problem,
-    config: ZeroDeepSubConfig | None = None,
-    device: str = "cpu",
-    seed: int = 0,
-    checkpoint: Path | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> Maps:
-    """Run Zero-DeepSub on a problem.
+class ZeroDeepSub(Method):
+    """Zero-DeepSub: zero-shot self-supervised unrolled subspace network, then a voxel fit.
 
-    Parameters
-    ----------
-    problem
-        The acquisition (never the truth).
-    config
-        Hyper-parameters; defaults if None.
-    device
-        ``"cpu"`` or ``"cuda"``.
-    seed
-        Seeds the split, the dictionary and the network's initialisation.
-    checkpoint
-        Checkpoint file of the training loop (resume with ``resume=True``).
-    resume
-        Continue from ``checkpoint``.
-    progress
-        Show a progress bar.
-
-    Returns
-    -------
-    Maps with M0 (data units), T1, T2 (t2ir_gre), T2star [s], B0 [Hz], phase0 [rad] fitted to
-    ``Phi u`` inside the calibration support (``mask``); ``images = Phi u`` ``[T, nz, ny, nx]``
-    complex64 in data units; the ESPIRiT coils; ``extras`` with the ``history`` (per Adam step:
-    ``train`` and, at epoch ends, ``validation`` loss), ``best_iteration`` (index into the history
-    of the kept weights) and ``seconds``.
+    The seed draws the line split, the dictionary and the network's initialisation; the
+    training loop checkpoints and resumes. Returns maps fitted to ``Phi u`` inside the
+    calibration support (``mask``), ``images = Phi u``, the ESPIRiT coils and ``extras`` with the
+    ``history`` (per Adam step: ``train`` and, at epoch ends, ``validation`` loss),
+    ``best_iteration`` (index into the history of the kept weights), ``mu`` and the line counts.
     """
-    config = effective_config(config or ZeroDeepSubConfig())
-    start = time.perf_counter()
-    torch.manual_seed(seed)
-    dev = torch.device(device)
-    nx, ny, nz = problem.matrix
-    kspace, calib = scaled_kspace(problem, config.coil_compression, dev)
-    coils = espirit_coils(problem, kspace)
 
-    model = signal_model(problem.signal_model, problem.contrasts.to(dev))
-    subspace = temporal_subspace(
-        model, config.rank, config.dictionary_atoms, config.b0_range_hz, seed
+    name = "zero-deepsub"
+    description = (
+        "Zero-DeepSub: zero-shot self-supervised unrolled subspace network, then voxel fit"
     )
-    phi = subspace.phi.to(dev, torch.complex64)
-    data = SubspaceData(
-        kspace,
-        problem.ky.to(dev),
-        problem.kz.to(dev),
-        problem.contrast.to(dev),
-        coils,
-        phi,
-        config.cg_iterations,
-    )
-    split = split_lines(
-        problem.contrast,
-        config.validation_fraction,
-        config.loss_fraction,
-        config.n_masks,
-        seed,
-        protected=central_lines(problem.ky, problem.kz, (ny, nz), tuple(config.keep_centre)),
-    )
-    with torch.no_grad():
-        masks = [(data.dc(d), data.loss(lo)) for d, lo in zip(split.dc, split.loss, strict=True)]
-        validation = (data.dc(split.remainder), data.loss(split.validation))
+    config_class = ZeroDeepSubConfig
 
-    net = UnrolledSubspaceNet(
-        config.rank,
-        config.channels,
-        config.blocks,
-        config.unrolls,
-        config.cg_iterations,
-        config.mu,
-    ).to(dev)
-    history, best_iteration = train(net, masks, validation, config, checkpoint, resume, progress)
-
-    with torch.no_grad():
-        u = net(data.dc(torch.arange(problem.n_lines)))
-        images = torch.tensordot(phi, u, dims=([1], [0])) * calib.scale
-        fitted = fit_maps(images, model, mask=calib.support)
-    return Maps(
-        values={k: v.float().cpu() for k, v in fitted.items()},
-        mask=calib.support.cpu().to(torch.uint8),
-        images=images.cpu(),
-        coils=coils.cpu(),
-        extras={
+    def reconstruct(self, problem: Problem, config: ZeroDeepSubConfig, context: RunContext) -> Maps:
+        config = effective_config(config)
+        prepared = prepare(problem, context, config.coil_compression)
+        calib, model = prepared.calibration, prepared.model
+        coils = espirit_coils(problem, prepared.kspace)
+        subspace = temporal_subspace(
+            model, config.rank, config.dictionary_atoms, config.b0_range_hz, context.seed
+        )
+        phi = subspace.phi.to(prepared.device, torch.complex64)
+        data = SubspaceData(
+            prepared.kspace,
+            prepared.ky,
+            prepared.kz,
+            prepared.contrast,
+            coils,
+            phi,
+            config.cg_iterations,
+        )
+        split = _split(problem, config, context.seed)
+        with torch.no_grad():
+            masks = [
+                (data.dc(d), data.loss(lo)) for d, lo in zip(split.dc, split.loss, strict=True)
+            ]
+            validation = (data.dc(split.remainder), data.loss(split.validation))
+        net = UnrolledSubspaceNet(
+            config.rank,
+            config.channels,
+            config.blocks,
+            config.unrolls,
+            config.cg_iterations,
+            config.mu,
+        ).to(prepared.device)
+        history, best_iteration = train(
+            net, masks, validation, config, context.checkpoint, context.resume, context.progress
+        )
+        with torch.no_grad():
+            u = net(data.dc(torch.arange(problem.n_lines)))
+            # fitted in data units, so the fit sees the data's scale
+            images = torch.tensordot(phi, u, dims=([1], [0])) * calib.scale
+            fitted = fit_maps(images, model, mask=calib.support)
+        extras = {
             "history": history,
             "best_iteration": best_iteration,
-            "seconds": time.perf_counter() - start,
             "mu": float(net.mu.detach()),
             "lines": {
                 "dc": len(split.dc[0]),
@@ -512,6 +482,26 @@ def reconstruct(
                 "validation": len(split.validation),
             },
             "calibration_size": list(calib.size),
-            "config": asdict(config),
-        },
+        }
+        return finish(
+            fitted,
+            mask=calib.support,
+            images=images,
+            coils=coils,
+            extras=extras,
+            config=config,
+            started=prepared.started,
+        )
+
+
+def _split(problem: Problem, config: ZeroDeepSubConfig, seed: int) -> LineSplit:
+    """The seeded split of the acquired lines (the centre kept in every data-consistency set)."""
+    nx, ny, nz = problem.matrix
+    return split_lines(
+        problem.contrast,
+        config.validation_fraction,
+        config.loss_fraction,
+        config.n_masks,
+        seed,
+        protected=central_lines(problem.ky, problem.kz, (ny, nz), tuple(config.keep_centre)),
     )

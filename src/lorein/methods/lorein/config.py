@@ -1,0 +1,190 @@
+"""LoREIN's hyper-parameters (:class:`LoreinConfig`) and the hash-encoding settings they hold."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from lorein.settings import validate
+
+Mode = Literal["joint", "pmr-only", "lrr-fit"]
+PriorFlow = Literal["both", "to-pmr"]
+PriorSpace = Literal["full", "subspace"]
+Dc2Path = Literal["exact", "subspace"]
+PmrStart = Literal["cg", "lrr"]
+
+
+@dataclass(frozen=True)
+class HashEncodingConfig:
+    """Settings of one multiresolution hash encoding
+    (:class:`~lorein.inr.hash_encoding.HashEncoding`).
+
+    Attributes
+    ----------
+    n_levels
+        Resolution levels ``L``.
+    n_features
+        Features per level ``F``.
+    log2_table
+        ``log2`` of the hash-table size ``T`` per level.
+    n_min
+        Coarsest resolution ``N_min`` [voxels across the grid].
+    growth
+        Factor between levels, or ``"auto"`` (:func:`resolve_encoding`).
+    """
+
+    n_levels: int = 16
+    n_features: int = 2
+    log2_table: int = 19
+    n_min: int = 16
+    growth: float | Literal["auto"] = "auto"
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def resolve_encoding(
+    encoding: HashEncodingConfig | Mapping[str, Any], grid: tuple[int, int, int]
+) -> dict[str, Any]:
+    """The encoding's keyword arguments, ``growth = "auto"`` replaced by the factor whose finest
+    level has twice the grid's width.
+
+    instant-NGP chooses ``b = (N_max / N_min)^(1 / (L - 1))`` for the scene; SUMMIT's fixed
+    ``b = 2`` puts most of 16 levels far below the voxel size, where they only add per-voxel free
+    parameters (and cost). ``N_max = 2 max(grid)`` keeps every level meaningful.
+    """
+    values = asdict(encoding) if isinstance(encoding, HashEncodingConfig) else dict(encoding)
+    if values.get("growth") != "auto":
+        return values
+    n_max = 2 * max(grid)
+    levels = values["n_levels"]
+    growth = (n_max / values["n_min"]) ** (1 / max(levels - 1, 1))
+    return dict(values, growth=max(growth, 1.0))
+
+
+def _encoding(**values: Any) -> Any:
+    """A dataclass field whose default is a fresh :class:`HashEncodingConfig`."""
+    return field(default_factory=lambda: HashEncodingConfig(**values))
+
+
+@dataclass
+class LoreinConfig:
+    """Hyper-parameters of LoREIN (defaults: paper section III.E where it says).
+
+    Attributes
+    ----------
+    rank
+        Number of spatial bases K (paper: 15).
+    dictionary_atoms
+        Atoms of the simulated dictionary whose SVD gives Phi.
+    b0_range_hz
+        Off-resonance range of the dictionary [Hz].
+    iterations
+        Total optimiser steps after the coil warm start (pre-training included).
+    pretrain
+        Steps of LRR-only pre-training (paper: 20 epochs).
+    coil_warmup
+        Steps fitting the coil field to the calibration estimate (sim1-small: the CG subspace
+        data residual with the field's coils is 0.0057 after 60 steps, 0.0019 after 200,
+        0.0018 after 600; with the estimate itself 0.0010).
+    warm_start
+        Steps regressing the basis and parameter fields to a CG subspace reconstruction and its
+        voxel fit before the joint optimisation (0: start from scratch, as the paper does);
+        see :mod:`lorein.methods.lorein.warm_start`.
+    lr
+        Adam learning rate (paper: 1e-3).
+    decay_every
+        Steps between learning-rate halvings.
+    wnnm_start
+        Step at which WNNM switches on (block matching is computed then).
+    dc1, dc2, prior, wnnm
+        Loss weights (eq. 18; ``wnnm`` is lambda). WNNM's weights ``c sqrt(N) / (s_hat + 1e-6)``
+        reach ~5e6 on noise-only singular values, so its value is many orders above the mean
+        squared data terms (the paper gives no lambda). Swept on a sim1-small R = 27 seed-1
+        problem (150 steps, ``configs/sim1-small.toml``), T1 / T2* NRMSE: lambda = 0 0.418 /
+        0.332, 1e-8 0.423 / 0.334, 1e-7 0.439 / 0.375, 1e-6 0.537 / 0.400: at these budgets
+        WNNM pulls the maps away from the data faster than it removes noise, so the default
+        keeps it weak.
+    prior_flow
+        ``"both"``: the prior's gradient reaches both blocks; ``"to-pmr"``: only the PMR block
+        (``U`` detached in ``L_prior``), so the LRR block fits its data alone and guides the
+        maps one way, as the paper's Fig. 2 draws the prior ("from the LRR block to the PMR
+        block").
+    prior_space
+        ``"full"``: ``||Phi U - I_w||^2`` (eq. 17); ``"subspace"``: ``||U - Phi^H I_w||^2``, which
+        drops ``||(1 - Phi Phi^H) I_w||^2``, the part of the weighted images that ``Phi U`` cannot
+        represent (and the subspace ``L_DC2`` does not see); in the full form that part is a
+        penalty on the maps alone that favours parameters whose signals lie in the subspace.
+    wnnm_maps
+        Per-map WNNM weights (paper: A 0.05, T1 and phase 0.2, T2 and T2* 2).
+    dc2_path
+        ``"exact"`` (per-contrast FFTs) or ``"subspace"``.
+    cnn_channels
+        Channels of the basis CNN; 0 removes it (ablation "no CNN"). On sim1-small, R = 27, at
+        150 steps it changes nothing beyond the run-to-run spread (tuning problems seeds 1 / 2,
+        method seeds 0-2, mean T1 / T2* NRMSE: 0.355 / 0.309 and 0.386 / 0.300 with it, 0.355 /
+        0.309 and 0.383 / 0.291 without).
+    pmr_start
+        Where the parameter fields start: ``"cg"``, the voxel fit of the CG subspace
+        reconstruction of the warm start (before step 0); ``"lrr"``, the voxel fit of the LRR
+        block's images ``Phi U`` after its ``pretrain`` steps (joint mode, ``pretrain > 0``).
+        The unregularised CG start carries the aliasing of sparse sampling (ghost arcs of the
+        head outline on sim2-small) into the maps, and the PMR block does not unlearn it in
+        the budget; the pre-trained LRR block (hash fields + CNN) has removed it.
+    mode
+        ``"joint"`` (LoREIN), ``"pmr-only"`` (no LRR block: SUMMIT-like ablation) or
+        ``"lrr-fit"`` (LRR block alone, then a voxel-wise fit of Phi U).
+    coil_compression
+        Number of virtual coils (SVD compression); None keeps all coils.
+    basis_encoding, map_encoding, phase_encoding, coil_encoding
+        Hash encodings (paper: defaults, phase N_min = 1 and 2^12; coils tiny and low-resolution);
+        ``growth = "auto"`` is resolved by :func:`resolve_encoding`. A TOML table or a dict
+        names only the settings it changes (``basis_encoding = {log2_table = 16}``).
+    hidden, layers
+        MLP width and hidden layers (paper: 64 x 3).
+    initial
+        Starting values of T1, T2, T2* [s] for the PMR fields (M0 is set from the data scale).
+    """
+
+    rank: int = 15
+    dictionary_atoms: int = 5000
+    b0_range_hz: float = 60.0
+    iterations: int = 800
+    pretrain: int = 150
+    coil_warmup: int = 200
+    warm_start: int = 150
+    lr: float = 1e-3
+    decay_every: int = 300
+    wnnm_start: int = 500
+    dc1: float = 1.0
+    dc2: float = 1.0
+    prior: float = 1.0
+    prior_flow: PriorFlow = "both"
+    prior_space: PriorSpace = "full"
+    wnnm: float = 1e-8
+    wnnm_maps: dict[str, float] = field(
+        default_factory=lambda: {"M0": 0.05, "T1": 0.2, "T2": 2.0, "T2star": 2.0, "B0": 0.2}
+    )
+    dc2_path: Dc2Path = "exact"
+    pmr_start: PmrStart = "cg"
+    cnn_channels: int = 8
+    mode: Mode = "joint"
+    coil_compression: int | None = None
+    basis_encoding: HashEncodingConfig = _encoding()
+    map_encoding: HashEncodingConfig = _encoding()
+    phase_encoding: HashEncodingConfig = _encoding(log2_table=12, n_min=1)
+    coil_encoding: HashEncodingConfig = _encoding(n_levels=8, log2_table=4, n_min=1, growth=1.5)
+    hidden: int = 64
+    layers: int = 3
+    initial: dict[str, float] = field(
+        default_factory=lambda: {"T1": 1.0, "T2": 0.08, "T2star": 0.05}
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.pmr_start == "lrr" and not (self.mode == "joint" and self.pretrain > 0):
+            raise ValueError(
+                f"pmr_start = 'lrr' needs mode = 'joint' and pretrain > 0 "
+                f"(got mode = {self.mode!r}, pretrain = {self.pretrain})"
+            )

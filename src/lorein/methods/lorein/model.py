@@ -1,0 +1,113 @@
+"""LoREIN's trainable model: the LRR and PMR blocks for one problem, and how they are built.
+
+The LRR block (:class:`~lorein.methods.lorein.blocks.LowRankBlock`) holds the basis field, the
+basis CNN and the coil field; the PMR block (:class:`~lorein.methods.lorein.blocks.ParameterBlock`)
+one field per parametric map. ``mode = "pmr-only"`` keeps only the LRR block's coil field
+trainable (SUMMIT); ``"lrr-fit"`` has no PMR block.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lorein.data.problem import Problem
+from lorein.methods.lorein.blocks import LowRankBlock, ParameterBlock
+from lorein.methods.lorein.config import LoreinConfig, resolve_encoding
+from lorein.methods.lorein.wnnm import WNNMRegulariser
+from lorein.physics.signal_models import SignalModel
+
+
+class LoreinModel(torch.nn.Module):
+    """All trainable parts, the LRR and PMR blocks, and the WNNM regulariser once it is on.
+
+    The regulariser's block matching is fixed when it switches on; it is kept as the module's
+    extra state so that checkpoints, resumes and NaN rollbacks restore it exactly.
+    """
+
+    def __init__(self, lrr: LowRankBlock, pmr: ParameterBlock | None) -> None:
+        super().__init__()
+        self.lrr = lrr
+        self.pmr = pmr
+        self.wnnm: WNNMRegulariser | None = None
+
+    def get_extra_state(self) -> WNNMRegulariser | None:
+        return self.wnnm
+
+    def set_extra_state(self, state: WNNMRegulariser | None) -> None:
+        self.wnnm = state
+
+
+def initial_m0(model: SignalModel, config: LoreinConfig, image_level: float) -> float:
+    """M0 that makes the model's mean signal magnitude equal ``image_level`` at the initial maps."""
+    maps = {k: torch.tensor([v]) for k, v in config.initial.items() if k in model.parameters}
+    maps.update(M0=torch.ones(1), B0=torch.zeros(1), phase0=torch.zeros(1))
+    level = float(model(maps).abs().mean())
+    return image_level / max(level, 1e-6)
+
+
+def build_model(
+    config: LoreinConfig,
+    grid: tuple[int, int, int],
+    n_coils: int,
+    model: SignalModel,
+    image_level: float,
+) -> LoreinModel:
+    """The blocks of ``config.mode`` on the CPU, seeded by the caller.
+
+    Parameters
+    ----------
+    config
+        Mode, rank, encodings, MLP sizes and initial map values.
+    grid
+        ``(nz, ny, nx)``.
+    n_coils
+        Coils (virtual after compression) of the coil field.
+    model
+        Signal model of the PMR block (sets the initial ``M0``).
+    image_level
+        Median magnitude of the scaled calibration image (the initial ``M0`` reproduces it).
+    """
+    use_lrr = config.mode != "pmr-only"
+    lrr = LowRankBlock(
+        grid,
+        config.rank,
+        n_coils,
+        resolve_encoding(config.basis_encoding, grid),
+        resolve_encoding(config.coil_encoding, grid),
+        config.hidden,
+        config.layers,
+        config.cnn_channels if use_lrr else 0,
+    )
+    if not use_lrr:  # only the coil field of the LRR block is used
+        lrr.bases.requires_grad_(False)
+    pmr = None
+    if config.mode != "lrr-fit":
+        initial = dict(config.initial, M0=initial_m0(model, config, image_level))
+        pmr = ParameterBlock(
+            grid,
+            model.parameters,
+            initial,
+            resolve_encoding(config.map_encoding, grid),
+            resolve_encoding(config.phase_encoding, grid),
+            config.hidden,
+            config.layers,
+        )
+    return LoreinModel(lrr, pmr)
+
+
+def field_memory(problem: Problem, config: LoreinConfig, n_fields: int = 7) -> int:
+    """Rough peak bytes of a run with ``n_fields`` hash fields over the whole volume.
+
+    Per field: precomputed hash-corner rows, weights and their transpose (``16 V 8 16``) and
+    the table with its gradient and Adam moments; the Gram-form data terms (``6 K C V``
+    complex64), one chunk of per-contrast k-space and the weighted images.
+    """
+    nx, ny, nz = problem.matrix
+    n = nx * ny * nz
+    coils = config.coil_compression or problem.n_coils
+    hash_buffers = n_fields * 16 * n * 8 * 16
+    tables = n_fields * 16 * min(2**19, 2 * n) * 2 * 4 * 4
+    data_terms = 6 * config.rank * coils * n * 8
+    contrast_chunk = 4 * 16 * coils * n * 8
+    images = 4 * problem.n_contrasts * n * 8
+    return hash_buffers + tables + data_terms + contrast_chunk + images

@@ -1,0 +1,232 @@
+"""LoREIN as named stages: build, initialise, optimise, collect.
+
+:func:`run` chains them; SUMMIT (the PMR block alone) runs the same stages in
+``mode = "pmr-only"``, and the ``"lrr-fit"`` ablation ends with :func:`lrr_fit` instead of the
+PMR block's maps.
+
+1. :func:`build`: temporal subspace, data terms, the blocks (:func:`~.model.build_model`) and
+   the :class:`~.schedule.Schedule`;
+2. :func:`initialise`: the coil field fitted to the calibration estimate, then the fields
+   regressed to a CG subspace reconstruction and its voxel fit (data only; skipped on resume,
+   where the checkpoint holds the fields);
+3. :func:`optimise`: Adam over the schedule's stages with :class:`~.objective.LoreinObjective`
+   as the loss, checkpoints and NaN rollbacks (:class:`~lorein.numerics.optimisation.Optimisation`);
+4. :func:`collect`: maps, the LRR images ``Phi U``, coils, mask and the DC2 check (exact against
+   subspace ``L_DC2`` of the final maps), rescaled to data units once by
+   :func:`~lorein.methods.base.finish`.
+
+The whole volume is used in every iteration (no minibatches of readout planes): the Gram-form
+``L_DC1`` costs ``K n_coils`` FFTs per iteration whatever the batch, the CNN needs whole slices,
+and on the CPU the per-iteration overhead of small batches dominated. Departure from the paper,
+which optimises over batches of readout planes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lorein.data.output import Maps
+from lorein.data.problem import Problem
+from lorein.methods.base import Prepared, RunContext, finish, prepare
+from lorein.methods.lorein.config import LoreinConfig
+from lorein.methods.lorein.model import LoreinModel, build_model
+from lorein.methods.lorein.objective import LoreinLosses, LoreinObjective, start_wnnm
+from lorein.methods.lorein.schedule import Schedule
+from lorein.methods.lorein.warm_start import fit_coil_field, start_maps, subspace_cg, warm_start
+from lorein.methods.lorein.wnnm import mask_from_amplitude
+from lorein.numerics.optimisation import LoopConfig, Optimisation
+from lorein.numerics.voxel_fit import fit_maps
+from lorein.physics.signal_models import SignalModel, signal_model
+from lorein.physics.subspace import Subspace, temporal_subspace
+
+
+@dataclass
+class Setup:
+    """Everything the stages share for one problem.
+
+    Attributes
+    ----------
+    prepared
+        Scaled k-space, calibration and signal model on the device.
+    config
+        Hyper-parameters.
+    subspace
+        Temporal subspace Phi (``config.rank`` columns).
+    losses
+        Data and prior terms of the problem.
+    net
+        The LRR and PMR blocks (and WNNM once on), on the device.
+    fit_model
+        Signal model on the CPU, for the voxel fits (their dictionaries are built there).
+    schedule
+        The stages by step.
+    """
+
+    prepared: Prepared
+    config: LoreinConfig
+    subspace: Subspace
+    losses: LoreinLosses
+    net: LoreinModel
+    fit_model: SignalModel
+    schedule: Schedule
+
+
+def build(prepared: Prepared, config: LoreinConfig, seed: int) -> Setup:
+    """Subspace, data terms, blocks and schedule (stage 1)."""
+    problem, model = prepared.problem, prepared.model
+    fit_model = signal_model(problem.signal_model, problem.contrasts)
+    subspace = temporal_subspace(
+        model, config.rank, config.dictionary_atoms, config.b0_range_hz, seed
+    )
+    losses = LoreinLosses(problem, prepared.kspace, subspace, model)
+    net = build_model(
+        config,
+        prepared.grid,
+        prepared.kspace.shape[1],
+        model,
+        prepared.calibration.level,
+    ).to(prepared.device)
+    return Setup(prepared, config, subspace, losses, net, fit_model, Schedule.from_config(config))
+
+
+def initialise(setup: Setup, progress: bool) -> None:
+    """Coil field from the calibration estimate, fields from a CG subspace start (stage 2)."""
+    prepared, config, net = setup.prepared, setup.config, setup.net
+    calib = prepared.calibration
+    fit_coil_field(net.lrr.coils, calib.coils, calib.support, config.coil_warmup, progress=progress)
+    if config.warm_start <= 0:
+        return
+    with torch.no_grad():
+        coils0 = net.lrr.coils()
+    u0 = subspace_cg(
+        prepared.kspace, prepared.ky, prepared.kz, prepared.contrast, coils0, setup.subspace
+    )
+    warm_start(
+        net.lrr if setup.schedule.lrr else None,
+        net.pmr if config.pmr_start == "cg" else None,
+        u0,
+        setup.subspace,
+        setup.fit_model,
+        calib.support,
+        config.warm_start,
+        progress=progress,
+    )
+
+
+def _transition(setup: Setup, iteration: int, progress: bool) -> None:
+    """Carry out the schedule's stage changes due before step ``iteration``."""
+    net, config = setup.net, setup.config
+    for change in setup.schedule.transitions(iteration, net.wnnm is not None):
+        assert net.pmr is not None
+        if change == "pmr-restart":
+            with torch.no_grad():
+                u = net.lrr.spatial_bases().to(setup.subspace.phi.dtype)
+                images = setup.subspace.expand(u, dim=0)
+            start_maps(
+                net.pmr,
+                images.to(torch.complex64),
+                setup.fit_model,
+                setup.prepared.calibration.support,
+                config.warm_start,
+                progress=progress,
+            )
+        elif change == "wnnm-start":
+            with torch.no_grad():
+                net.wnnm = start_wnnm(net.pmr(), config)
+
+
+def optimise(setup: Setup, context: RunContext) -> Optimisation:
+    """Adam over the schedule's stages (stage 3); the finished loop (history, timing)."""
+    config = setup.config
+    objective = LoreinObjective(
+        setup.net, setup.prepared.model, setup.losses, config, setup.schedule
+    )
+    loop = LoopConfig(iterations=config.iterations, lr=config.lr, decay_every=config.decay_every)
+    optimisation = Optimisation(
+        setup.net,
+        objective,
+        loop,
+        context.checkpoint,
+        context.progress,
+        "lorein",
+        before_step=lambda it: _transition(setup, it, context.progress),
+    )
+    optimisation.run(resume=context.resume)
+    return optimisation
+
+
+def lrr_fit(setup: Setup, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The ``"lrr-fit"`` ablation's maps: a voxel fit of the LRR images ``[T, nz, ny, nx]``
+    (calibration-scaled units) inside the calibration support."""
+    support = setup.prepared.calibration.support.cpu()
+    fitted = fit_maps(images.to(torch.complex64), setup.fit_model, mask=support)
+    return {k: v.float() for k, v in fitted.items()}
+
+
+def collect(setup: Setup, extras: dict[str, Any], recorded: Any) -> Maps:
+    """Maps, images, coils and mask of the trained blocks in data units (stage 4).
+
+    ``extras`` gains the DC2 check (``dc2_exact``, ``dc2_subspace`` and their relative
+    difference) when there is a PMR block; ``recorded`` is the configuration written to the
+    report.
+    """
+    net, losses, calib = setup.net, setup.losses, setup.prepared.calibration
+    with torch.no_grad():
+        coils = net.lrr.coils()
+        images = None
+        if setup.schedule.lrr:
+            u = net.lrr.spatial_bases()
+            images = setup.subspace.expand(u.cpu().to(setup.subspace.phi.dtype), dim=0)
+        if net.pmr is not None:
+            maps = net.pmr()
+            factors = setup.prepared.model.factors(maps)
+            exact = float(losses.dc2_exact(factors.images(), coils))
+            projected = float(losses.dc2_subspace(losses.project(factors)[0], coils))
+            extras["dc2_exact"] = exact
+            extras["dc2_subspace"] = projected
+            extras["dc2_relative_difference"] = abs(projected - exact) / max(exact, 1e-30)
+            values = maps
+            mask = mask_from_amplitude(maps["M0"].float().cpu() * calib.scale)
+    if net.pmr is None:
+        assert images is not None
+        values = lrr_fit(setup, images)
+        mask = calib.support.cpu()
+    extras["subspace_captured_energy"] = setup.subspace.captured_energy
+    return finish(
+        values,
+        mask=mask,
+        images=images,
+        coils=coils,
+        extras=extras,
+        config=recorded,
+        started=setup.prepared.started,
+        scale=calib.scale,
+    )
+
+
+def run(problem: Problem, config: LoreinConfig, context: RunContext, recorded: Any = None) -> Maps:
+    """The four stages on ``problem``; ``recorded`` (default ``config``) goes to the report.
+
+    Returns
+    -------
+    Maps with M0 (data units), T1, T2 (t2ir_gre), T2star [s], B0 [Hz], phase0 [rad]; the LRR
+    images ``Phi U`` and coils; ``extras`` with the loss ``history``, ``calibration_size``,
+    ``warm_up_seconds`` and ``seconds_per_step``.
+    """
+    prepared = prepare(problem, context, config.coil_compression)
+    setup = build(prepared, config, context.seed)
+    if not context.resume:
+        initialise(setup, context.progress)
+    warm_up_seconds = time.perf_counter() - prepared.started
+    optimisation = optimise(setup, context)
+    extras: dict[str, Any] = {
+        "history": optimisation.state.history,
+        "calibration_size": list(prepared.calibration.size),
+        "warm_up_seconds": warm_up_seconds,
+        "seconds_per_step": optimisation.seconds_per_step,
+    }
+    return collect(setup, extras, config if recorded is None else recorded)
