@@ -1,21 +1,20 @@
-"""Operators: dot-product adjoint tests, composition, and the fast Gram form vs the naive one."""
+"""Operators: dot-product adjoint tests, the ``M F C Phi`` factorisation of the encoding
+operator, its fast normal form vs ``E^H E`` naive, and the data terms vs ``||y - E x||^2``."""
 
 import pytest
 import torch
 
 from lorein.physics.operators import (
-    CoilOperator,
     ContrastDataTerm,
     EncodingOperator,
-    FourierOperator,
     SamplingOperator,
     SubspaceDataTerm,
-    SubspaceOperator,
     subspace_gram,
 )
 from tests.helpers import dotproduct_adjointness_test, randn_complex, rng
 
 NZ, NY, NX, NC, T, K, L = 4, 6, 5, 3, 7, 3, 40
+SPATIAL = (-3, -2, -1)
 
 
 @pytest.fixture
@@ -33,26 +32,25 @@ def phi() -> torch.Tensor:
     return q
 
 
-def test_coil_adjoint() -> None:
-    op = CoilOperator(randn_complex(NC, NZ, NY, NX, seed=1))
-    dotproduct_adjointness_test(
-        op.forward,
-        op.adjoint,
-        randn_complex(T, NZ, NY, NX, seed=2),
-        randn_complex(T, NC, NZ, NY, NX),
-    )
+def naive_forward(
+    x: torch.Tensor, coils: torch.Tensor, sampling: SamplingOperator, phi: torch.Tensor | None
+) -> torch.Tensor:
+    """``M F C Phi x`` factor by factor, ``F`` written with explicit shifts."""
+    images = x if phi is None else torch.tensordot(phi, x, dims=([1], [0]))  # Phi: [T, z, y, x]
+    coil_images = images.unsqueeze(1) * coils  # C: [T, coil, z, y, x]
+    shifted = torch.fft.ifftshift(coil_images, dim=SPATIAL)
+    k = torch.fft.fftshift(torch.fft.fftn(shifted, dim=SPATIAL, norm="ortho"), dim=SPATIAL)
+    return sampling(k)  # M
 
 
-def test_fourier_adjoint() -> None:
-    op = FourierOperator()
-    u, v = randn_complex(2, NZ, NY, NX, seed=3), randn_complex(2, NZ, NY, NX, seed=4)
-    dotproduct_adjointness_test(op.forward, op.adjoint, u, v)
-
-
-def test_subspace_adjoint(phi: torch.Tensor) -> None:
-    op = SubspaceOperator(phi)
-    u, v = randn_complex(K, NZ, NY, NX, seed=3), randn_complex(T, NZ, NY, NX, seed=4)
-    dotproduct_adjointness_test(op.forward, op.adjoint, u, v)
+def naive_adjoint(
+    y: torch.Tensor, coils: torch.Tensor, sampling: SamplingOperator, phi: torch.Tensor | None
+) -> torch.Tensor:
+    """``Phi^H C^H F^H M^H y`` factor by factor."""
+    k = torch.fft.ifftshift(sampling.adjoint(y), dim=SPATIAL)
+    coil_images = torch.fft.fftshift(torch.fft.ifftn(k, dim=SPATIAL, norm="ortho"), dim=SPATIAL)
+    images = (coil_images * coils.conj()).sum(1)
+    return images if phi is None else torch.tensordot(phi.conj(), images, dims=([0], [0]))
 
 
 @pytest.mark.parametrize("with_phi", [False, True])
@@ -73,22 +71,40 @@ def test_sampling_reads_the_right_line(lines) -> None:
     torch.testing.assert_close(y[3], x[contrast[3], :, kz[3], ky[3], :])
 
 
+def test_subspace_sampling_is_sampling_of_phi(lines, phi: torch.Tensor) -> None:
+    """``M Phi`` on coefficient k-space equals ``M`` on the ``T`` contrast k-spaces ``Phi x``."""
+    ky, kz, contrast = lines
+    x = randn_complex(K, NC, NZ, NY, NX, seed=23)
+    folded = SamplingOperator(ky, kz, contrast, (K, NC, NZ, NY, NX), phi)(x)
+    plain = SamplingOperator(ky, kz, contrast, (T, NC, NZ, NY, NX))
+    torch.testing.assert_close(folded, plain(torch.tensordot(phi, x, dims=([1], [0]))))
+
+
 @pytest.mark.parametrize("with_phi", [False, True])
-def test_encoding_equals_composition(lines, phi: torch.Tensor, with_phi: bool) -> None:
-    """The folded-modulation operator equals the explicit chain M F C (Phi)."""
+def test_encoding_is_the_factorisation(lines, phi: torch.Tensor, with_phi: bool) -> None:
+    """The folded-modulation operator and its adjoint equal ``M F C (Phi)`` factor by factor."""
     ky, kz, contrast = lines
     coils = randn_complex(NC, NZ, NY, NX, seed=10)
     p = phi if with_phi else None
     enc = EncodingOperator(coils, ky, kz, contrast, p, n_contrasts=T)
-    chain = SamplingOperator(ky, kz, contrast, (T, NC, NZ, NY, NX)) @ FourierOperator()
-    chain = chain @ CoilOperator(coils)
-    if with_phi:
-        chain = chain @ SubspaceOperator(phi)
+    sampling = SamplingOperator(ky, kz, contrast, (T, NC, NZ, NY, NX))
     x = randn_complex(K if with_phi else T, NZ, NY, NX, seed=11)
-    torch.testing.assert_close(enc(x), chain(x), rtol=1e-5, atol=1e-5)
     y = randn_complex(L, NC, NX, seed=12)
-    torch.testing.assert_close(enc.H(y), chain.H(y), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(enc(x), naive_forward(x, coils, sampling, p), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(enc.H(y), naive_adjoint(y, coils, sampling, p), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_phi", [False, True])
+def test_encoding_adjoint(lines, phi: torch.Tensor, with_phi: bool) -> None:
+    """``<E x, y> = <x, E^H y>``, for ``E`` and for its adjoint operator ``E.H``."""
+    ky, kz, contrast = lines
+    coils = randn_complex(NC, NZ, NY, NX, seed=24)
+    enc = EncodingOperator(coils, ky, kz, contrast, phi if with_phi else None, n_contrasts=T)
+    x = randn_complex(K if with_phi else T, NZ, NY, NX, seed=25)
+    y = randn_complex(L, NC, NX, seed=26)
     dotproduct_adjointness_test(enc.forward, enc.adjoint, x, y)
+    dotproduct_adjointness_test(enc.H.forward, enc.H.adjoint, y, x)
+    assert enc.H.H is enc
 
 
 def test_gram_matches_naive(lines, phi: torch.Tensor) -> None:
@@ -100,15 +116,23 @@ def test_gram_matches_naive(lines, phi: torch.Tensor) -> None:
     torch.testing.assert_close(gram, naive)
 
 
-def test_normal_matches_naive(lines, phi: torch.Tensor) -> None:
+@pytest.mark.parametrize("with_phi", [False, True])
+def test_normal_matches_naive(lines, phi: torch.Tensor, with_phi: bool) -> None:
+    """``E.normal`` (the Gram fast path with a subspace) equals ``E^H E x`` factor by factor."""
     ky, kz, contrast = lines
     coils = randn_complex(NC, NZ, NY, NX, seed=13)
-    enc = EncodingOperator(coils, ky, kz, contrast, phi)
-    x = randn_complex(K, NZ, NY, NX, seed=14)
+    p = phi if with_phi else None
+    enc = EncodingOperator(coils, ky, kz, contrast, p, n_contrasts=T)
+    sampling = SamplingOperator(ky, kz, contrast, (T, NC, NZ, NY, NX))
+    x = randn_complex(K if with_phi else T, NZ, NY, NX, seed=14)
+    naive = naive_adjoint(naive_forward(x, coils, sampling, p), coils, sampling, p)
+    torch.testing.assert_close(enc.normal(x), naive, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(enc.normal(x), enc.H(enc(x)), rtol=1e-5, atol=1e-5)
+    dotproduct_adjointness_test(enc.normal, enc.normal, x, randn_complex(*x.shape, seed=27))
 
 
 def test_subspace_data_term_matches_naive(lines, phi: torch.Tensor) -> None:
+    """The Gram-form data term equals ``||y - E x||^2`` with ``E = M F C Phi``."""
     ky, kz, contrast = lines
     coils = randn_complex(NC, NZ, NY, NX, seed=13)
     x = randn_complex(K, NZ, NY, NX, seed=14)
@@ -120,6 +144,7 @@ def test_subspace_data_term_matches_naive(lines, phi: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("chunk", [1, 3, 16])
 def test_contrast_data_term_matches_naive(lines, chunk: int) -> None:
+    """The chunked data term equals ``||y - E I||^2`` with ``E = M F C``."""
     ky, kz, contrast = lines
     coils = randn_complex(NC, NZ, NY, NX, seed=19)
     images = randn_complex(T, NZ, NY, NX, seed=20)
@@ -129,16 +154,21 @@ def test_contrast_data_term_matches_naive(lines, chunk: int) -> None:
     assert abs(exact - naive.sum()) <= 1e-5 * naive.sum()
 
 
-def test_data_terms_gradients_match_naive(lines, phi: torch.Tensor) -> None:
-    """Gradients w.r.t. coefficients and coils of the fast forms equal the naive ones."""
+@pytest.mark.parametrize("with_phi", [False, True])
+def test_data_terms_gradients_match_naive(lines, phi: torch.Tensor, with_phi: bool) -> None:
+    """Gradients w.r.t. frames and coils of both data terms equal those of ``||y - E x||^2``."""
     ky, kz, contrast = lines
     y = randn_complex(L, NC, NX, seed=17)
-    fast = SubspaceDataTerm(y, ky, kz, contrast, phi, (NZ, NY, NX))
-    x1 = randn_complex(K, NZ, NY, NX, seed=18).requires_grad_(True)
+    if with_phi:
+        term = SubspaceDataTerm(y, ky, kz, contrast, phi, (NZ, NY, NX))
+    else:
+        term = ContrastDataTerm(y, ky, kz, contrast, (NZ, NY, NX), chunk=3)
+    x1 = randn_complex(K if with_phi else T, NZ, NY, NX, seed=18).requires_grad_(True)
     c1 = randn_complex(NC, NZ, NY, NX, seed=22).requires_grad_(True)
     x2 = x1.detach().clone().requires_grad_(True)
     c2 = c1.detach().clone().requires_grad_(True)
-    fast(x1, c1).backward()
-    (y - EncodingOperator(c2, ky, kz, contrast, phi)(x2)).abs().pow(2).sum().backward()
+    term(x1, c1).backward()
+    enc = EncodingOperator(c2, ky, kz, contrast, phi if with_phi else None, n_contrasts=T)
+    (y - enc(x2)).abs().pow(2).sum().backward()
     torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(c1.grad, c2.grad, rtol=1e-4, atol=1e-4)

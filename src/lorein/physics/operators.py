@@ -1,10 +1,18 @@
-"""Linear operators of the MRI forward model and the fast subspace Gram form.
+"""The operator layer of the MRI forward model, its fast Gram form, and the data terms.
 
-Shapes follow DESIGN.md: images ``[frames, z, y, x]`` (frames = contrasts T, or subspace
-coefficients K), coil images ``[frames, coil, z, y, x]``, acquired lines ``[n_lines, coil, x]``.
-The forward model is ``E = M F C`` (per-contrast images) or ``E = M F C Phi`` (subspace), with
-``M`` the line sampling, ``F`` the centred orthonormal 3D FFT, ``C`` the coil sensitivities and
-``Phi`` the temporal subspace.
+Shapes: images ``[frames, z, y, x]`` (frames = contrasts T, or subspace coefficients K), coil
+images ``[frames, coil, z, y, x]``, acquired lines ``[n_lines, coil, x]`` (all complex64; lines
+in the arbitrary units of the acquired data, images in the units that ``E`` maps onto them). The
+forward model is ``E = M F C`` (per-contrast images) or
+``E = M F C Phi`` (subspace), with ``M`` the line sampling, ``F`` the centred orthonormal 3D FFT,
+``C`` the coil sensitivities and ``Phi`` the temporal subspace.
+
+One layer: :class:`LinearOperator` (``forward``, ``adjoint``, ``.H``, ``normal``), with
+:class:`SamplingOperator` (``M``, or ``M Phi``) and :class:`EncodingOperator` (``E``, whose
+``normal`` is the fast Gram form). :class:`SubspaceDataTerm` and :class:`ContrastDataTerm` are the
+data terms ``||y - E x||^2`` of :class:`EncodingOperator` with and without a subspace, evaluated
+without forming ``E x``, for any coil maps (which they take as an argument, so that coils can be
+learned).
 """
 
 from __future__ import annotations
@@ -13,34 +21,76 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from lorein.physics.fft import centered_fft, centered_ifft, modulation
+from lorein.physics.fft import modulation
 
 
 class LinearOperator(ABC):
-    """A linear map with an adjoint; ``A.H`` is the adjoint, ``A @ B`` the composition."""
+    """A linear map ``A`` with its adjoint ``A^H`` and normal form ``A^H A``.
+
+    Subclasses implement :meth:`forward` and :meth:`adjoint`; ``A(x)`` is ``A.forward(x)`` and
+    ``A.H`` is the adjoint as an operator. :meth:`normal` defaults to ``A^H (A x)``; operators
+    with a cheaper Gram form (:class:`EncodingOperator`) override it.
+    """
 
     @abstractmethod
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the operator."""
+        """Apply the operator: ``A x``.
+
+        Parameters
+        ----------
+        x
+            A tensor of the operator's domain.
+
+        Returns
+        -------
+        ``A x``, a tensor of the operator's range.
+        """
 
     @abstractmethod
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """Apply the adjoint operator."""
+        """Apply the adjoint: ``A^H y``, with ``<A x, y> = <x, A^H y>``.
+
+        Parameters
+        ----------
+        y
+            A tensor of the operator's range.
+
+        Returns
+        -------
+        ``A^H y``, a tensor of the operator's domain.
+        """
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the normal (Gram) operator: ``A^H A x``, a tensor of the domain.
+
+        Parameters
+        ----------
+        x
+            A tensor of the operator's domain.
+
+        Returns
+        -------
+        ``A^H A x``, same shape as ``x``.
+        """
+        return self.adjoint(self.forward(x))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)
 
     @property
     def H(self) -> LinearOperator:  # noqa: N802 (mathematical notation)
-        """The adjoint operator."""
+        """The adjoint operator ``A^H``."""
         return AdjointOperator(self)
-
-    def __matmul__(self, other: LinearOperator) -> LinearOperator:
-        return ComposedOperator(self, other)
 
 
 class AdjointOperator(LinearOperator):
-    """The adjoint of an operator."""
+    """The adjoint ``A^H`` of an operator ``A`` (what ``A.H`` returns); ``A.H.H`` is ``A``.
+
+    Parameters
+    ----------
+    op
+        The operator ``A``.
+    """
 
     def __init__(self, op: LinearOperator) -> None:
         self.op = op
@@ -54,68 +104,6 @@ class AdjointOperator(LinearOperator):
     @property
     def H(self) -> LinearOperator:  # noqa: N802
         return self.op
-
-
-class ComposedOperator(LinearOperator):
-    """``outer @ inner``: applies ``inner`` first."""
-
-    def __init__(self, outer: LinearOperator, inner: LinearOperator) -> None:
-        self.outer = outer
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.outer.forward(self.inner.forward(x))
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return self.inner.adjoint(self.outer.adjoint(y))
-
-
-class CoilOperator(LinearOperator):
-    """Coil sensitivities ``C``: ``[..., z, y, x] -> [..., coil, z, y, x]``.
-
-    Parameters
-    ----------
-    coils
-        ``[n_coils, nz, ny, nx]`` complex64 sensitivity maps.
-    """
-
-    def __init__(self, coils: torch.Tensor) -> None:
-        self.coils = coils
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unsqueeze(-4) * self.coils
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return (y * self.coils.conj()).sum(dim=-4)
-
-
-class FourierOperator(LinearOperator):
-    """Centred orthonormal FFT ``F`` over the last three axes ``(z, y, x)``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return centered_fft(x, dim=(-3, -2, -1))
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return centered_ifft(y, dim=(-3, -2, -1))
-
-
-class SubspaceOperator(LinearOperator):
-    """Temporal subspace ``Phi``: coefficients ``[K, ...] -> images [T, ...]``.
-
-    Parameters
-    ----------
-    phi
-        ``[T, K]`` complex64 temporal basis.
-    """
-
-    def __init__(self, phi: torch.Tensor) -> None:
-        self.phi = phi
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tensordot(self.phi, x, dims=([1], [0]))
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return torch.tensordot(self.phi.conj(), y, dims=([0], [0]))
 
 
 class SamplingOperator(LinearOperator):
@@ -152,12 +140,14 @@ class SamplingOperator(LinearOperator):
         self.weights = None if phi is None else phi[self.contrast]  # [L, K]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``M x`` (or ``M Phi x``): k-space ``[frames, coil, nz, ny, nx]`` -> ``[L, coil, nx]``."""
         if self.weights is None:
             return x[self.contrast, :, self.kz, self.ky, :]
         gathered = x[:, :, self.kz, self.ky, :]  # [K, coil, L, x]
         return torch.einsum("lk,kclx->lcx", self.weights, gathered)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``M^H y`` (or ``Phi^H M^H y``): lines ``[L, coil, nx]`` -> k-space of ``shape``."""
         out = torch.zeros(self.shape, dtype=y.dtype, device=y.device)
         if self.weights is None:
             view = out.permute(0, 2, 3, 1, 4)  # [T, nz, ny, coil, x], shares memory with out
@@ -226,7 +216,8 @@ class EncodingOperator(LinearOperator):
 
     ``[K, nz, ny, nx] -> [L, coil, nx]`` with a subspace ``phi [T, K]``; without one, frames are the
     ``T`` contrast images (``E = M F C``). The centred FFT's modulations are folded into the coil
-    maps and the lines once, so each application costs ``K * n_coils`` plain FFTs.
+    maps and the lines once, so each application costs ``K * n_coils`` plain FFTs. With a
+    subspace, :meth:`normal` is the fast Gram form; without one it is ``E^H (E x)``.
 
     Parameters
     ----------
@@ -271,9 +262,11 @@ class EncodingOperator(LinearOperator):
         return (torch.fft.ifftn(k, dim=(-3, -2, -1), norm="ortho") * self.coils.conj()).sum(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``E x``: frames ``[K or T, nz, ny, nx]`` -> lines ``[L, coil, nx]``."""
         return self.sampling.forward(self._kspace(x)) * self.line_phase
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``E^H y``: lines ``[L, coil, nx]`` -> frames ``[K or T, nz, ny, nx]``."""
         return self._image(self.sampling.adjoint(y * self.line_phase.conj()))
 
     @property
@@ -287,7 +280,13 @@ class EncodingOperator(LinearOperator):
         return self._gram
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
-        """``E^H E x`` through the Gram form: ``K * n_coils`` FFTs each way, no line gathering."""
+        """``E^H E x`` for frames ``x [K or T, nz, ny, nx]``, same shape out.
+
+        With a subspace, through the Gram form ``F^H G F`` (:attr:`gram`): ``K * n_coils`` FFTs
+        each way, no line gathering. Without one, ``E^H (E x)``.
+        """
+        if self.phi is None:
+            return super().normal(x)
         return self._image(apply_gram(self.gram, self._kspace(x)))
 
 
@@ -327,9 +326,11 @@ class _GramQuadratic(torch.autograd.Function):
 class SubspaceDataTerm:
     """``||y - M F C Phi u||^2`` for any coefficients ``u`` AND coil maps ``C``, in Gram form.
 
-    With ``Y = (M Phi)^H y`` kept in (modulated) k-space once, the data term is
-    ``||y||^2 - 2 Re<Y, F C u> + <F C u, G F C u>`` (DESIGN.md section 4): ``K * n_coils`` FFTs
-    per evaluation, no per-contrast FFTs, no line gathering, and exact (also for learned coils).
+    The data term of ``E = EncodingOperator(coils, ky, kz, contrast, phi)``: a function of ``u``
+    and ``coils``, not an operator. With ``Y = (M Phi)^H y`` kept in (modulated) k-space once and
+    ``G`` the per-location Gram matrices of ``M Phi`` (:func:`subspace_gram`), it is
+    ``||y||^2 - 2 Re<Y, F C u> + <F C u, G F C u>``: ``K * n_coils`` FFTs per evaluation, no
+    per-contrast FFTs, no line gathering, and exact (also for learned coils).
 
     Parameters
     ----------
@@ -362,7 +363,13 @@ class SubspaceDataTerm:
         self.y_norm2 = y.abs().pow(2).sum()
 
     def __call__(self, u: torch.Tensor, coils: torch.Tensor) -> torch.Tensor:
-        """The data term for coefficients ``u [K, nz, ny, nx]`` and coils ``[C, nz, ny, nx]``."""
+        """The data term for coefficients ``u [K, nz, ny, nx]`` and coils ``[C, nz, ny, nx]``.
+
+        Returns
+        -------
+        Real scalar tensor ``||y - E u||^2`` (units of the data, squared), differentiable in
+        ``u`` and ``coils``.
+        """
         k = torch.fft.fftn(
             u.unsqueeze(1) * (coils * self.image_phase), dim=(-3, -2, -1), norm="ortho"
         )
@@ -372,8 +379,10 @@ class SubspaceDataTerm:
 class ContrastDataTerm:
     """``||y - M F C I||^2`` for contrast images ``I [T, nz, ny, nx]`` and coils, exactly.
 
-    Contrasts are processed in chunks so that only ``chunk * n_coils`` volumes of k-space exist
-    at once: the exact (per-contrast FFT) path, memory bounded.
+    The data term of ``E = EncodingOperator(coils, ky, kz, contrast, n_contrasts=T)`` (no
+    subspace; ``T`` = the largest contrast index + 1): a function of ``I`` and ``coils``, not an
+    operator. Contrasts are processed in chunks so that only ``chunk * n_coils`` volumes of
+    k-space exist at once: the exact (per-contrast FFT) path, memory bounded.
 
     Parameters
     ----------
@@ -410,7 +419,13 @@ class ContrastDataTerm:
                 )
 
     def __call__(self, images: torch.Tensor, coils: torch.Tensor) -> torch.Tensor:
-        """The data term for ``images [T, nz, ny, nx]`` and ``coils [C, nz, ny, nx]``."""
+        """The data term for ``images [T, nz, ny, nx]`` and ``coils [C, nz, ny, nx]``.
+
+        Returns
+        -------
+        Real scalar tensor ``||y - E I||^2`` (units of the data, squared), differentiable in
+        ``images`` and ``coils``.
+        """
         modulated = coils * self.image_phase
         total = images.new_zeros((), dtype=images.real.dtype)
         for lo, hi, t, kz, ky, target in self.chunks:
