@@ -8,7 +8,7 @@ takes ``grid.shape`` instead of unpacking the matrix and reversing it by hand.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import NamedTuple
 
 
@@ -32,13 +32,13 @@ class Grid(NamedTuple):
     nx: int
 
     @classmethod
-    def from_matrix(cls, matrix: Sequence[int]) -> Grid:
+    def from_matrix(cls, matrix: Iterable[int]) -> Grid:
         """The grid of a matrix given in the problem file's ``(nx, ny, nz)`` order.
 
         Parameters
         ----------
         matrix
-            ``(nx, ny, nz)`` sizes (Python or numpy integers).
+            ``(nx, ny, nz)`` sizes (Python or numpy integers, a tuple or an array).
 
         Returns
         -------
