@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from lorein.data.problem import (
     write_problem,
 )
 from lorein.physics.contrasts import ContrastTable
+from tests.fake_cuda import fake_cuda
 from tests.helpers import randn_complex, rng
 
 NX, NY, NZ, N_COILS, N_CONTRASTS, N_LINES = 8, 6, 4, 3, 4, 20
@@ -256,6 +258,39 @@ def test_problem_properties() -> None:
         + 16 * 8  # affine float64
     )
     assert problem.nbytes == expected
+    assert problem.grid == (NZ, NY, NX) and problem.grid.shape == problem.coils.shape[1:]
+
+
+def _tensors(problem: Problem) -> dict[str, torch.Tensor]:
+    named = {n: getattr(problem, n) for n in ("kspace", "ky", "kz", "contrast", "coils")}
+    named |= {f"contrasts.{n}": c for n, c in problem.contrasts.columns().items()}
+    return {n: t for n, t in named.items() if t is not None}
+
+
+@pytest.mark.parametrize("coils", [True, False])
+def test_to_moves_every_tensor_and_keeps_the_original(coils: bool) -> None:
+    """On the real GPU when there is one, else on the pretend GPU of tests/fake_cuda.py."""
+    problem = make_problem(coils=coils)
+    before = {n: t.clone() for n, t in _tensors(problem).items()}
+    on_gpu = contextlib.nullcontext() if torch.cuda.is_available() else fake_cuda()
+    with on_gpu:
+        moved = problem.to("cuda")
+        assert all(t.device.type == "cuda" for t in _tensors(moved).values())
+        back = moved.to("cpu")
+    assert (moved.coils is None) == (not coils)
+    assert _tensors(moved).keys() == before.keys() == _tensors(problem).keys()
+    for name, value in before.items():
+        original = _tensors(problem)[name]
+        assert original.device.type == "cpu" and torch.equal(original, value), name
+    _assert_same_problem(problem, back)  # same values and dtypes, same geometry
+    assert moved.source == problem.source and moved.affine is problem.affine
+
+
+def test_to_the_same_device_shares_the_tensors() -> None:
+    problem = make_problem()
+    moved = problem.to(torch.device("cpu"))
+    assert moved is not problem
+    assert all(_tensors(moved)[n] is t for n, t in _tensors(problem).items())
 
 
 def test_problem_summary(problem_file: Path) -> None:

@@ -28,7 +28,7 @@ def test_espirit_coils_match_the_simulated_coils_inside_the_object() -> None:
 
 def test_espirit_coils_name_the_file_without_calibration() -> None:
     sim = simulate(TINY, 8, seed=1, snr=math.inf, progress=False)
-    keep = sim.problem.ky != sim.problem.matrix[1] // 2  # drop the central ky column
+    keep = sim.problem.ky != sim.problem.grid.ny // 2  # drop the central ky column
     fields = ("ky", "kz", "contrast", "kspace")
     problem = replace(sim.problem, **{f: getattr(sim.problem, f)[keep] for f in fields})
     with pytest.raises(ValueError, match="calibration region"):

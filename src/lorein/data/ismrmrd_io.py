@@ -292,7 +292,7 @@ def _channel_mask(n_coils: int) -> np.ndarray:
 
 def _calibration_lines(problem: Problem, calibration: tuple[int, int], source: str) -> np.ndarray:
     """``[n_lines]`` bool: line inside the central ``(ccy, ccz)`` region at ``(ny//2, nz//2)``."""
-    _, ny, nz = problem.matrix
+    ny, nz = problem.grid.phase_encodes
     ccy, ccz = calibration
     if not (1 <= ccy <= ny and 1 <= ccz <= nz):
         _fail(
@@ -309,7 +309,7 @@ def _export_heads(
     problem: Problem, geometry: _Geometry, calibration: tuple[int, int] | None, source: str
 ) -> np.ndarray:
     """``[n_lines]`` ISMRMRD acquisition headers (structured array) of the problem's lines."""
-    nx = problem.matrix[0]
+    nx = problem.grid.nx
     heads = np.zeros(problem.n_lines, dtype=acquisition_header_dtype)
     heads["version"] = 1
     heads["scan_counter"] = np.arange(problem.n_lines)
@@ -349,7 +349,7 @@ def _truth_images(
     truth: Truth, problem: Problem, geometry: _Geometry, source: str
 ) -> list[tuple[str, ismrmrd.Image]]:
     """Truth maps as ISMRMRD images ``(impath, image)``: real maps float32, complex complex64."""
-    nx, ny, nz = problem.matrix
+    shape = problem.grid.shape
     named: dict[str, torch.Tensor] = {**truth.maps(), **truth.extra}
     if truth.mask is not None:
         named["mask"] = truth.mask
@@ -359,12 +359,12 @@ def _truth_images(
     images = []
     for series, (name, m) in enumerate(named.items()):
         array = _numpy(m)
-        if array.ndim not in (3, 4) or array.shape[-3:] != (nz, ny, nx):
+        if array.ndim not in (3, 4) or array.shape[-3:] != shape:
             _fail(
                 source,
                 f"truth.{name}",
                 f"expected shape [nz, ny, nx] or [channels, nz, ny, nx] with (nz, ny, nx) = "
-                f"{(nz, ny, nx)}, found {list(array.shape)}",
+                f"{shape}, found {list(array.shape)}",
             )
         is_complex = np.iscomplexobj(array)
         array = array.astype(np.complex64 if is_complex else np.float32)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from lorein import __version__
+from lorein.data.grid import Grid
 from lorein.physics.contrasts import SIGNAL_MODELS, ContrastTable
 
 FORMAT = "lorein-problem"
@@ -88,7 +89,8 @@ class Problem:
     contrasts
         Sequence parameters per contrast, SI units.
     matrix
-        ``(nx, ny, nz)`` image grid size.
+        ``(nx, ny, nz)`` image grid size, in the file's ``geometry@matrix`` order; tensors take
+        :attr:`grid` (``[nz, ny, nx]`` order).
     voxel_size
         ``(dx, dy, dz)`` [mm].
     affine
@@ -127,10 +129,15 @@ class Problem:
         return self.contrasts.n_contrasts
 
     @property
+    def grid(self) -> Grid:
+        """The image grid in tensor order, ``Grid(nz, ny, nx)``, from :attr:`matrix`."""
+        return Grid.from_matrix(self.matrix)
+
+    @property
     def acceleration(self) -> float:
         """Acceleration factor R = n_contrasts * nx * ny * nz / (n_lines * nx) (paper eq. 19)."""
-        nx, ny, nz = self.matrix
-        return self.n_contrasts * nx * ny * nz / (self.n_lines * nx)
+        grid = self.grid
+        return self.n_contrasts * grid.n_voxels / (self.n_lines * grid.nx)
 
     @property
     def nbytes(self) -> int:
@@ -139,6 +146,30 @@ class Problem:
         if self.coils is not None:
             tensors.append(self.coils)
         return sum(t.numel() * t.element_size() for t in tensors) + self.affine.nbytes
+
+    def to(self, device: torch.device | str) -> Problem:
+        """A copy with every tensor on ``device``; dtypes and the problem itself are unchanged.
+
+        Parameters
+        ----------
+        device
+            Target device (``"cpu"``, ``"cuda"``, ...).
+
+        Returns
+        -------
+        The problem with ``kspace``, ``ky``, ``kz``, ``contrast``, ``coils`` (when known) and the
+        contrast table's columns on ``device``. A tensor already there is shared, not copied;
+        ``affine`` (numpy) is shared.
+        """
+        return replace(
+            self,
+            kspace=self.kspace.to(device),
+            ky=self.ky.to(device),
+            kz=self.kz.to(device),
+            contrast=self.contrast.to(device),
+            contrasts=self.contrasts.to(device),
+            coils=None if self.coils is None else self.coils.to(device),
+        )
 
     def lines_per_contrast(self) -> torch.Tensor:
         """Number of acquired lines of each contrast.
@@ -384,7 +415,7 @@ def _check_arrays(a: _Arrays, source: str) -> None:
     """Validate a whole problem given as arrays; raises :class:`ProblemFileError`."""
     signal_model = _check_signal_model(a.signal_model, source)
     _check_geometry(a.matrix, a.voxel_size, a.affine, source)
-    nx, ny, nz = (int(n) for n in a.matrix)
+    grid = Grid.from_matrix(a.matrix)
     n_contrasts = _check_contrasts(a.columns, signal_model, source)
 
     where = "/kspace/data"
@@ -395,15 +426,17 @@ def _check_arrays(a: _Arrays, source: str) -> None:
         _fail(source, where, "expected at least one line, found 0")
     if n_coils == 0:
         _fail(source, where, "expected at least one coil, found 0")
-    if nx_data != nx:
+    if nx_data != grid.nx:
         _fail(
-            source, where, f"expected nx = {nx} readout samples (geometry matrix), found {nx_data}"
+            source,
+            where,
+            f"expected nx = {grid.nx} readout samples (geometry matrix), found {nx_data}",
         )
     _check_finite(a.kspace, source, where)
 
     for name, index, stop, meaning in (
-        ("ky", a.ky, ny, "ny"),
-        ("kz", a.kz, nz, "nz"),
+        ("ky", a.ky, grid.ny, "ny"),
+        ("kz", a.kz, grid.nz, "nz"),
         ("contrast", a.contrast, n_contrasts, "n_contrasts"),
     ):
         where = f"/kspace/{name}"
@@ -412,7 +445,7 @@ def _check_arrays(a: _Arrays, source: str) -> None:
         _check_range(index, stop, meaning, source, where)
 
     if a.coils is not None:
-        _check_coils(a.coils, n_coils, (nz, ny, nx), source, "/coils")
+        _check_coils(a.coils, n_coils, grid.shape, source, "/coils")
 
 
 def _check_coils(
@@ -566,11 +599,11 @@ def write_problem(
     source = f"{path} (not written)"
     arrays = _problem_arrays(problem, source)
     _check_arrays(arrays, source)
-    nx, ny, nz = (int(n) for n in arrays.matrix)
     truth_maps = None
     if truth is not None:
         truth_maps = _truth_arrays(truth, source)
-        _check_truth(truth_maps, (nz, ny, nx), arrays.kspace.shape[1], source)
+        grid = Grid.from_matrix(arrays.matrix)
+        _check_truth(truth_maps, grid.shape, arrays.kspace.shape[1], source)
     provenance = {"lorein_version": __version__, **(attrs or {})}
     for key in provenance:
         if key in RESERVED_ATTRS:
@@ -794,14 +827,14 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
         _read_header(f, source)
         matrix, voxel_size, affine = _read_geometry(f, source)
         _check_geometry(matrix, voxel_size, affine, source)
-        nx, ny, nz = (int(n) for n in matrix)
+        grid = Grid.from_matrix(matrix)
         if "truth" not in f:
             _fail(source, "/truth", "expected a group, found none (the file holds no ground truth)")
         group = _group(f, "truth", source)
         maps = {name: _read(f, f"truth/{name}", source) for name in group}
         data = f.get("kspace/data")
         n_coils = data.shape[1] if isinstance(data, h5py.Dataset) and data.ndim == 3 else None
-    _check_truth(maps, (nz, ny, nx), n_coils, source)
+    _check_truth(maps, grid.shape, n_coils, source)
 
     def take(name: str, dtype: type) -> torch.Tensor | None:
         m = maps.pop(name, None)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from lorein.data.grid import Grid
 from lorein.data.problem import Problem, Truth
 from lorein.physics.coils import rss_normalise, simulate_coils
 from lorein.physics.fft import centered_fft, centered_ifft
@@ -133,7 +134,8 @@ def simulate(
     """
     start = time.perf_counter()
     snr = preset.snr if snr is None else snr
-    nx, ny, nz = preset.matrix
+    grid = Grid.from_matrix(preset.matrix)
+    nz, ny, nx = grid
     contrasts = preset.contrast_table()
     phantom = BrainPhantom(seed=seed)
     os_ = preset.oversampling
@@ -171,7 +173,7 @@ def simulate(
     for lo in tqdm(bounds, desc=f"simulate {preset.name}", disable=not progress, unit="chunk"):
         hi = min(lo + chunk, contrasts.n_contrasts)
         model = signal_model(preset.signal_model, contrasts.subset(slice(lo, hi)))
-        images = band_limit(model(fine_maps), (nz, ny, nx))  # [t, nz, ny, nx]
+        images = band_limit(model(fine_maps), grid.shape)  # [t, nz, ny, nx]
         magnitude_sum += float(images.abs()[:, mask].sum())
         rows = torch.nonzero((sampling.contrast >= lo) & (sampling.contrast < hi)).squeeze(1)
         if len(rows) == 0:

@@ -127,7 +127,7 @@ def lrt_maps(sim: Simulation) -> Maps:
 
 
 def test_output_contract(sim: Simulation, lrt_maps: Maps) -> None:
-    nx, ny, nz = sim.problem.matrix
+    nz, ny, nx = sim.problem.grid
     assert set(lrt_maps.values) == {"M0", "T1", "T2star", "B0", "phase0"}
     for v in lrt_maps.values.values():
         assert v.dtype == torch.float32 and v.shape == (nz, ny, nx) and torch.isfinite(v).all()

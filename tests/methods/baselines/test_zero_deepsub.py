@@ -96,7 +96,7 @@ def test_gradients_reach_the_denoiser_and_mu(sim: Simulation) -> None:
 
 
 def test_run_reports_and_keeps_the_best_validation(sim: Simulation, maps: Maps) -> None:
-    nx, ny, nz = sim.problem.matrix
+    nz, ny, nx = sim.problem.grid
     assert set(maps.values) == {"M0", "T1", "T2star", "B0", "phase0"}
     for v in maps.values.values():
         assert v.dtype == torch.float32 and v.shape == (nz, ny, nx) and torch.isfinite(v).all()

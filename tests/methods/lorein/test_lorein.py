@@ -83,9 +83,8 @@ def test_prior_fast_path_equals_naive_formula(sim: Simulation) -> None:
     model = signal_model(problem.signal_model, problem.contrasts)
     subspace = temporal_subspace(model, 6, 500, 50.0, seed=0)
     losses = LoreinLosses(problem, problem.kspace, subspace, model)
-    nx, ny, nz = problem.matrix
     g = torch.Generator().manual_seed(4)
-    u = torch.randn(6, nz, ny, nx, dtype=torch.complex64, generator=g)
+    u = torch.randn(6, *problem.grid.shape, dtype=torch.complex64, generator=g)
     maps = {name: value.float() for name, value in sim.truth.maps().items()}
     factors = model.factors(maps)
     images = factors.images()

@@ -3,12 +3,13 @@
 import pytest
 import torch
 
+from lorein.data.grid import Grid
 from lorein.methods.lorein.blocks import CoilField, LowRankBlock
 from lorein.methods.lorein.warm_start import fit_coil_field, warm_start
 from lorein.physics.coils import rss_normalise, simulate_coils
 from tests.helpers import TINY, randn_complex
 
-GRID = (TINY.matrix[2], TINY.matrix[1], TINY.matrix[0])
+GRID = Grid.from_matrix(TINY.matrix).shape
 COIL_ENCODING = {"n_levels": 4, "n_features": 2, "log2_table": 8, "n_min": 2, "growth": 1.5}
 SMALL = {"n_levels": 4, "n_features": 2, "log2_table": 12, "n_min": 4, "growth": 2.0}
 
