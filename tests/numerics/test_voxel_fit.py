@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lorein.data.problem import Problem
-from lorein.numerics.voxel_fit import FitBounds, fit_maps, sense_images, zero_filled_images
+from lorein.numerics.sense import sense_images, zero_filled_images
+from lorein.numerics.voxel_fit import FitBounds, fit_maps
 from lorein.physics.coils import rss_normalise, simulate_coils
 from lorein.physics.contrasts import ContrastTable
 from lorein.physics.operators import EncodingOperator

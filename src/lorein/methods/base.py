@@ -94,8 +94,7 @@ class Prepared:
     @property
     def grid(self) -> tuple[int, int, int]:
         """``(nz, ny, nx)``, the shape of every image."""
-        nx, ny, nz = self.problem.matrix
-        return (nz, ny, nx)
+        return self.problem.grid.shape
 
 
 def prepare(problem: Problem, context: RunContext, coil_compression: int | None) -> Prepared:
@@ -175,8 +174,7 @@ def image_memory(problem: Problem, n_coils: int | None = None, rank: int = 0) ->
     ``4 T V`` complex64 images (the images, their fit and temporaries), the k-space three times,
     and ``4 C V max(K, 1)`` coil images (``K`` subspace bases, ``C`` coils).
     """
-    nx, ny, nz = problem.matrix
-    voxels = nx * ny * nz
+    voxels = problem.grid.n_voxels
     coils = n_coils or problem.n_coils
     kspace = 3 * problem.kspace.numel() * 8
     images = 4 * problem.n_contrasts * voxels * 8

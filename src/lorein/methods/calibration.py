@@ -61,14 +61,16 @@ def problem_calibration(
     ValueError
         Naming the problem file when the union of lines covers no usable central region.
     """
-    nx, ny, nz = problem.matrix
-    size = covered_calibration_size(problem.ky, problem.kz, (ny, nz))
+    size = covered_calibration_size(problem.ky, problem.kz, problem.grid.phase_encodes)
     if size[0] < 2 or size[1] < 1:
         raise ValueError(
             f"{problem.source}: kspace: expected a fully covered central calibration region "
             f"(union of lines over contrasts), found only {size[0]} x {size[1]} locations"
         )
-    calib = calibration_region(kspace.cpu(), problem.ky.cpu(), problem.kz.cpu(), (ny, nz), size)
+    phase_encodes = problem.grid.phase_encodes
+    calib = calibration_region(
+        kspace.cpu(), problem.ky.cpu(), problem.kz.cpu(), phase_encodes, size
+    )
     return size, calib
 
 
@@ -107,7 +109,7 @@ def estimate_from_calibration(problem: Problem, kspace: torch.Tensor) -> Calibra
     kspace
         ``[L, n_coils, nx]`` acquired lines (possibly coil-compressed).
     """
-    nx, ny, nz = problem.matrix
+    nz, ny, nx = problem.grid
     size, calib = problem_calibration(problem, kspace)
     ccy, ccz = size
     window = torch.outer(
@@ -156,7 +158,7 @@ def espirit_coils(problem: Problem, kspace: torch.Tensor | None = None) -> torch
     the ESPIRiT eigenvalue passes its crop, zero elsewhere.
     """
     kspace = problem.kspace if kspace is None else kspace
-    nx, ny, nz = problem.matrix
+    nz, ny, nx = problem.grid
     size, calib = problem_calibration(problem, kspace)
     maps = espirit(calib.to(torch.complex64), (nx, ny, nz), threshold=ESPIRIT_THRESHOLD)
     return maps.to(kspace.device, torch.complex64)

@@ -24,7 +24,8 @@ from lorein.methods.baselines.joint_maple import (
 from lorein.methods.baselines.zero_shot import split_lines
 from lorein.methods.calibration import espirit_coils, estimate_from_calibration
 from lorein.methods.registry import reconstruct
-from lorein.numerics.voxel_fit import fit_maps, zero_filled_images
+from lorein.numerics.sense import zero_filled_images
+from lorein.numerics.voxel_fit import fit_maps
 from lorein.physics.coils import rss_normalise, simulate_coils
 from lorein.physics.operators import ContrastDataTerm, EncodingOperator
 from lorein.physics.signal_models import signal_model

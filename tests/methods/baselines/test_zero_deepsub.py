@@ -18,7 +18,8 @@ from lorein.methods.baselines.zero_deepsub import (
 from lorein.methods.calibration import espirit_coils, estimate_from_calibration
 from lorein.methods.registry import reconstruct
 from lorein.numerics.cg import conjugate_gradient
-from lorein.numerics.voxel_fit import fit_maps, zero_filled_images
+from lorein.numerics.sense import zero_filled_images
+from lorein.numerics.voxel_fit import fit_maps
 from lorein.physics.operators import EncodingOperator
 from lorein.physics.signal_models import signal_model
 from lorein.sim.simulate import Simulation, simulate

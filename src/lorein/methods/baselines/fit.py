@@ -18,7 +18,8 @@ from lorein.data.output import Maps
 from lorein.data.problem import Problem
 from lorein.methods.base import Method, RunContext, finish
 from lorein.methods.calibration import espirit_coils, estimate_from_calibration
-from lorein.numerics.voxel_fit import FitMethod, fit_maps, sense_images, zero_filled_images
+from lorein.numerics.sense import sense_images, zero_filled_images
+from lorein.numerics.voxel_fit import FitMethod, fit_maps
 from lorein.physics.coils import apply_coil_compression, coil_compression
 from lorein.physics.signal_models import signal_model
 from lorein.settings import validate

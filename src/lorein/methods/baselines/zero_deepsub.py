@@ -496,12 +496,13 @@ class ZeroDeepSub(Method):
 
 def _split(problem: Problem, config: ZeroDeepSubConfig, seed: int) -> LineSplit:
     """The seeded split of the acquired lines (the centre kept in every data-consistency set)."""
-    nx, ny, nz = problem.matrix
     return split_lines(
         problem.contrast,
         config.validation_fraction,
         config.loss_fraction,
         config.n_masks,
         seed,
-        protected=central_lines(problem.ky, problem.kz, (ny, nz), tuple(config.keep_centre)),
+        protected=central_lines(
+            problem.ky, problem.kz, problem.grid.phase_encodes, tuple(config.keep_centre)
+        ),
     )

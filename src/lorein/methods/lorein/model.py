@@ -102,8 +102,7 @@ def field_memory(problem: Problem, config: LoreinConfig, n_fields: int = 7) -> i
     the table with its gradient and Adam moments; the Gram-form data terms (``6 K C V``
     complex64), one chunk of per-contrast k-space and the weighted images.
     """
-    nx, ny, nz = problem.matrix
-    n = nx * ny * nz
+    n = problem.grid.n_voxels
     coils = config.coil_compression or problem.n_coils
     hash_buffers = n_fields * 16 * n * 8 * 16
     tables = n_fields * 16 * min(2**19, 2 * n) * 2 * 4 * 4

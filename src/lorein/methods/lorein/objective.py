@@ -46,13 +46,12 @@ class LoreinLosses:
         subspace: Subspace,
         model: SignalModel,
     ) -> None:
-        nx, ny, nz = problem.matrix
-        grid = (nz, ny, nx)
+        grid = problem.grid.shape
         dev = kspace.device
         ky, kz, contrast = problem.ky.to(dev), problem.kz.to(dev), problem.contrast.to(dev)
         self.phi = subspace.phi.to(dev, torch.complex64)
         self.n_samples = kspace.numel()
-        self.n_prior = problem.n_contrasts * nz * ny * nx * kspace.shape[1]
+        self.n_prior = problem.n_contrasts * problem.grid.n_voxels * kspace.shape[1]
         self.subspace_term = SubspaceDataTerm(kspace, ky, kz, contrast, self.phi, grid)
         self.contrast_term = ContrastDataTerm(kspace, ky, kz, contrast, grid)
         self.projection = SubspaceProjection(self.phi, model.readout_index, model.echo_index)
