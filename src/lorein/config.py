@@ -27,7 +27,9 @@ import textwrap
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from lorein.settings import typed
 
 COMMANDS = ("simulate", "info", "import", "export-ismrmrd", "recon", "eval", "compare")
 """Commands with a table in a configuration file (``config`` itself has none)."""
@@ -88,34 +90,24 @@ def setting_value(action: argparse.Action, value: Any, where: str) -> Any:
 
     Booleans for on/off flags, lists of ``nargs`` items for multi-value flags, numbers for
     ``int`` / ``float`` flags (an integer is accepted as a float), strings otherwise; values of
-    flags with choices must be among them.
+    flags with choices must be among them. The check is :func:`lorein.settings.typed`, the one
+    that method configurations use.
     """
-    key = f"{where}: {action.dest} = {_toml_value(value)}"
+    key = f"{where}: {action.dest}"
     if isinstance(action, argparse.BooleanOptionalAction):
-        if not isinstance(value, bool):
-            raise ValueError(f"{key}: expected true or false")
-        return value
+        return typed(value, bool, key)
+    kind = action.type or str
+    item: Any = {int: int, float: float}.get(kind, str)
+    if action.choices is not None:
+        item = Literal[tuple(action.choices)]
     if action.nargs is None:
-        return _scalar(action, value, key)
+        return kind(typed(value, item, key))
     count = action.nargs if isinstance(action.nargs, int) else None
     if not isinstance(value, list) or (count is not None and len(value) != count):
-        raise ValueError(f"{key}: expected a list of {count or 'one or more'} values")
-    return [_scalar(action, item, key) for item in value]
-
-
-def _scalar(action: argparse.Action, value: Any, key: str) -> Any:
-    kind = action.type or str
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"{key}: expected an integer")
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{key}: expected a number")
-        value = float(value)
-    if kind in (str, Path) and not isinstance(value, str):
-        raise ValueError(f"{key}: expected a string")
-    if action.choices is not None and value not in action.choices:
-        raise ValueError(f"{key}: expected one of {', '.join(map(str, action.choices))}")
-    return kind(value)
+        raise ValueError(
+            f"{key} = {_toml_value(value)}: expected a list of {count or 'one or more'} values"
+        )
+    return [kind(v) for v in typed(value, list[item], key)]
 
 
 def toml_table(name: str, values: Mapping[str, Any], comments: Mapping[str, str]) -> str:
