@@ -290,6 +290,7 @@ def run_logged(
                 proc.kill()
                 proc.wait()
             pump.join()
+            proc.stderr.close()
     if code == 0:
         return None
     if code is None:
