@@ -107,7 +107,7 @@ def test_info_prints_the_summary(
 
 
 def test_index_ranges_summarise_long_lists() -> None:
-    from lorein.cli import _index_ranges
+    from lorein.cli.info import _index_ranges
 
     assert _index_ranges([], 60) == "none"
     assert _index_ranges([3], 60) == "1 of 60: 3"

@@ -52,6 +52,7 @@ from lorein.eval.evaluate import (
 )
 from lorein.eval.figures import LABELS, comparison_figure
 from lorein.eval.metrics import least_squares_scale
+from lorein.eval.tables import REGIONS, error_key, markdown_table, number
 from lorein.run import METHODS
 from lorein.sim.phantom import TISSUE_GROUPS, TISSUES
 
@@ -289,6 +290,7 @@ def run_logged(
                 proc.kill()
                 proc.wait()
             pump.join()
+            proc.stderr.close()
     if code == 0:
         return None
     if code is None:
@@ -398,10 +400,6 @@ def _status_line(result: dict[str, Any]) -> str:
     return f"ok, {result['wall_seconds']:.1f} s, peak {result['peak_memory_gib']:.2f} GiB"
 
 
-def _number(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def comparison_markdown(record: dict[str, Any]) -> str:
     """``compare.md``: the problem, then tables of errors, SSIM and tissue statistics.
 
@@ -427,16 +425,15 @@ def comparison_markdown(record: dict[str, Any]) -> str:
         "0-0.1 s, M0 after a least-squares scale; B0 as RMSE [Hz].",
         "",
     ]
-    error_names = _error_names(columns)
-    lines += _table(
-        ["method", "status", *error_names, "wall time [s]", "peak memory [GiB]"],
+    lines += markdown_table(
+        ["method", "status", *_error_names(columns), "wall time [s]", "peak memory [GiB]"],
         [
             [
                 name,
                 r["status"],
-                *[_number(r.get("scores", {}).get(n, {}).get(_key(n)), 3) for n in columns],
-                _number(r.get("wall_seconds"), 1),
-                _number(r.get("peak_memory_gib"), 2),
+                *_cells(r.get("scores", {}), columns),
+                number(r.get("wall_seconds"), 1),
+                number(r.get("peak_memory_gib"), 2),
             ]
             for name, r in results.items()
         ]
@@ -447,15 +444,12 @@ def comparison_markdown(record: dict[str, Any]) -> str:
         lines += ["", "Failed methods (last line of `METHOD.log`):", "", *failed]
     if scored:
         lines += ["", "SSIM (capped maps, inside the truth mask):", ""]
-        lines += _table(
+        lines += markdown_table(
             ["method", *[LABELS[n] for n in columns]],
-            [
-                [m, *[_number(s.get(n, {}).get("ssim"), 3) for n in columns]]
-                for m, s in scored.items()
-            ],
+            [[m, *_cells(s, columns, "ssim")] for m, s in scored.items()],
         )
-    lines += _region_lines(record, columns, "interior")
-    lines += _region_lines(record, columns, "without_csf")
+    for key in REGIONS:
+        lines += _region_lines(record, columns, key)
     lines += _tissue_lines(record, columns)
     notes = [f"- {note}" for note in record["notes"]]
     return "\n".join([*lines, *(["", "Notes:", "", *notes] if notes else [])]) + "\n"
@@ -464,7 +458,15 @@ def comparison_markdown(record: dict[str, Any]) -> str:
 def _constant_row(record: dict[str, Any], columns: list[str]) -> list[list[str]]:
     """The error table's oracle row."""
     errors = record["constant_map"]
-    return [[CONSTANT_ROW, "oracle", *[_number(errors.get(n), 3) for n in columns], "-", "-"]]
+    return [[CONSTANT_ROW, "oracle", *[number(errors.get(n), 3) for n in columns], "-", "-"]]
+
+
+def _cells(
+    scores: dict[str, dict[str, float]], columns: list[str], key: str | None = None
+) -> list[str]:
+    """One method's score ``key`` (default: its error, :func:`error_key`) of each map in
+    ``columns``."""
+    return [number(scores.get(n, {}).get(key or error_key(n)), 3) for n in columns]
 
 
 def _region_lines(record: dict[str, Any], columns: list[str], key: str) -> list[str]:
@@ -494,17 +496,13 @@ def _region_lines(record: dict[str, Any], columns: list[str], key: str) -> list[
             "value in the mask and dominates its T1 error)"
             + (f": {kept} voxels." if kept is not None else ".")
         )
-    rows = [[m, *[_number(s.get(n, {}).get(key), 3) for n in columns]] for m, s in scored.items()]
-    return ["", intro, "", *_table(["method", *_error_names(columns)], rows)]
+    rows = [[m, *_cells(s, columns, key)] for m, s in scored.items()]
+    return ["", intro, "", *markdown_table(["method", *_error_names(columns)], rows)]
 
 
 def _error_names(columns: list[str]) -> list[str]:
     """Column headers of the error tables."""
     return ["B0 RMSE [Hz]" if n == "B0" else f"NRMSE {LABELS[n]}" for n in columns]
-
-
-def _key(name: str) -> str:
-    return "rmse_hz" if name == "B0" else "nrmse"
 
 
 def _tissue_lines(record: dict[str, Any], columns: list[str]) -> list[str]:
@@ -539,7 +537,7 @@ def _tissue_lines(record: dict[str, Any], columns: list[str]) -> list[str]:
         "Per-tissue mean (bias = method mean - true mean); M0 after the least-squares scale; "
         f"voxels: {', '.join(f'{t} {n}' for t, n in record['problem']['tissue_voxels'].items())}."
     )
-    return ["", intro, "", *_table(["method", "tissue", *header], rows)]
+    return ["", intro, "", *markdown_table(["method", "tissue", *header], rows)]
 
 
 def _display(name: str, value: float | None, sign: bool = False) -> str:
@@ -549,15 +547,6 @@ def _display(name: str, value: float | None, sign: bool = False) -> str:
     factor, unit = TISSUE_UNITS[name]
     digits = 3 if unit == "a.u." else 1
     return f"{value * factor:{'+' if sign else ''}.{digits}f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """Markdown table lines."""
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
 
 
 def _write_atomic(path: Path, text: str) -> None:

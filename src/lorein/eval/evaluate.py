@@ -9,6 +9,7 @@ import torch
 
 from lorein.data.problem import Truth
 from lorein.eval.metrics import constant_map, interior_mask, map_error, ssim_of_map
+from lorein.eval.tables import error_key
 from lorein.sim.phantom import TISSUES
 
 EVALUATED = ("M0", "T1", "T2", "T2star", "B0")
@@ -44,9 +45,8 @@ def evaluate_maps(maps: dict[str, torch.Tensor], truth: Truth) -> dict[str, dict
         if name not in maps or ref is None:
             continue
         x = maps[name].float()
-        key = "rmse_hz" if name == "B0" else "nrmse"
         results[name] = {
-            key: map_error(name, x, ref, mask),
+            error_key(name): map_error(name, x, ref, mask),
             "ssim": ssim_of_map(name, x, ref, mask),
         }
         if interior is not None:
