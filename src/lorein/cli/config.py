@@ -39,7 +39,8 @@ def run(args: argparse.Namespace, commands: Mapping[str, Command]) -> None:
     """Print the table of each name of ``args.names``: a command's or a method's."""
     import dataclasses
 
-    from lorein.run import METHODS, load_config
+    from lorein.methods.registry import METHODS
+    from lorein.run import load_config
 
     config = {} if args.config is None else read_toml(args.config)
     parts = []

@@ -53,7 +53,7 @@ from lorein.eval.evaluate import (
 from lorein.eval.figures import LABELS, comparison_figure
 from lorein.eval.metrics import least_squares_scale
 from lorein.eval.tables import REGIONS, error_key, markdown_table, number
-from lorein.run import METHODS
+from lorein.methods.registry import METHODS
 from lorein.sim.phantom import TISSUE_GROUPS, TISSUES
 
 FORMAT = "lorein-compare"
@@ -104,8 +104,8 @@ def compare(
     problem
         Problem file (HDF5) with a ``truth/`` group.
     methods
-        Names in :data:`lorein.run.METHODS`, in the order of the tables and figure rows.
-    out
+        Names in :data:`lorein.methods.registry.METHODS`, in the order of the tables and figure
+    rows. out
         Output folder (created); see the module docstring for its layout.
     config
         TOML file passed to every method as ``lorein recon --config`` (each method reads its
