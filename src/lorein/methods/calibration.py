@@ -135,10 +135,8 @@ ESPIRIT_THRESHOLD = 0.1
 The union of lines over contrasts covers the calibration region with lines of *different*
 contrasts (at sim1-small R = 27 it covers the whole 56 x 8 plane, 1-6 lines per location), so the
 averaged calibration k-space is not one image's k-space, and with the usual 0.02 the
-inconsistencies enter the signal subspace. Measured on sim1-small R = 27 (seed 1): with 8 virtual
-coils the CG subspace data residual was 0.0099 at 0.02 and 0.00068 at 0.1 (24 coils; the
-calibration-region coils of LoREIN's warm start give 0.0010); mean |cos| to the true coils in the
-brain 0.994 at 0.1 (24 coils)."""
+inconsistencies enter the signal subspace; 0.1 keeps them out (measured on a seed-1 problem:
+docs/tuning/calibration.md)."""
 
 
 def espirit_coils(problem: Problem, kspace: torch.Tensor | None = None) -> torch.Tensor:

@@ -53,8 +53,8 @@ Where it departs from the original:
   ``m`` locations (a matrix product, no FFT of every coil image); ``B B^H`` needs no image at
   all: its entries are the 2D FFTs of the coil products ``S_c conj(S_c')`` at the differences
   of the sampled locations. Worth it where ``C m`` is small (sim 2: at most 4 lines per
-  contrast, ``C m <= 32`` against ``nz ny = 640``; one training step 7 s instead of 100 s);
-  the CG path is the default (sim1-small at R = 12, ``m = 38``: 2.7 s against 0.9 s).
+  contrast, ``C m <= 32`` against ``nz ny = 640``); the CG path is the default, cheaper where
+  contrasts sample many locations (step times: docs/tuning/joint-maple.md).
 - The voxel fit uses the shared :func:`fit_maps` (echo analysis, dictionary, Levenberg-Marquardt)
   as the initialisation of the gradient-based joint refinement.
 """
@@ -139,8 +139,7 @@ class JointMapleConfig:
         Fraction of the remaining lines in each loss set; the rest are DC lines (ZS-SSL: 0.4).
     n_masks
         Number of DC / loss partitions, used in turn. Many partitions keep the network from
-        memorising the loss lines (with 4 on a tiny problem the training loss kept falling while
-        the held-out loss rose from the first evaluation).
+        memorising the loss lines (docs/tuning/joint-maple.md).
     mu
         Initial weight of the DC proximal term (learned; ZS-SSL: 0.05).
     map_iterations
@@ -416,8 +415,7 @@ def kspace_data_term(
     :class:`SampledDataTerm` costs about ``m`` (distinct locations per contrast) image-sized
     products per contrast, the per-contrast FFT term
     (:class:`~lorein.physics.operators.ContrastDataTerm`) about ``C`` (coils) FFTs: the first
-    when ``m <= C`` (measured, value and gradient of one call: sim2-small R = 160, m = 4, C = 8:
-    6.6 s against 27.9 s; sim1-small R = 12, m = 38: 1.06 s against 0.44 s).
+    when ``m <= C`` (timings: docs/tuning/joint-maple.md).
 
     Parameters
     ----------

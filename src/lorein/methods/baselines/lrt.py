@@ -35,7 +35,7 @@ ADMM (scaled form) with the splitting ``z = D u``:
 
 The maps come from a voxel-wise fit of ``Phi u`` (:func:`~lorein.numerics.voxel_fit.fit_maps`)
 inside the calibration support. Departures from He et al.: ``Phi`` comes from the SVD of a simulated
-dictionary (exactly as LoREIN gets it, :func:`~lorein.methods.lorein.method.temporal_subspace`)
+dictionary (exactly as LoREIN gets it, :func:`~lorein.physics.subspace.temporal_subspace`)
 instead of being estimated from navigator data, and the spatial factor is not further decomposed
 into a tensor of lower order; the regulariser is TV only (no sparsity or locally low-rank term).
 Nothing here reads the truth.

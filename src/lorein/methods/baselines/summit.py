@@ -3,7 +3,7 @@
 SUMMIT represents every parametric map by its own hash-encoded field, turns the maps into
 weighted images with the sequence's signal model and fits them to the acquired k-space of every
 contrast, with WNNM on the maps. That is LoREIN without its LRR block: this module runs
-:func:`lorein.methods.lorein.method.reconstruct` in ``mode = "pmr-only"`` (coil field warmed up on
+:func:`lorein.methods.lorein.pipeline.run` in ``mode = "pmr-only"`` (coil field warmed up on
 the calibration region, then learned with the maps; per-contrast exact data consistency). Its
 configuration holds only the settings that act in that mode.
 
@@ -43,7 +43,7 @@ def _default(name: str) -> Any:
 @dataclass
 class SummitConfig:
     """Hyper-parameters of the SUMMIT baseline; each means what it means in
-    :class:`lorein.methods.lorein.method.LoreinConfig` (defaults are LoREIN's)."""
+    :class:`lorein.methods.lorein.config.LoreinConfig` (defaults are LoREIN's)."""
 
     dictionary_atoms: int = _default("dictionary_atoms")
     b0_range_hz: float = _default("b0_range_hz")

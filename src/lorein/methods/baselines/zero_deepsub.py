@@ -4,7 +4,7 @@ Follows Jun et al. (MRM 2024, public code yohan-jun/Zero-DeepSub), which applies
 et al., ICLR 2022) to the ``K`` subspace coefficient images ``u`` of ``I = Phi u``:
 
 - **Subspace.** ``Phi`` from the SVD of a simulated dictionary, exactly as LoREIN builds it
-  (:func:`lorein.methods.lorein.method.temporal_subspace`); coils by ESPIRiT from the calibration
+  (:func:`lorein.physics.subspace.temporal_subspace`); coils by ESPIRiT from the calibration
   region (:func:`lorein.methods.calibration.espirit_coils`); data divided by the calibration scale
   (:func:`lorein.methods.calibration.estimate_from_calibration`), so every problem reaches the
   network in the same range; M0 and the images are returned in data units.
@@ -50,11 +50,12 @@ Departures:
   masks (ZS-SSL: 25).
 - Each DC block's CG starts at the denoiser output ``z`` instead of zero (one more ``E^H E`` per
   block): the solution is the same, but with few CG iterations a zero start throws away what the
-  previous blocks achieved (measured on ``sim1-small``: the untrained network's T1 NRMSE 0.94 with
-  zero starts, 0.83 with warm starts).
+  previous blocks achieved.
 - ``mu`` is parameterised by its logarithm (it must stay positive for CG); ZS-SSL lets it free.
 - The whole volume is one training sample (no slice-by-slice training): the Gram-form DC couples
   all ``(ky, kz)`` through the coil maps, and the volumes here are small.
+
+Tuning measurements (warm-started DC blocks, number of masks): docs/tuning/zero-deepsub.md.
 """
 
 from __future__ import annotations
@@ -137,8 +138,7 @@ class ZeroDeepSubConfig:
     n_masks
         Number of ``(Theta, Lambda)`` splits of the remaining lines, one Adam step each per epoch
         (Zero-DeepSub's released default 1; ZS-SSL 25). With one mask the network overfits its
-        ``Lambda`` within about 12 epochs (``sim1-small``, R = 27: best validation loss 0.723);
-        four reached 0.710.
+        ``Lambda`` within about 12 epochs; four do better (docs/tuning/zero-deepsub.md).
     keep_centre
         ``(ky, kz)`` size of the central block whose lines always stay in ``Theta`` (ZS-SSL:
         ``(4, 4)``).

@@ -85,9 +85,8 @@ class LoreinConfig:
     pretrain
         Steps of LRR-only pre-training (paper: 20 epochs).
     coil_warmup
-        Steps fitting the coil field to the calibration estimate (sim1-small: the CG subspace
-        data residual with the field's coils is 0.0057 after 60 steps, 0.0019 after 200,
-        0.0018 after 600; with the estimate itself 0.0010).
+        Steps fitting the coil field to the calibration estimate (200: the data residual with
+        the field's coils hardly falls after that; docs/tuning/lorein.md).
     warm_start
         Steps regressing the basis and parameter fields to a CG subspace reconstruction and its
         voxel fit before the joint optimisation (0: start from scratch, as the paper does);
@@ -101,11 +100,9 @@ class LoreinConfig:
     dc1, dc2, prior, wnnm
         Loss weights (eq. 18; ``wnnm`` is lambda). WNNM's weights ``c sqrt(N) / (s_hat + 1e-6)``
         reach ~5e6 on noise-only singular values, so its value is many orders above the mean
-        squared data terms (the paper gives no lambda). Swept on a sim1-small R = 27 seed-1
-        problem (150 steps, ``configs/sim1-small.toml``), T1 / T2* NRMSE: lambda = 0 0.418 /
-        0.332, 1e-8 0.423 / 0.334, 1e-7 0.439 / 0.375, 1e-6 0.537 / 0.400: at these budgets
-        WNNM pulls the maps away from the data faster than it removes noise, so the default
-        keeps it weak.
+        squared data terms (the paper gives no lambda). The default 1e-8 keeps it weak: at
+        these budgets a stronger WNNM pulled the maps away from the data faster than it removed
+        noise (sweep: docs/tuning/lorein.md).
     prior_flow
         ``"both"``: the prior's gradient reaches both blocks; ``"to-pmr"``: only the PMR block
         (``U`` detached in ``L_prior``), so the LRR block fits its data alone and guides the
@@ -121,10 +118,8 @@ class LoreinConfig:
     dc2_path
         ``"exact"`` (per-contrast FFTs) or ``"subspace"``.
     cnn_channels
-        Channels of the basis CNN; 0 removes it (ablation "no CNN"). On sim1-small, R = 27, at
-        150 steps it changes nothing beyond the run-to-run spread (tuning problems seeds 1 / 2,
-        method seeds 0-2, mean T1 / T2* NRMSE: 0.355 / 0.309 and 0.386 / 0.300 with it, 0.355 /
-        0.309 and 0.383 / 0.291 without).
+        Channels of the basis CNN; 0 removes it (ablation "no CNN"; on sim1-small at 150 steps
+        no effect beyond the run-to-run spread, docs/tuning/lorein.md).
     pmr_start
         Where the parameter fields start: ``"cg"``, the voxel fit of the CG subspace
         reconstruction of the warm start (before step 0); ``"lrr"``, the voxel fit of the LRR
