@@ -7,9 +7,10 @@ reconstruction's resolution by cropping its centred k-space (a periodic operatio
 **The slab.** The reconstruction grid covers a slab of ``nz`` partitions, and the head continues
 above and below it. Band-limiting a rendering of the slab alone would treat it as one period of a
 periodic object: the top of the slab would sit next to its bottom, and the jump between them
-would ring into the first and last slices (sim1-small, fully sampled noiseless voxel fit: T2*
-relative error 0.42 in the first slice, 0.18-0.26 in the others). A 3D acquisition of a slab
-does not do that: the slab-selective excitation leaves tissue outside the slab unexcited, and the
+would ring into the first and last slices (sim1-small, fully sampled noiseless voxel fit, capped
+T2* NRMSE in the mask: 0.42 in the first slice, 0.18-0.27 in the others; with the margin below
+0.26 and 0.19-0.25). A 3D slab acquisition avoids that: the slab-selective excitation leaves
+tissue far from the slab unexcited (its profile rolls off over a transition band), and the
 partition encoding is oversampled so that the excited volume's edges do not fold back into the
 slab (slice oversampling; the extra partitions are discarded). The simulation does the same. It
 renders ``margin`` further reconstruction slices on each side of the slab, weights the contrast
