@@ -168,6 +168,7 @@ def simulate_case(
         "noise_std": sim.noise_std,
         "requested_R": R,
         "lorein_version": __version__,
+        **sim.attrs(),
     }
     write_problem(path, problem, truth=sim.truth, attrs=attrs)
 

@@ -14,7 +14,7 @@ import torch
 
 from lorein.cli import build_parser, main, parse_args
 from lorein.config import COMMANDS
-from lorein.data.problem import read_problem, write_problem
+from lorein.data.problem import read_problem, read_truth, write_problem
 from lorein.numerics.optimisation import NonFiniteLossError
 from lorein.run import METHODS, load_config
 from lorein.sim.simulate import simulate
@@ -95,6 +95,42 @@ def test_simulate_takes_its_settings_from_the_config(problem_file: Path) -> None
         assert (n_coils, nx) == (24, 56)
         assert abs(60 * 56 * 8 / n_lines / 27 - 1) < 0.02
         assert "truth/T1" in f and "truth/mask" in f
+
+
+def test_simulate_labels_the_simulation_and_paper_protocol_has_pure_voxels_only(
+    problem_file: Path, tmp_path: Path
+) -> None:
+    with h5py.File(problem_file, "r") as f:
+        assert f.attrs["simulation"] == "fine-grid"
+        assert (f.attrs["oversampling"], f.attrs["slab_margin"]) == (2, 2)
+        purity = f["truth/purity"][()]
+        assert purity.dtype == np.float32 and purity.shape == (8, 56, 56) and purity.min() < 0.9
+    out = tmp_path / "paper.h5"
+    argv = ["simulate", "--preset", "sim1-small", "--R", "48", "--paper-protocol", "-o", str(out)]
+    assert main(argv) == 0
+    with h5py.File(out, "r") as f:
+        assert f.attrs["simulation"] == "paper-protocol"
+        assert (f.attrs["oversampling"], f.attrs["slab_margin"]) == (1, 0)
+        assert (f["truth/purity"][()] == 1).all()
+
+
+def test_eval_leads_with_the_pure_tissue_errors(
+    problem_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    truth = read_truth(problem_file)
+    out = tmp_path / "out"
+    out.mkdir()
+    with h5py.File(out / "maps.h5", "w") as f:
+        for name, m in truth.maps().items():
+            f[name] = {"T1": 1.1 * m, "B0": m + 2.0}.get(name, m).numpy()
+    assert main(["eval", str(out), "--truth", str(problem_file), "--maps", "T1", "B0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["map", "pure", "paper", "protocol"]
+    assert lines[3].startswith("pure: the errors in the") and "90% one tissue" in lines[3]
+    assert lines[4].startswith("paper protocol: the errors in the")
+    scores = json.loads((out / "eval.json").read_text())
+    assert 0 < scores["T1"]["pure"] <= 0.1 + 1e-6 and scores["T1"]["nrmse"] > 0
+    assert scores["B0"]["pure"] == pytest.approx(2.0, rel=1e-5)
 
 
 def test_info_prints_the_summary(

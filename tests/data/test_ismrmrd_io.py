@@ -266,6 +266,16 @@ def test_truth_written_as_images(tmp_path: Path) -> None:
     np.testing.assert_allclose(t1.field_of_view, [NX * 1.5, NY * 2.0, NZ * 3.0], rtol=1e-6)
 
 
+def test_truth_purity_written_as_an_image(tmp_path: Path) -> None:
+    purity = torch.rand(NZ, NY, NX, generator=rng(5))
+    path = tmp_path / "raw.h5"
+    export_ismrmrd(make_problem(), path, Truth(mask=purity > 0.5, purity=purity))
+    with ismrmrd.Dataset(str(path), create_if_needed=False) as dset:
+        image = dset.read_image("truth_purity", 0)
+    np.testing.assert_array_equal(image.data[0], purity.numpy())
+    assert image.meta["lorein.unit"] == "1" and image.meta["lorein.map"] == "purity"
+
+
 def test_parameters_from_header_sequence_parameters(tmp_path: Path) -> None:
     problem = make_problem("vfa_megre")
     path = tmp_path / "raw.h5"

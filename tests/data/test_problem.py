@@ -172,6 +172,49 @@ def test_truth_with_absent_maps(tmp_path: Path) -> None:
     assert back.T2 is None and back.coils is None and back.extra == {}
 
 
+def test_truth_purity_round_trip_and_older_files_without_it(
+    problem_file: Path, tmp_path: Path
+) -> None:
+    """``truth/purity`` is optional: written as float32 when known, None when a file lacks it."""
+    assert read_truth(problem_file).purity is None  # written without purity
+    purity = torch.rand(NZ, NY, NX, generator=rng(5), dtype=torch.float64)
+    path = tmp_path / "p.h5"
+    write_problem(path, make_problem(), dataclasses.replace(make_truth(), purity=purity))
+    with h5py.File(path, "r") as f:
+        assert f["truth/purity"].dtype == np.float32
+    back = read_truth(path)
+    assert back.purity is not None and back.purity.dtype == torch.float32
+    assert torch.equal(back.purity, purity.float())
+    assert back.extra.keys() == {"labels"}
+    assert "purity" in problem_summary(path)["truth_maps"]
+
+
+@pytest.mark.parametrize(
+    ("data", "pattern"),
+    [
+        (np.full((NZ, NY, NX), 1.5, np.float32), r"expected fractions in \[0, 1\], found min 1.5"),
+        (np.ones((NZ, NY, NX), np.uint8), r"expected floating-point"),
+        (np.ones((NY, NX), np.float32), r"expected shape \[4, 6, 8\] \(nz, ny, nx\)"),
+        (np.full((NZ, NY, NX), np.nan, np.float32), r"expected finite values"),
+    ],
+)
+def test_purity_is_validated_on_reading_and_writing(
+    problem_file: Path, tmp_path: Path, data: np.ndarray, pattern: str
+) -> None:
+    with h5py.File(problem_file, "r+") as f:
+        f["truth/purity"] = data
+    with _raises(problem_file, "/truth/purity: " + pattern):
+        read_truth(problem_file)
+    path = tmp_path / "p.h5"
+    bad = dataclasses.replace(make_truth(), purity=torch.from_numpy(data))
+    with pytest.raises(ProblemFileError, match="/truth/purity: " + pattern):
+        write_problem(path, make_problem(), bad)
+    reserved = dataclasses.replace(make_truth(), extra={"purity": make_truth().T1})
+    with pytest.raises(ProblemFileError, match=r"/truth/purity: expected an extra map name"):
+        write_problem(path, make_problem(), reserved)
+    assert not path.exists()
+
+
 def test_read_problem_does_not_touch_truth(problem_file: Path) -> None:
     with h5py.File(problem_file, "r+") as f:
         del f["truth/T1"]

@@ -14,7 +14,7 @@ from lorein.cli import main
 from lorein.data.problem import read_problem, read_truth, write_problem
 from lorein.eval.compare import compare, last_line, tissue_stats
 from lorein.eval.evaluate import evaluate_maps, read_maps
-from lorein.eval.metrics import interior_mask, map_error
+from lorein.eval.metrics import interior_mask, map_error, pure_mask
 from lorein.run import METHODS
 from lorein.sim.phantom import TISSUES
 from lorein.sim.simulate import simulate
@@ -101,6 +101,29 @@ def test_interior_errors_are_the_errors_in_the_interior_mask(
     assert "The same errors in the tissue interiors" in (compared / "compare.md").read_text()
     unlabelled = read_truth(tiny[1])
     assert all("interior" not in s for s in evaluate_maps(maps, unlabelled).values())
+
+
+def test_pure_errors_are_the_errors_in_the_pure_voxels_and_lead_compare_md(
+    compared: Path, tiny: tuple[Path, Path]
+) -> None:
+    truth = read_truth(tiny[0])
+    assert truth.purity is not None
+    pure = pure_mask(truth.purity, truth.mask)
+    record = _record(compared)
+    maps = read_maps(compared / "fit")
+    scores = record["methods"]["fit"]["scores"]
+    for name in ("T1", "B0"):
+        expected = map_error(name, maps[name], getattr(truth, name), pure)
+        assert scores[name]["pure"] == pytest.approx(expected)
+        assert "nrmse" in scores["T1"] and "interior" in scores[name]  # added, none replaced
+    assert record["problem"]["pure_voxels"] == int(pure.sum()) > 0
+    assert record["problem"]["simulation"] is None  # written without the simulation's attrs
+    text = (compared / "compare.md").read_text()
+    headline = text.index("Errors in the pure-tissue voxels")
+    assert headline < text.index("Paper protocol: errors inside the whole truth mask")
+    assert f"{int(pure.sum())} voxels." in text[headline:]
+    no_purity = dataclasses.replace(truth, purity=None)
+    assert all("pure" not in s for s in evaluate_maps(maps, no_purity).values())
 
 
 def test_without_csf_errors_leave_out_exactly_the_csf_voxels(

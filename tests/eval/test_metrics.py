@@ -1,15 +1,19 @@
-"""Metrics: capped NRMSE, scale-invariant M0, B0 RMSE, SSIM against simple cases."""
+"""Metrics: capped NRMSE, scale-invariant M0, B0 RMSE, SSIM against simple cases; the pure-tissue
+region and the table of ``lorein eval``."""
 
 import torch
 
 from lorein.eval.metrics import (
+    PURE_THRESHOLD,
     constant_map,
     interior_mask,
     map_error,
     nrmse,
+    pure_mask,
     ssim,
     ssim_of_map,
 )
+from lorein.eval.tables import map_table
 from tests.helpers import rng
 
 
@@ -95,3 +99,37 @@ def test_interior_mask_matches_a_neighbour_loop() -> None:
     assert not bool(got[0, 4, 3])  # box 1 reaches the first slice: a face voxel
     assert not bool(got[2, 4, 5])  # next to box 2
     assert bool(got[2:4, 3:6, 7:9].all()) and not bool(got[2, 4, 9])  # box 2, its face
+
+
+def test_pure_mask_keeps_mask_voxels_at_or_above_the_threshold() -> None:
+    _, mask = _maps()
+    purity = torch.rand(3, 10, 12, generator=rng(1))
+    purity[0, 4, 5], purity[0, 4, 6] = PURE_THRESHOLD, PURE_THRESHOLD - 1e-3
+    pure = pure_mask(purity, mask)
+    assert pure.dtype == torch.bool
+    assert torch.equal(pure, mask.bool() & (purity >= 0.9))
+    assert pure[0, 4, 5] and not pure[0, 4, 6]
+
+
+def test_map_table_leads_with_the_pure_region_and_names_the_paper_protocol() -> None:
+    scores = {
+        "T1": {"nrmse": 0.3, "ssim": 0.8, "pure": 0.05, "interior": 0.1, "constant_map": 0.5},
+        "B0": {"rmse_hz": 2.0, "ssim": 0.9, "pure": 1.0, "interior": 1.5, "constant_map": 9.0},
+    }
+    header, t1, b0 = map_table(scores)
+    assert header.split() == [
+        "map",
+        "pure",
+        "paper",
+        "protocol",
+        "SSIM",
+        "constant",
+        "map",
+        "interior",
+    ]
+    assert t1.split() == ["T1", "0.0500", "0.3000", "0.800", "0.5000", "0.1000"]
+    assert b0.split()[:3] == ["B0", "1.00", "Hz"]
+    without = {name: {k: v for k, v in s.items() if k != "pure"} for name, s in scores.items()}
+    header, t1, _ = map_table(without)
+    assert header.split()[:3] == ["map", "paper", "protocol"] and "pure" not in header
+    assert t1.split()[:2] == ["T1", "0.3000"]

@@ -18,7 +18,11 @@ def add_parser(sub: Subparsers) -> Command:
         "simulate an acquisition of a brain phantom and write it as a problem file",
         "Simulate undersampled multi-coil k-space of a brain phantom from a preset of the paper's "
         "protocols and write a problem file: the acquired lines only, with the ground-truth maps "
-        "under truth/ for 'lorein eval'.",
+        "under truth/ for 'lorein eval'. By default the object is rendered on a finer grid than "
+        "the reconstruction's, with a margin around the slab, and band-limited (partial volume, "
+        "truth/purity per voxel; root attribute simulation = 'fine-grid'); --paper-protocol "
+        "makes the signal from the truth maps on the reconstruction grid (simulation = "
+        "'paper-protocol').",
         config_help("simulate"),
     )
     sim.option(
@@ -58,6 +62,13 @@ def add_parser(sub: Subparsers) -> Command:
         "cpu; the same seed gives the same problem on each, to float rounding)",
     )
     sim.parser.add_argument(
+        "--paper-protocol",
+        action="store_true",
+        help="the paper's setting: signal from the truth maps on the reconstruction grid, no "
+        "finer grid and no partial volume (purity 1 everywhere); the data are then the "
+        "reconstruction's own discrete model of the truth (default: the fine grid)",
+    )
+    sim.parser.add_argument(
         "-o", "--output", type=Path, required=True, help="problem file to write (.h5)"
     )
     return sim
@@ -74,7 +85,13 @@ def run(args: argparse.Namespace) -> None:
     preset = get_preset(args.preset)
     device = resolve_device(args.device)
     sim = simulate(
-        preset, args.R, seed=args.seed, snr=args.snr, pattern=args.pattern, device=device
+        preset,
+        args.R,
+        seed=args.seed,
+        snr=args.snr,
+        pattern=args.pattern,
+        device=device,
+        paper_protocol=args.paper_protocol,
     )
     attrs = {
         "preset": preset.name,
@@ -83,9 +100,11 @@ def run(args: argparse.Namespace) -> None:
         "noise_std": sim.noise_std,
         "requested_R": args.R,
         "lorein_version": __version__,
+        **sim.attrs(),
     }
     write_problem(args.output, sim.problem, truth=sim.truth, attrs=attrs)
     print(
-        f"wrote {args.output}: {preset.name}, R = {sim.problem.acceleration:.2f} "
+        f"wrote {args.output}: {preset.name} ({sim.simulation}), "
+        f"R = {sim.problem.acceleration:.2f} "
         f"(requested {args.R:g}), {sim.problem.n_lines} lines, {sim.seconds:.1f} s"
     )

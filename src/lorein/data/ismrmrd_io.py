@@ -78,6 +78,7 @@ TRUTH_UNITS = {
     "B0": "Hz",
     "phase0": "rad",
     "mask": "1",
+    "purity": "1",
     "coils": "a.u.",
 }
 """Units written into the ``lorein.unit`` meta attribute of exported truth images."""
@@ -351,6 +352,8 @@ def _truth_images(
     """Truth maps as ISMRMRD images ``(impath, image)``: real maps float32, complex complex64."""
     shape = problem.grid.shape
     named: dict[str, torch.Tensor] = {**truth.maps(), **truth.extra}
+    if truth.purity is not None:
+        named["purity"] = truth.purity
     if truth.mask is not None:
         named["mask"] = truth.mask
     if truth.coils is not None:
@@ -416,7 +419,7 @@ def export_ismrmrd(
         Target HDF5 file; replaced if it exists.
     truth
         Optional ground truth, written as ISMRMRD images ``truth_<name>`` (image series in
-        order of :data:`~lorein.data.problem.TRUTH_MAPS`, extras, mask, coils): real maps
+        order of :data:`~lorein.data.problem.TRUTH_MAPS`, extras, purity, mask, coils): real maps
         float32 ``[1, nz, ny, nx]``, coils complex64 ``[n_coils, nz, ny, nx]``, with meta
         attributes ``lorein.map`` and ``lorein.unit``.
     calibration

@@ -1,8 +1,10 @@
 """The reconstruction problem: dataclasses, the HDF5 problem file and its validation.
 
 The file layout is the contract of DESIGN.md section 3 (``format = "lorein-problem"``,
-``format_version = 1``). The same validation runs on every file that is read and on every
-:class:`Problem` before it is written, so a file written here always reads back.
+``format_version = 1``), extended by adding only: the optional ``truth/purity``
+(:data:`PURITY`), which older files lack and still read. The same validation runs on every file
+that is read and on every :class:`Problem` before it is written, so a file written here always
+reads back.
 
 Error messages are one line, ``SOURCE: FIELD: expected ..., found ...``, where FIELD is an HDF5 path
 (``/kspace/ky``) or an attribute (``/geometry@matrix``, ``/@format``).
@@ -40,6 +42,11 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 TRUTH_MAPS = ("M0", "T1", "T2", "T2star", "B0", "phase0")
 """Float32 ``[nz, ny, nx]`` ground-truth maps, in SI units (T1, T2, T2star [s], B0 [Hz],
 phase0 [rad], M0 arbitrary)."""
+
+PURITY = "purity"
+"""Optional truth dataset (``truth/purity``, float32 ``[nz, ny, nx]`` in ``[0, 1]``): per voxel,
+the fraction of the simulation's fine-grid samples that carry the voxel's dominant tissue label
+(1: one tissue; lower: partial volume). Files written before it existed lack it and still read."""
 
 RESERVED_ATTRS = ("format", "format_version", "signal_model")
 """Root attributes that :func:`write_problem` sets itself; provenance attrs may not use them."""
@@ -201,6 +208,10 @@ class Truth:
         ``[nz, ny, nx]`` uint8, 1 inside the object.
     coils
         ``[n_coils, nz, ny, nx]`` complex64 true coil sensitivities.
+    purity
+        ``[nz, ny, nx]`` float32 in ``[0, 1]``: the fraction of the voxel's fine-grid samples
+        that carry its dominant tissue label (:data:`PURITY`); None when unknown (files written
+        before it existed, imported truths).
     extra
         Further maps by name (e.g. ``labels``); any real or complex dtype, shape ending in
         ``[nz, ny, nx]``.
@@ -214,6 +225,7 @@ class Truth:
     phase0: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     coils: torch.Tensor | None = None
+    purity: torch.Tensor | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def maps(self) -> dict[str, torch.Tensor]:
@@ -478,6 +490,8 @@ def _check_truth(
                 _fail(source, where, f"expected values 0 or 1, found {_fmt(np.unique(m))}")
         elif name == "coils":
             _check_coils(m, n_coils, grid, source, where)
+        elif name == PURITY:
+            _check_purity(m, grid, source, where)
         else:
             if "/" in name or not name:
                 _fail(source, where, "expected a plain name without '/'")
@@ -491,6 +505,19 @@ def _check_truth(
                 )
             if m.dtype.kind in "fc":
                 _check_finite(m, source, where)
+
+
+def _check_purity(m: np.ndarray, grid: tuple[int, int, int], source: str, where: str) -> None:
+    """Validate ``truth/purity``: float ``[nz, ny, nx]``, finite, in ``[0, 1]``."""
+    _check_kind(m, "f", "floating-point (float32)", source, where)
+    _check_shape(m, grid, "nz, ny, nx", source, where)
+    _check_finite(m, source, where)
+    if m.size and (m.min() < 0 or m.max() > 1):
+        _fail(
+            source,
+            where,
+            f"expected fractions in [0, 1], found min {m.min():g}, max {m.max():g}",
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -532,7 +559,7 @@ def _problem_arrays(problem: Problem, source: str) -> _Arrays:
 
 
 def _truth_arrays(truth: Truth, source: str) -> dict[str, np.ndarray]:
-    named: dict[str, Any] = {n: getattr(truth, n) for n in (*TRUTH_MAPS, "mask", "coils")}
+    named: dict[str, Any] = {n: getattr(truth, n) for n in (*TRUTH_MAPS, "mask", "coils", PURITY)}
     for name, m in truth.extra.items():
         if name in named:
             _fail(source, f"/truth/{name}", "expected an extra map name, found a reserved name")
@@ -585,7 +612,9 @@ def write_problem(
         The problem; ``kspace`` is stored as complex64, ``ky``, ``kz``, ``contrast`` and
         ``segment`` as int32, the other contrast columns as float32.
     truth
-        Optional ground truth, stored under ``truth/``.
+        Optional ground truth, stored under ``truth/``: the maps of :data:`TRUTH_MAPS` and
+        ``purity`` (:data:`PURITY`) float32, ``mask`` uint8, ``coils`` complex64, the extra maps
+        as given; absent maps are not written.
     attrs
         Provenance stored as root attributes (e.g. ``preset``, ``seed``, ``snr``, ``noise_std``);
         values must be storable by h5py. ``lorein_version`` is added unless given.
@@ -654,7 +683,7 @@ def _write_arrays(
     if truth_maps is not None:
         t = f.create_group("truth")
         for name, m in truth_maps.items():
-            if name in TRUTH_MAPS:
+            if name in TRUTH_MAPS or name == PURITY:
                 m = m.astype(np.float32, copy=False)
             elif name == "mask":
                 m = m.astype(np.uint8, copy=False)
@@ -814,7 +843,8 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
 
     Returns
     -------
-    The truth; maps absent from the file are None, unknown datasets go to ``extra``.
+    The truth; maps absent from the file are None (``purity`` too, which files written before
+    it existed lack), unknown datasets go to ``extra``.
 
     Raises
     ------
@@ -842,8 +872,9 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
 
     known = {n: take(n, np.float32) for n in TRUTH_MAPS}
     mask, coils = take("mask", np.uint8), take("coils", np.complex64)
+    purity = take(PURITY, np.float32)
     extra = {n: _native(m, m.dtype.newbyteorder("=")) for n, m in maps.items()}
-    return Truth(**known, mask=mask, coils=coils, extra=extra)
+    return Truth(**known, mask=mask, coils=coils, purity=purity, extra=extra)
 
 
 def _plain(value: Any) -> Any:

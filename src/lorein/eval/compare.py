@@ -4,18 +4,22 @@ Each method runs as ``python -m lorein recon`` in its own process, so that its p
 own and a crash of one method leaves the others running. Every successful output folder is scored
 against the problem's ground truth: the paper's capped NRMSE per map (M0 after a least-squares
 scale, B0 as RMSE [Hz]) and SSIM (:func:`lorein.eval.evaluate.evaluate_maps`), the same errors in
-the tissue interiors (voxels whose 26 neighbours share their label, free of the phantom's
-partial-volume floor; :func:`lorein.eval.metrics.interior_mask`) and in the mask without its CSF
-voxels (:func:`lorein.eval.evaluate.without_csf_voxels`), and per-tissue mean and bias in white
-matter, cortical grey matter, deep grey matter and CSF.
+the pure-tissue voxels (purity >= 0.9, when the truth records purity:
+:func:`lorein.eval.evaluate.pure_voxels`; the headline), in the tissue interiors (voxels whose 26
+neighbours share their label, free of the phantom's partial-volume floor;
+:func:`lorein.eval.metrics.interior_mask`) and in the mask without its CSF voxels
+(:func:`lorein.eval.evaluate.without_csf_voxels`), and per-tissue mean and bias in white matter,
+cortical grey matter, deep grey matter and CSF.
 
 Layout of ``OUT/``:
 
 - ``METHOD/``: the method's output folder (``maps.h5``, ``nifti/``, ``report.json``);
 - ``METHOD.log``: its standard output and error (progress bars, error message);
-- ``compare.md``: tables of errors, time, memory, interior errors, errors without CSF and tissue
+- ``compare.md``: tables of pure-tissue errors (first, when the truth records purity; their
+  voxels in ``compare.json``'s ``problem.pure_voxels``), errors in the whole mask (the paper's
+  protocol) with time and memory, interior errors, errors without CSF and tissue
   statistics (the interior voxels per tissue class in ``compare.json``'s
-  ``problem.interior_voxels``, the mask's voxels in ``problem.mask_voxels``); the error
+  ``problem.interior_voxels``, the mask's voxels in ``problem.mask_voxels``); the whole-mask error
   table ends with the errors of the best constant maps (``compare.json``'s ``constant_map``:
   each map set to its truth's mean), the level below which a method's map says more than that
   one number;
@@ -48,11 +52,12 @@ from lorein.eval.evaluate import (
     constant_map_errors,
     evaluate_maps,
     interior_voxels,
+    pure_voxels,
     read_maps,
 )
 from lorein.eval.figures import LABELS, comparison_figure
-from lorein.eval.metrics import least_squares_scale
-from lorein.eval.tables import REGIONS, error_key, markdown_table, number
+from lorein.eval.metrics import PURE_THRESHOLD, least_squares_scale
+from lorein.eval.tables import HEADLINE, REGIONS, error_key, markdown_table, number
 from lorein.methods.registry import METHODS
 from lorein.sim.phantom import TISSUE_GROUPS, TISSUES
 
@@ -358,7 +363,8 @@ def tissue_stats(
 
 
 def _problem_record(summary: dict[str, Any], truth: Truth) -> dict[str, Any]:
-    """What ``compare.json`` says about the problem: provenance, size, R, tissue voxel counts."""
+    """What ``compare.json`` says about the problem: provenance (with ``simulation``, None for
+    files written before it was recorded), size, R, tissue and region voxel counts."""
     attrs = summary["attrs"]
     record = {
         key: summary[key]
@@ -373,7 +379,11 @@ def _problem_record(summary: dict[str, Any], truth: Truth) -> dict[str, Any]:
             "acceleration",
         )
     }
-    record.update({key: attrs.get(key) for key in ("preset", "seed", "snr", "requested_R")})
+    provenance = ("preset", "seed", "snr", "requested_R", "simulation")
+    record.update({key: attrs.get(key) for key in provenance})
+    pure = pure_voxels(truth)
+    if pure is not None:
+        record["pure_voxels"] = int(pure.sum())
     interior = interior_voxels(truth)
     if "labels" in truth.extra:
         labels = truth.extra["labels"]
@@ -417,12 +427,18 @@ def comparison_markdown(record: dict[str, Any]) -> str:
         "",
         f"Problem: {p['preset'] or 'no preset'}, {p['signal_model']}, "
         f"matrix {' x '.join(map(str, p['matrix']))}, R = {p['acceleration']:.1f}, "
-        f"{p['n_coils']} coils, {p['n_contrasts']} contrasts. Seed {record['seed']}, device "
+        f"{p['n_coils']} coils, {p['n_contrasts']} contrasts"
+        f"{', simulation ' + p['simulation'] if p.get('simulation') else ''}. "
+        f"Seed {record['seed']}, device "
         f"{record['device']}, configuration "
         f"{'`' + record['config'] + '`' if record['config'] else 'defaults'}.",
         "",
-        "Errors inside the truth mask: NRMSE with T1, T2, T2* capped to 0-3.5 s, 0-0.2 s, "
-        "0-0.1 s, M0 after a least-squares scale; B0 as RMSE [Hz].",
+    ]
+    headline = _region_lines(record, columns, HEADLINE)  # opens with an empty line
+    lines += [*headline[1:], ""] if headline else []
+    lines += [
+        "Paper protocol: errors inside the whole truth mask, NRMSE with T1, T2, T2* capped to "
+        "0-3.5 s, 0-0.2 s, 0-0.1 s, M0 after a least-squares scale; B0 as RMSE [Hz].",
         "",
     ]
     lines += markdown_table(
@@ -449,7 +465,8 @@ def comparison_markdown(record: dict[str, Any]) -> str:
             [[m, *_cells(s, columns, "ssim")] for m, s in scored.items()],
         )
     for key in REGIONS:
-        lines += _region_lines(record, columns, key)
+        if key != HEADLINE:
+            lines += _region_lines(record, columns, key)
     lines += _tissue_lines(record, columns)
     notes = [f"- {note}" for note in record["notes"]]
     return "\n".join([*lines, *(["", "Notes:", "", *notes] if notes else [])]) + "\n"
@@ -470,16 +487,25 @@ def _cells(
 
 
 def _region_lines(record: dict[str, Any], columns: list[str], key: str) -> list[str]:
-    """The error table over one region of the truth mask: ``key`` ``"interior"`` (the tissue
-    interiors, :func:`~lorein.eval.metrics.interior_mask`) or ``"without_csf"`` (the mask
-    without its CSF voxels, :func:`~lorein.eval.evaluate.without_csf_voxels`)."""
+    """The error table over one region of the truth mask, after an empty line: ``key``
+    ``"pure"`` (the pure-tissue voxels, :func:`~lorein.eval.evaluate.pure_voxels`),
+    ``"interior"`` (the tissue interiors, :func:`~lorein.eval.metrics.interior_mask`) or
+    ``"without_csf"`` (the mask without its CSF voxels,
+    :func:`~lorein.eval.evaluate.without_csf_voxels`); no lines when no method has its scores."""
     scored = {
         m: s for m, s in _scores(record["methods"]).items() if any(key in v for v in s.values())
     }
     if not scored:
         return []
     problem = record["problem"]
-    if key == "interior":
+    if key == "pure":
+        intro = (
+            f"Errors in the pure-tissue voxels (purity >= {PURE_THRESHOLD:g}: at least "
+            f"{PURE_THRESHOLD:.0%} of a voxel's fine-grid samples carry its dominant tissue "
+            "label; no partial-volume floor), capped as in the paper's protocol below: "
+            f"{problem.get('pure_voxels', '-')} voxels."
+        )
+    elif key == "interior":
         counts = problem["interior_voxels"]
         intro = (
             "The same errors in the tissue interiors, voxels whose 26 neighbours share their "

@@ -8,7 +8,7 @@ import h5py
 import torch
 
 from lorein.data.problem import Truth
-from lorein.eval.metrics import constant_map, interior_mask, map_error, ssim_of_map
+from lorein.eval.metrics import constant_map, interior_mask, map_error, pure_mask, ssim_of_map
 from lorein.eval.tables import error_key
 from lorein.sim.phantom import TISSUES
 
@@ -27,18 +27,22 @@ def read_maps(out: Path) -> dict[str, torch.Tensor]:
 
 def evaluate_maps(maps: dict[str, torch.Tensor], truth: Truth) -> dict[str, dict[str, float]]:
     """Per map: the paper's error (capped NRMSE; M0 after a least-squares scale; B0 RMSE [Hz])
-    and SSIM, inside the truth mask; with tissue labels in the truth, also the same error over
-    the tissue interiors (:func:`~lorein.eval.metrics.interior_mask`) and over the mask without
-    its CSF voxels (:func:`without_csf_voxels`).
+    and SSIM, inside the truth mask; with purity in the truth, also the same error over its
+    pure-tissue voxels (:func:`pure_voxels`); with tissue labels, over the tissue interiors
+    (:func:`~lorein.eval.metrics.interior_mask`) and over the mask without its CSF voxels
+    (:func:`without_csf_voxels`).
 
     Returns
     -------
-    ``{map: {"nrmse" or "rmse_hz": value, "ssim": value[, "interior": value,
-    "without_csf": value]}}``.
+    ``{map: {"nrmse" or "rmse_hz": value, "ssim": value[, "pure": value, "interior": value,
+    "without_csf": value]}}``; a region the truth cannot define has no key.
     """
     mask = truth.mask
-    interior = interior_voxels(truth)
-    tissue = without_csf_voxels(truth)
+    regions = {
+        "pure": pure_voxels(truth),
+        "interior": interior_voxels(truth),
+        "without_csf": without_csf_voxels(truth),
+    }
     results: dict[str, dict[str, float]] = {}
     for name in EVALUATED:
         ref = getattr(truth, name)
@@ -49,11 +53,20 @@ def evaluate_maps(maps: dict[str, torch.Tensor], truth: Truth) -> dict[str, dict
             error_key(name): map_error(name, x, ref, mask),
             "ssim": ssim_of_map(name, x, ref, mask),
         }
-        if interior is not None:
-            results[name]["interior"] = map_error(name, x, ref, interior)
-        if tissue is not None:
-            results[name]["without_csf"] = map_error(name, x, ref, tissue)
+        for key, region in regions.items():
+            if region is not None:
+                results[name][key] = map_error(name, x, ref, region)
     return results
+
+
+def pure_voxels(truth: Truth) -> torch.Tensor | None:
+    """The truth's pure-tissue voxels (:func:`~lorein.eval.metrics.pure_mask`: purity at least
+    :data:`~lorein.eval.metrics.PURE_THRESHOLD`), or None when it has no purity (files written
+    before it existed) or no pure voxel."""
+    if truth.purity is None:
+        return None
+    pure = pure_mask(truth.purity, truth.mask)
+    return pure if pure.any() else None
 
 
 def interior_voxels(truth: Truth) -> torch.Tensor | None:

@@ -1,9 +1,13 @@
 """Simulate a problem file: phantom, coils, sampling, signal model, noise.
 
-The object is rendered on a grid ``oversampling`` times finer than the reconstruction matrix,
-turned into contrast images by the signal model there, and band-limited to the target matrix by
-cropping its k-space; coil sensitivities act on the band-limited images. Only the acquired lines
-are kept, and contrasts are streamed in chunks so that memory stays bounded.
+By default (``simulation = "fine-grid"``) the object is rendered on a grid ``oversampling`` times
+finer than the reconstruction matrix and a few slices longer than the slab in z, turned into
+contrast images by the signal model there, weighted by the slab profile, band-limited by cropping
+its k-space and cut to the slab (:mod:`lorein.sim.fine_grid` states the physics); coil
+sensitivities act on the band-limited images. With ``paper_protocol`` (``simulation =
+"paper-protocol"``) the signal comes from the truth maps on the reconstruction grid itself, as in
+the paper. Only the acquired lines are kept, and contrasts are streamed in chunks so that memory
+stays bounded.
 """
 
 from __future__ import annotations
@@ -18,23 +22,61 @@ from tqdm import tqdm
 from lorein.data.grid import Grid
 from lorein.data.problem import Problem, Truth
 from lorein.physics.coils import rss_normalise, simulate_coils
+from lorein.physics.contrasts import ContrastTable
 from lorein.physics.fft import centered_fft, centered_ifft
 from lorein.physics.sampling import LineSampling, sample_lines
 from lorein.physics.signal_models import signal_model
+from lorein.sim.fine_grid import FineGrid
 from lorein.sim.phantom import BrainPhantom, PhantomMaps, grid_affine
 from lorein.sim.presets import Preset
 
 MAP_NAMES = ("M0", "T1", "T2", "T2star", "B0", "phase0")
 
+SIMULATIONS = ("fine-grid", "paper-protocol")
+"""Values of a simulated problem file's root attribute ``simulation``: the object on a finer grid
+than the reconstruction's, band-limited (partial volume, no inverse crime), or the signal of the
+truth maps on the reconstruction grid (the paper's setting)."""
+
 
 @dataclass
 class Simulation:
-    """A simulated acquisition: the problem a reconstruction sees and the truth it must not."""
+    """A simulated acquisition: the problem a reconstruction sees and the truth it must not.
+
+    Attributes
+    ----------
+    problem
+        The acquired lines, contrast table and geometry.
+    truth
+        The truth maps on the reconstruction grid, mask, coils, ``purity`` and ``labels``.
+    noise_std
+        Standard deviation of the complex noise per k-space sample.
+    seconds
+        Wall time of the simulation [s].
+    simulation
+        One of :data:`SIMULATIONS`.
+    oversampling
+        Fine-grid factor per axis (1 for ``"paper-protocol"``).
+    slab_margin
+        Reconstruction slices rendered on each side of the slab
+        (:data:`~lorein.sim.fine_grid.SLAB_MARGIN`, 0 without a finer grid).
+    """
 
     problem: Problem
     truth: Truth
     noise_std: float
     seconds: float
+    simulation: str
+    oversampling: int
+    slab_margin: int
+
+    def attrs(self) -> dict[str, str | int]:
+        """Root attributes of the problem file that say how its data were made:
+        ``simulation``, ``oversampling``, ``slab_margin``."""
+        return {
+            "simulation": self.simulation,
+            "oversampling": self.oversampling,
+            "slab_margin": self.slab_margin,
+        }
 
 
 def crop_kspace(k: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -49,8 +91,11 @@ def crop_kspace(k: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
 def band_limit(images: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """Fine-grid images ``[..., Nz, Ny, Nx]`` -> band-limited images on the coarse ``shape``.
 
-    Intensities are preserved: a constant image keeps its value.
+    Intensities are preserved: a constant image keeps its value. Images already of ``shape``
+    are returned as they are.
     """
+    if tuple(images.shape[-3:]) == tuple(shape):
+        return images
     scale = math.sqrt(math.prod(images.shape[-3:]) / math.prod(shape))
     return centered_ifft(crop_kspace(centered_fft(images), shape)) / scale
 
@@ -98,6 +143,94 @@ def _maps_dict(maps: PhantomMaps) -> dict[str, torch.Tensor]:
     return {name: getattr(maps, name) for name in MAP_NAMES}
 
 
+def slab_images(images: torch.Tensor, fine: FineGrid, profile: torch.Tensor) -> torch.Tensor:
+    """Band-limited images of the slab from fine-grid images of the extended volume.
+
+    Parameters
+    ----------
+    images
+        ``[t, nz_fine, ny_fine, nx_fine]`` contrast images on ``fine``'s rendering grid;
+        overwritten (weighted by the slab profile in place).
+    fine
+        The simulation's fine grid.
+    profile
+        ``[nz_fine]`` slab profile (:meth:`~lorein.sim.fine_grid.FineGrid.slab_profile`).
+
+    Returns
+    -------
+    ``[t, nz, ny, nx]`` images on the reconstruction grid.
+    """
+    images.mul_(profile.view(-1, 1, 1).to(images.dtype))
+    return fine.crop(band_limit(images, fine.extended.shape))
+
+
+def _sampling(
+    preset: Preset, contrasts: ContrastTable, acceleration: float, pattern: str, seed: int
+) -> LineSampling:
+    """The acquired lines of ``preset`` at R = ``acceleration``, grouped by contrast."""
+    nz, ny, _ = Grid.from_matrix(preset.matrix)
+    readout = contrasts.readout_index()
+    if not preset.shared_echo_lines:
+        readout = torch.arange(contrasts.n_contrasts)
+    sampling = sample_lines(
+        ny, nz, readout, acceleration, pattern=pattern, calib=preset.calibration, seed=seed
+    )
+    order = torch.argsort(sampling.contrast, stable=True)
+    return LineSampling(
+        ky=sampling.ky[order],
+        kz=sampling.kz[order],
+        contrast=sampling.contrast[order],
+        shape=sampling.shape,
+        n_contrasts=sampling.n_contrasts,
+    )
+
+
+@dataclass
+class _Object:
+    """What the acquisition sees: fine-grid maps, their grid, the brain mask, the coils."""
+
+    maps: dict[str, torch.Tensor]
+    fine: FineGrid
+    mask: torch.Tensor
+    coils: torch.Tensor
+
+
+def _acquire(
+    preset: Preset,
+    contrasts: ContrastTable,
+    obj: _Object,
+    sampling: LineSampling,
+    chunk: int,
+    progress: bool,
+    device: torch.device,
+) -> tuple[torch.Tensor, float]:
+    """Noiseless lines ``[n_lines, coil, nx]`` (on the CPU) and the mean magnitude in the brain
+    of the band-limited images over all contrasts."""
+    nz, ny, nx = obj.fine.grid
+    dft_y, dft_z = centered_dft_matrix(ny).to(device), centered_dft_matrix(nz).to(device)
+    maps = {name: value.to(device) for name, value in obj.maps.items()}
+    profile = obj.fine.slab_profile().to(device)
+    mask, coils = obj.mask.bool().to(device), obj.coils.to(device)
+    ky, kz = sampling.ky.to(device), sampling.kz.to(device)
+    lines = torch.empty(len(ky), preset.n_coils, nx, dtype=torch.complex64, device=device)
+    magnitude_sum = 0.0
+    bounds = range(0, contrasts.n_contrasts, chunk)
+    for lo in tqdm(bounds, desc=f"simulate {preset.name}", disable=not progress, unit="chunk"):
+        hi = min(lo + chunk, contrasts.n_contrasts)
+        model = signal_model(preset.signal_model, contrasts.subset(slice(lo, hi)))
+        images = slab_images(model(maps), obj.fine, profile)  # [t, nz, ny, nx]
+        magnitude_sum += float(images.abs()[:, mask].sum())
+        rows = torch.nonzero((sampling.contrast >= lo) & (sampling.contrast < hi)).squeeze(1)
+        if len(rows) == 0:
+            continue
+        hybrid = centered_fft(images.unsqueeze(1) * coils, dim=(-1,))  # [t, coil, nz, ny, nx]
+        for t in torch.unique(sampling.contrast[rows]).tolist():
+            sel = rows[sampling.contrast[rows] == t]
+            lines[sel] = lines_at(hybrid[t - lo], ky[sel], kz[sel], dft_y, dft_z)
+    mean_magnitude = magnitude_sum / (contrasts.n_contrasts * int(mask.sum()))
+    return lines.cpu(), mean_magnitude
+
+
 def simulate(
     preset: Preset,
     acceleration: float,
@@ -107,6 +240,7 @@ def simulate(
     chunk: int = 8,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    paper_protocol: bool = False,
 ) -> Simulation:
     """Simulate one acquisition of ``preset`` at acceleration ``R``.
 
@@ -131,60 +265,28 @@ def simulate(
         Where the signal model, the band-limiting FFTs and the line extraction run (``"cpu"``,
         ``"cuda"``); the phantom, the sampling and the noise are drawn on the CPU, so a seed gives
         the same problem on every device (to float rounding).
+    paper_protocol
+        Make the signal from the truth maps on the reconstruction grid itself (no finer grid, no
+        partial volume: purity 1 everywhere), as the paper's simulations do; the data are then
+        exactly the discrete model of the truth (the inverse crime). Default: the fine grid of
+        ``preset.oversampling`` with its slab margin (module :mod:`lorein.sim.fine_grid`).
     """
     start = time.perf_counter()
     snr = preset.snr if snr is None else snr
-    grid = Grid.from_matrix(preset.matrix)
-    nz, ny, nx = grid
     contrasts = preset.contrast_table()
     phantom = BrainPhantom(seed=seed)
-    os_ = preset.oversampling
-    fine = phantom.render(
-        matrix=tuple(n * os_ for n in preset.matrix),
-        voxel_size=tuple(d / os_ for d in preset.voxel_size),
-    )
+    oversampling = 1 if paper_protocol else preset.oversampling
+    fine = FineGrid.for_simulation(preset.matrix, preset.voxel_size, oversampling)
     coarse = phantom.render(matrix=preset.matrix, voxel_size=preset.voxel_size)
+    rendered = coarse
+    if fine.render_matrix != tuple(preset.matrix):
+        rendered = phantom.render(matrix=fine.render_matrix, voxel_size=fine.render_voxel_size)
     coils = rss_normalise(simulate_coils(preset.n_coils, preset.matrix, preset.voxel_size))
-
-    readout = contrasts.readout_index()
-    if not preset.shared_echo_lines:
-        readout = torch.arange(contrasts.n_contrasts)
-    sampling = sample_lines(
-        ny, nz, readout, acceleration, pattern=pattern, calib=preset.calibration, seed=seed
+    sampling = _sampling(preset, contrasts, acceleration, pattern, seed)
+    obj = _Object(_maps_dict(rendered), fine, coarse.mask, coils)
+    lines, mean_magnitude = _acquire(
+        preset, contrasts, obj, sampling, chunk, progress, torch.device(device)
     )
-    order = torch.argsort(sampling.contrast, stable=True)
-    sampling = LineSampling(
-        ky=sampling.ky[order],
-        kz=sampling.kz[order],
-        contrast=sampling.contrast[order],
-        shape=sampling.shape,
-        n_contrasts=sampling.n_contrasts,
-    )
-
-    dev = torch.device(device)
-    dft_y, dft_z = centered_dft_matrix(ny).to(dev), centered_dft_matrix(nz).to(dev)
-    fine_maps = {name: value.to(dev) for name, value in _maps_dict(fine).items()}
-    mask = coarse.mask.bool().to(dev)
-    coil_maps = coils.to(dev)
-    ky, kz = sampling.ky.to(dev), sampling.kz.to(dev)
-    lines = torch.empty(len(sampling.ky), preset.n_coils, nx, dtype=torch.complex64, device=dev)
-    magnitude_sum = 0.0
-    bounds = range(0, contrasts.n_contrasts, chunk)
-    for lo in tqdm(bounds, desc=f"simulate {preset.name}", disable=not progress, unit="chunk"):
-        hi = min(lo + chunk, contrasts.n_contrasts)
-        model = signal_model(preset.signal_model, contrasts.subset(slice(lo, hi)))
-        images = band_limit(model(fine_maps), grid.shape)  # [t, nz, ny, nx]
-        magnitude_sum += float(images.abs()[:, mask].sum())
-        rows = torch.nonzero((sampling.contrast >= lo) & (sampling.contrast < hi)).squeeze(1)
-        if len(rows) == 0:
-            continue
-        hybrid = centered_fft(images.unsqueeze(1) * coil_maps, dim=(-1,))  # [t, coil, nz, ny, nx]
-        for t in torch.unique(sampling.contrast[rows]).tolist():
-            sel = rows[sampling.contrast[rows] == t]
-            lines[sel] = lines_at(hybrid[t - lo], ky[sel], kz[sel], dft_y, dft_z)
-
-    lines = lines.cpu()
-    mean_magnitude = magnitude_sum / (contrasts.n_contrasts * int(mask.sum()))
     noise_std = 0.0 if math.isinf(snr) else mean_magnitude / snr
     if noise_std > 0:
         g = torch.Generator().manual_seed(seed + 1)
@@ -210,6 +312,9 @@ def simulate(
         **{name: getattr(coarse, name).float() for name in MAP_NAMES},
         mask=coarse.mask.to(torch.uint8),
         coils=coils,
+        purity=fine.purity(rendered.labels),
         extra={"labels": coarse.labels},
     )
-    return Simulation(problem, truth, noise_std, time.perf_counter() - start)
+    kind = "paper-protocol" if paper_protocol else "fine-grid"
+    seconds = time.perf_counter() - start
+    return Simulation(problem, truth, noise_std, seconds, kind, fine.oversampling, fine.margin)
