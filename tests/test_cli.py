@@ -1,8 +1,10 @@
 """Command line: simulate -> info -> ISMRMRD round trip, one config file for every command,
-flags over the file, one-line errors with exit status 2, weighted images on request."""
+flags over the file, one-line errors with exit status 2, weighted images on request, checkpoints
+refused when unsafe or of another run, one run per output folder."""
 
 import json
 import math
+import os
 import tomllib
 from pathlib import Path
 
@@ -14,12 +16,16 @@ import torch
 
 from lorein.cli import build_parser, main, parse_args
 from lorein.config import COMMANDS
-from lorein.data.problem import read_problem, read_truth, write_problem
+from lorein.data.output import Maps, output_lock
+from lorein.data.problem import Problem, read_problem, read_truth, write_problem
+from lorein.methods.base import RunContext
+from lorein.numerics.checkpoint import save_checkpoint
 from lorein.numerics.optimisation import NonFiniteLossError
-from lorein.run import METHODS, load_config
+from lorein.run import METHODS, load_config, run_identity
 from lorein.sim.simulate import simulate
 from tests.fake_cuda import fake_cuda
 from tests.helpers import TINY
+from tests.numerics.test_checkpoint import crafted_checkpoint
 
 SHARED = """
 # one file for every command
@@ -423,3 +429,87 @@ def test_unexpected_runtime_error_keeps_its_traceback(
     monkeypatch.setattr(METHODS["fit"], "reconstruct", fail)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["recon", str(problem_file), "-o", str(tmp_path / "out"), "--method", "fit"])
+
+
+@pytest.fixture(scope="module")
+def tiny_problem(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The TINY problem file and the TINY_LOREIN configuration."""
+    folder = tmp_path_factory.mktemp("tiny")
+    sim = simulate(TINY, 8, seed=1, snr=math.inf, progress=False)
+    write_problem(folder / "tiny.h5", sim.problem)
+    return folder / "tiny.h5", _write(folder / "tiny.toml", TINY_LOREIN)
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(
+    tiny_problem: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    problem, config = tiny_problem
+    out, marker = tmp_path / "out", tmp_path / "marker"
+    out.mkdir()
+    crafted_checkpoint(out / "checkpoint.pt", marker)
+    assert main(["recon", str(problem), "-o", str(out), "--config", str(config), "--resume"]) == 2
+    err = _one_line_error(capsys)
+    assert str(out / "checkpoint.pt") in err and "refers to exec" in err
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # lock released
+    assert [p.name for p in out.iterdir()] == ["checkpoint.pt"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_run_in_one_line(
+    tiny_problem: tuple[Path, Path],
+    problem_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    problem, config = tiny_problem
+    out = tmp_path / "out"
+    out.mkdir()
+    checkpoint = out / "checkpoint.pt"
+    lorein = load_config(METHODS["lorein"], config)
+    save_checkpoint(
+        {"identity": run_identity("lorein", read_problem(problem), lorein, 0)}, checkpoint
+    )
+    faster = _write(tmp_path / "faster.toml", TINY_LOREIN.replace("[lorein]", "[lorein]\nlr = 0.1"))
+    cases = [
+        ([str(problem), "--config", str(config), "--seed", "1"], "seed 0 (this run: 1)"),
+        ([str(problem), "--config", str(faster)], "setting lr = 0.001 (this run: 0.1)"),
+        ([str(problem_file), "--config", str(config)], "problem '"),
+        ([str(problem), "--config", str(config), "--method", "summit"], "method 'lorein'"),
+    ]
+    for argv, named in cases:
+        assert main(["recon", *argv, "-o", str(out), "--resume"]) == 2
+        err = _one_line_error(capsys)
+        assert f"{checkpoint} belongs to another run" in err and named in err
+    # only the iterations may change: the checkpoint passes the check (but holds no model)
+    argv = ["recon", str(problem), "-o", str(out), "--config", str(config), "--resume"]
+    assert main([*argv, "--iterations", "7"]) == 2
+    assert "does not fit this run's model" in _one_line_error(capsys)
+    checkpoint.write_bytes(b"PK\x03\x04 cut short")
+    assert main(argv) == 2
+    assert "truncated or damaged" in _one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faster.toml", "out"]
+
+
+def test_a_second_run_into_a_folder_fails_at_once_and_the_results_stay(
+    problem_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def constant(problem: Problem, config: object, context: RunContext) -> Maps:
+        return Maps(values={"T1": torch.full(problem.grid.shape, context.seed + 1.0)})
+
+    monkeypatch.setattr(METHODS["fit"], "reconstruct", constant)
+    out = tmp_path / "out"
+    argv = ["recon", str(problem_file), "-o", str(out), "--method", "fit", "--quiet"]
+    assert main(argv) == 0
+    with output_lock(out):  # another run holds the folder
+        assert main([*argv, "--seed", "1"]) == 2
+        err = _one_line_error(capsys)
+        assert f"another lorein run (pid {os.getpid()})" in err and str(out) in err
+    with h5py.File(out / "maps.h5") as f:
+        assert (f["T1"][()] == 1.0).all()  # the first run's results
+    assert main([*argv, "--seed", "1"]) == 0
+    with h5py.File(out / "maps.h5") as f:
+        assert (f["T1"][()] == 2.0).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no lock, no temporary folder

@@ -2,12 +2,15 @@
 
 Every method is reached through the registry (:mod:`lorein.methods.registry`) and the interface
 of :mod:`lorein.methods.base`; this module adds what a run of any method needs around it: its
-configuration from TOML, the memory check, the checkpoint's place, timing and the report.
+configuration from TOML, the memory check, the output folder's lock, the checkpoint's place and
+the identity it records (:func:`run_identity`), timing and the report.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import platform
 import resource
@@ -15,15 +18,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lorein import __version__
 from lorein.config import method_table, read_toml
-from lorein.data.output import write_output
-from lorein.data.problem import read_problem
+from lorein.data.output import CHECKPOINT, Maps, output_lock, recover_output, write_output
+from lorein.data.problem import Problem, read_problem
 from lorein.device import resolve_device
 from lorein.methods.base import Method, RunContext
 from lorein.methods.registry import METHODS, get_method
+from lorein.numerics.checkpoint import check_identity, read_checkpoint
 from lorein.settings import merge
 
 
@@ -59,6 +64,48 @@ def available_memory(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
+def problem_digest(problem: Problem) -> str:
+    """SHA-256 (hex) of what a reconstruction reads of ``problem``.
+
+    Covers the signal model, the matrix, the k-space lines ``[n_lines, n_coils, nx]``, the line
+    tables (``ky``, ``kz``, ``contrast``), the contrast table and the known coils, each with its
+    dtype and shape; not the geometry (affine, voxel size), which only labels the output.
+    """
+    digest = hashlib.sha256(f"{problem.signal_model} {list(problem.matrix)}".encode())
+    tensors = {
+        "kspace": problem.kspace,
+        "ky": problem.ky,
+        "kz": problem.kz,
+        "contrast": problem.contrast,
+        **{f"contrasts.{k}": v for k, v in problem.contrasts.columns().items()},
+    }
+    if problem.coils is not None:
+        tensors["coils"] = problem.coils
+    for name, tensor in tensors.items():
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name} {array.dtype} {list(array.shape)}".encode())
+        digest.update(array.view(np.uint8) if array.size else b"")
+    return digest.hexdigest()
+
+
+def run_identity(method: str, problem: Problem, config: Any, seed: int) -> dict[str, Any]:
+    """What a checkpoint of this run records, as plain data (:mod:`lorein.numerics.checkpoint`).
+
+    Returns
+    -------
+    ``problem`` (:func:`problem_digest`), ``method``, ``config`` (the configuration dataclass as
+    JSON-like data), ``seed`` and ``lorein_version``.
+    """
+    plain = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    return {
+        "problem": problem_digest(problem),
+        "method": method,
+        "config": plain,
+        "seed": seed,
+        "lorein_version": __version__,
+    }
+
+
 def _versions() -> dict[str, str]:
     return {"lorein": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
@@ -86,10 +133,15 @@ def run(
     """Reconstruct ``problem_path`` with a method and write the output folder ``out``.
 
     Checks everything that can fail early (problem file, configuration, device, memory) before
-    creating ``out``; the checkpoint lives in ``out/checkpoint.pt`` while the run goes on (a run
-    that fails before its first checkpoint removes the folder it created; a finished run removes
-    the checkpoint unless ``keep_checkpoint``, since it can be 100 MB to 1 GB). With
-    ``save_images``, the method's weighted images (if it returns any) are written as well
+    creating ``out``, then holds ``out``'s lock (:func:`~lorein.data.output.output_lock`: a second
+    run into the same folder fails at once) and puts back what a killed publish left. The
+    checkpoint lives in ``out/checkpoint.pt`` while the run goes on and records the run's identity
+    (:func:`run_identity`); ``resume`` refuses, before any work, a checkpoint that holds more than
+    tensors and plain data, is damaged or belongs to another problem, method, configuration (but
+    ``iterations``, which may be raised to extend a run) or seed. A run that fails before its first
+    checkpoint removes the folder it created; a finished run drops the checkpoint unless
+    ``keep_checkpoint``, since it can be 100 MB to 1 GB. With ``save_images``, the method's
+    weighted images (if it returns any) are written as well
     (:func:`~lorein.data.output.write_output`); ``report["saved_images"]`` says whether they were.
 
     Returns
@@ -107,46 +159,59 @@ def run(
             f"{have / 2**30:.1f} GiB are available on {dev}; use coil_compression in the config, "
             "a GPU, or a smaller matrix"
         )
-    checkpoint = Path(out) / "checkpoint.pt"
-    if resume and not checkpoint.exists():
-        raise FileNotFoundError(f"{checkpoint}: nothing to resume (no checkpoint)")
-    created = not checkpoint.parent.exists()
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
+    identity = run_identity(method.name, problem, config, seed)
+    out = Path(out)
+    with output_lock(out):
+        recover_output(out)
+        checkpoint = out / CHECKPOINT
+        if resume:
+            check_identity(
+                checkpoint, read_checkpoint(checkpoint, mmap=True).get("identity"), identity
+            )
+        context = RunContext(dev, seed, checkpoint, resume, progress, identity)
+        maps, seconds = _reconstruct(method, problem, config, context, out)
+        history = maps.extras.pop("history", [])
+        report = {
+            "method": method.name,
+            "problem": str(problem_path),
+            "config": dataclasses.asdict(config),
+            "seed": seed,
+            "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev)
+            if dev.type == "cuda"
+            else platform.processor(),
+            "versions": _versions(),
+            "wall_seconds": seconds,
+            "peak_memory_gib": _peak_memory(dev),
+            "estimated_memory_gib": need / 2**30,
+            "iterations": len(history),
+            "final_losses": history[-1] if history else {},
+            "losses_every_10": history[::10],
+            **{k: v for k, v in maps.extras.items() if k != "config"},
+            "saved_images": save_images and maps.images is not None,
+        }
+        contrasts = problem.contrasts if save_images else None
+        write_output(out, maps, problem.affine, report, method.name, contrasts, keep_checkpoint)
+    return report
+
+
+def _reconstruct(
+    method: Method, problem: Problem, config: Any, context: RunContext, folder: Path
+) -> tuple[Maps, float]:
+    """The method's maps and its wall time [s]; ``folder`` (the checkpoint's) is created first.
+
+    A failed or interrupted run leaves its checkpoint (for ``--resume``) and nothing else: the
+    folder, if this call created it and nothing was written to it, is removed again.
+    """
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    if context.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(context.device)
     start = time.perf_counter()
     try:
-        maps = method.reconstruct(
-            problem, config, RunContext(dev, seed, checkpoint, resume, progress)
-        )
+        maps = method.reconstruct(problem, config, context)
     except BaseException:
-        # a failed or interrupted run leaves its checkpoint (for --resume) and nothing else
-        if created and not any(checkpoint.parent.iterdir()):
-            checkpoint.parent.rmdir()
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
         raise
-    seconds = time.perf_counter() - start
-    history = maps.extras.pop("history", [])
-    report = {
-        "method": method.name,
-        "problem": str(problem_path),
-        "config": dataclasses.asdict(config),
-        "seed": seed,
-        "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else platform.processor(),
-        "versions": _versions(),
-        "wall_seconds": seconds,
-        "peak_memory_gib": _peak_memory(dev),
-        "estimated_memory_gib": need / 2**30,
-        "iterations": len(history),
-        "final_losses": history[-1] if history else {},
-        "losses_every_10": history[::10],
-        **{k: v for k, v in maps.extras.items() if k != "config"},
-        "saved_images": save_images and maps.images is not None,
-    }
-    contrasts = problem.contrasts if save_images else None
-    write_output(Path(out), maps, problem.affine, report, method=method.name, contrasts=contrasts)
-    if not keep_checkpoint:
-        checkpoint.unlink(missing_ok=True)
-    return report
+    return maps, time.perf_counter() - start

@@ -1,8 +1,16 @@
 """Output folder: contract layout, NIfTI orientation and units, weighted images on request,
-atomic replacement."""
+atomic replacement: the previous results survive a failure at any step of a publish, a killed
+publish is put back, one run at a time holds a folder's lock."""
 
 import json
 import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import warnings
 from pathlib import Path
 
 import h5py
@@ -11,7 +19,16 @@ import numpy as np
 import pytest
 import torch
 
-from lorein.data.output import Maps, write_output
+from lorein.data.output import (
+    LOCK_GRACE_SECONDS,
+    Maps,
+    OutputLockedError,
+    output_lock,
+    recover_output,
+    replacing,
+    write_output,
+    write_text_atomic,
+)
 from lorein.physics.contrasts import ContrastTable
 
 
@@ -90,3 +107,152 @@ def test_failure_leaves_previous_output(tmp_path: Path) -> None:
 class _Unserialisable:
     def __str__(self) -> str:
         raise TypeError("cannot serialise")
+
+
+def _published(out: Path) -> tuple[dict, np.ndarray]:
+    """The report and the T1 map of a complete output folder."""
+    with h5py.File(out / "maps.h5") as f:
+        t1 = f["T1"][()]
+    assert (out / "nifti" / "T1map.nii.gz").is_file()
+    return json.loads((out / "report.json").read_text()), t1
+
+
+def _hidden(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+class _Faults:
+    """Wraps ``os.rename``, ``os.replace``, ``os.link`` and ``shutil.rmtree``: the ``fail_at``-th
+    call of any of them raises ``OSError``; ``calls`` records every call's name."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail_at: int) -> None:
+        self.calls: list[str] = []
+        self.failed: str | None = None
+        for module, name in ((os, "rename"), (os, "replace"), (os, "link"), (shutil, "rmtree")):
+            monkeypatch.setattr(module, name, self._wrap(name, getattr(module, name), fail_at))
+
+    def _wrap(self, name: str, real, fail_at: int):
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            if len(self.calls) - 1 == fail_at:
+                self.failed = name
+                raise OSError(f"injected failure of {name}")
+            return real(*args, **kwargs)
+
+        return call
+
+
+def test_publish_keeps_the_previous_results_whatever_step_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    new_maps = Maps(values={k: v + 1 for k, v in _maps().values.items()})
+    failed_steps = []
+    for step in range(50):
+        parent = tmp_path / f"step{step}"
+        out = parent / "out"
+        write_output(out, _maps(), np.eye(4), {"run": 1}, method="test")
+        (out / "eval.json").write_text("{}")  # written by lorein eval beside the maps
+        (out / "checkpoint.pt").write_text("checkpoint")
+        with monkeypatch.context() as patch, warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            faults = _Faults(patch, step)
+            try:
+                write_output(out, new_maps, np.eye(4), {"run": 2}, method="test")
+                raised = False
+            except OSError:
+                raised = True
+        if faults.failed is None:  # every step of the publish has had its turn
+            break
+        failed_steps.append(faults.failed)
+        report, t1 = _published(out)
+        if raised:  # the previous results are intact at OUT, the checkpoint with them
+            assert report == {"run": 1} and np.allclose(t1, _maps().values["T1"].numpy())
+            assert (out / "checkpoint.pt").read_text() == "checkpoint"
+        else:  # a link fell back to a copy, or the old folder stayed (a warning): published
+            assert report == {"run": 2} and np.allclose(t1, new_maps.values["T1"].numpy())
+            removal = [w for w in warned if "could not remove the previous" in str(w.message)]
+            assert faults.failed == "link" or (faults.failed == "rmtree" and removal)
+        assert (out / "eval.json").read_text() == "{}"
+        write_output(out, new_maps, np.eye(4), {"run": 3}, method="test")
+        assert _published(out)[0] == {"run": 3}
+        assert _hidden(parent) == [] and sorted(p.name for p in parent.iterdir()) == ["out"]
+    else:
+        pytest.fail("the publish never got past the injected failures")
+    assert failed_steps == ["link", "rename", "rename", "rmtree"]  # eval.json, swap, old
+
+
+def test_the_checkpoint_is_published_only_when_kept_and_never_copied(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write_output(out, _maps(), np.eye(4), {"run": 1}, method="test")
+    (out / "checkpoint.pt").write_text("checkpoint")
+    (out / "eval.json").write_text("{}")
+    inode = (out / "checkpoint.pt").stat().st_ino
+    write_output(out, _maps(), np.eye(4), {"run": 2}, method="test", keep_checkpoint=True)
+    assert (out / "checkpoint.pt").stat().st_ino == inode  # the same file, not a copy
+    assert (out / "eval.json").read_text() == "{}"
+    write_output(out, _maps(), np.eye(4), {"run": 3}, method="test")
+    assert not (out / "checkpoint.pt").exists() and (out / "eval.json").exists()
+    assert _hidden(tmp_path) == []
+
+
+def test_a_publish_killed_between_its_renames_is_put_back(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    write_output(out, _maps(), np.eye(4), {"run": 1}, method="test")
+    os.rename(out, tmp_path / ".out.old-k1ll3d_x")  # killed after the first rename
+    (tmp_path / ".out.new-k1ll3d_x").mkdir()
+    (tmp_path / ".out.new-0ther_ru").mkdir()  # and an earlier publish killed while writing
+    (tmp_path / ".other.new-abcdefgh").mkdir()  # another folder's: not touched
+    recover_output(out)
+    assert _published(out)[0] == {"run": 1}
+    assert _hidden(tmp_path) == [".other.new-abcdefgh"]
+    os.rename(out, tmp_path / ".out.old-k1ll3d_x")
+    write_output(out, _maps(), np.eye(4), {"run": 2}, method="test")  # recovers first
+    assert _published(out)[0] == {"run": 2} and _hidden(tmp_path) == [".other.new-abcdefgh"]
+
+
+def test_a_second_holder_of_the_lock_fails_at_once_a_stale_lock_is_taken_over(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    lock = tmp_path / ".out.lock"
+    with output_lock(out):
+        assert lock.read_text().split() == [str(os.getpid()), socket.gethostname()]
+        with pytest.raises(OutputLockedError, match=f"pid {os.getpid()}") as caught:
+            with output_lock(out):
+                pass
+        assert "\n" not in str(caught.value) and str(lock) in str(caught.value)
+    assert not lock.exists()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    lock.write_text(f"{dead} {socket.gethostname()}\n")  # its process has exited
+    with output_lock(out):
+        assert lock.read_text().split()[0] == str(os.getpid())
+    lock.write_text(f"1 {socket.gethostname()}-elsewhere\n")  # cannot be checked from here
+    with pytest.raises(OutputLockedError, match="on .*-elsewhere"):
+        with output_lock(out):
+            pass
+    lock.write_text("")  # a writer that died between creating and filling it ...
+    with pytest.raises(OutputLockedError, match="starting"):  # ... or is filling it now
+        with output_lock(out):
+            pass
+    old = time.time() - 2 * LOCK_GRACE_SECONDS
+    os.utime(lock, (old, old))
+    with output_lock(out):
+        pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_single_files_are_replaced_whole(tmp_path: Path) -> None:
+    path = tmp_path / "eval.json"
+    write_text_atomic(path, "old")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with replacing(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["eval.json"]
+    write_text_atomic(path, "new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["eval.json"]

@@ -48,9 +48,11 @@ def add_parser(sub: Subparsers) -> Command:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Score the maps, write ``OUT/eval.json`` and ``OUT/figure.png``, print the score table."""
+    """Score the maps, write ``OUT/eval.json`` and ``OUT/figure.png`` (each replaced whole, never
+    left half-written), print the score table."""
     import json
 
+    from lorein.data.output import write_text_atomic
     from lorein.data.problem import read_truth
     from lorein.eval.evaluate import EVALUATED, constant_map_errors, evaluate_maps, read_maps
     from lorein.eval.figures import comparison_figure
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
     levels = constant_map_errors(truth)  # the oracle level: each map at its truth's mean
     for name, score in scores.items():
         score["constant_map"] = levels[name]
-    (args.output / "eval.json").write_text(json.dumps(scores, indent=2) + "\n")
+    write_text_atomic(args.output / "eval.json", json.dumps(scores, indent=2) + "\n")
     truth_maps = {k: v for k, v in truth.maps().items() if k in maps}
     label = args.label or args.output.name
     figure = args.output / "figure.png"

@@ -49,7 +49,12 @@ def add_parser(sub: Subparsers) -> Command:
         "(LoREIN's and SUMMIT's coil warm-up and warm start still run: set coil_warmup and "
         "warm_start in the method's --config table to shorten them)",
     )
-    rec.parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    rec.parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.pt (refused if it belongs to another problem, method, "
+        "configuration or seed; --iterations may be raised to extend a finished run)",
+    )
     rec.option(
         "--keep-checkpoint",
         action=argparse.BooleanOptionalAction,

@@ -33,7 +33,6 @@ from __future__ import annotations
 import datetime
 import io
 import json
-import os
 import re
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from typing import Any
 import torch
 
 from lorein import __version__
+from lorein.data.output import write_text_atomic
 from lorein.data.problem import Truth, problem_summary, read_truth
 from lorein.eval.evaluate import (
     EVALUATED,
@@ -191,8 +191,8 @@ def compare(
         comparison_figure(out / "compare.png", truth.maps(), truth.mask, maps, _scores(results))
     else:
         notes.append("no method succeeded: no figure")
-    _write_atomic(out / "compare.md", comparison_markdown(record))
-    _write_atomic(out / "compare.json", json.dumps(record, indent=2) + "\n")
+    write_text_atomic(out / "compare.md", comparison_markdown(record))
+    write_text_atomic(out / "compare.json", json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -573,13 +573,6 @@ def _display(name: str, value: float | None, sign: bool = False) -> str:
     factor, unit = TISSUE_UNITS[name]
     digits = 3 if unit == "a.u." else 1
     return f"{value * factor:{'+' if sign else ''}.{digits}f}"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling, then rename it to ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _now() -> str:

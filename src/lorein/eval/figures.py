@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from lorein.data.output import replacing  # noqa: E402
 from lorein.eval.metrics import error_map, least_squares_scale  # noqa: E402
 
 DISPLAY: dict[str, tuple[float, float, float, str]] = {
@@ -102,7 +103,8 @@ def comparison_figure(
     height = 2.3 * rows + 0.35
     fig.suptitle(f"axial slice {z} of {nz} (0-based)", fontsize=9)
     fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - 0.35 / height))
-    fig.savefig(path, dpi=110)
+    with replacing(path) as tmp:  # readers never see a half-written figure
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 

@@ -3,7 +3,8 @@
 A method is a :class:`Method` subclass with a name, a one-line description, a configuration
 dataclass (its hyper-parameters, overridable from TOML), its own memory estimate and
 ``reconstruct(problem, config, context) -> Maps``. The run context (:class:`RunContext`) carries
-what is not a hyper-parameter: device, seed, checkpoint, resume and progress.
+what is not a hyper-parameter: device, seed, checkpoint, resume, progress and the identity its
+checkpoints record.
 
 Methods share two steps:
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,6 +49,10 @@ class RunContext:
         Continue from ``checkpoint``.
     progress
         Show progress bars.
+    identity
+        The run a checkpoint belongs to (problem digest, method, configuration, seed, version as
+        plain data), recorded in the checkpoint and checked on resume
+        (:func:`~lorein.numerics.checkpoint.check_identity`); None for none.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -54,6 +60,7 @@ class RunContext:
     checkpoint: Path | None = None
     resume: bool = False
     progress: bool = True
+    identity: Mapping[str, Any] | None = None
 
 
 @dataclass

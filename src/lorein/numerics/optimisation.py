@@ -5,9 +5,10 @@ losses for an iteration (``"total"`` is minimised). The loop owns everything els
 
 - step learning-rate decay (``lr * decay ** (iteration // decay_every)``);
 - a tqdm bar that shows the current losses;
-- a checkpoint (module, optimiser, iteration, learning-rate scale, RNG state, loss history)
-  written atomically every ``checkpoint_seconds`` and at the end, from which ``resume`` continues
-  a killed run to the same result;
+- a checkpoint (module, optimiser, iteration, learning-rate scale, RNG state, loss history and
+  the run's identity; tensors and plain data only, :mod:`lorein.numerics.checkpoint`) written
+  atomically every ``checkpoint_seconds`` and at the end, from which ``resume`` continues a
+  killed run to the same result;
 - a guard against non-finite losses or gradients: it rolls back to the last good state, halves the
   learning rate and tries again, and gives up with a clear error after ``max_rollbacks``.
 """
@@ -15,15 +16,21 @@ losses for an iteration (``"total"`` is minimised). The loop owns everything els
 from __future__ import annotations
 
 import copy
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
+
+from lorein.numerics.checkpoint import (
+    CheckpointError,
+    check_identity,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 
 @dataclass
@@ -82,12 +89,6 @@ def adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr)
 
 
-def _save_atomic(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class Optimisation:
     """Run ``config.iterations`` Adam steps on ``module``'s parameters.
 
@@ -110,6 +111,10 @@ class Optimisation:
         re-initialise a block when a stage begins). A rollback re-runs it for the steps it repeats,
         and a resumed run calls it only for the steps still to come, so the trajectory is that of
         an uninterrupted run.
+    identity
+        The run the checkpoint belongs to (plain data: problem digest, method, configuration,
+        seed, lorein version; :func:`~lorein.numerics.checkpoint.check_identity`), recorded in
+        every checkpoint and checked on resume; None records and checks nothing.
     """
 
     def __init__(
@@ -121,10 +126,12 @@ class Optimisation:
         progress: bool = True,
         description: str = "optimise",
         before_step: Callable[[int], None] | None = None,
+        identity: Mapping[str, Any] | None = None,
     ) -> None:
         self.module = module
         self.closure = closure
         self.before_step = before_step
+        self.identity = None if identity is None else dict(identity)
         self.config = config
         self.checkpoint = checkpoint
         self.progress = progress
@@ -156,26 +163,45 @@ class Optimisation:
         """Write the checkpoint (atomically)."""
         if self.checkpoint is None:
             return
-        _save_atomic(
+        save_checkpoint(
             {
                 "module": self.module.state_dict(),
                 "optimiser": self.optimiser.state_dict(),
                 "state": asdict(self.state),
                 "config": asdict(self.config),
                 "rng": torch.get_rng_state(),
+                "identity": self.identity,
             },
             self.checkpoint,
         )
 
     def load(self) -> None:
-        """Continue from the checkpoint file."""
-        if self.checkpoint is None or not self.checkpoint.exists():
-            raise FileNotFoundError(f"no checkpoint to resume from at {self.checkpoint}")
-        ckpt = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
-        self.module.load_state_dict(ckpt["module"])
-        self.optimiser.load_state_dict(ckpt["optimiser"])
-        self.state = LoopState(**ckpt["state"])
-        torch.set_rng_state(ckpt["rng"])
+        """Continue from the checkpoint file.
+
+        Raises
+        ------
+        FileNotFoundError
+            No checkpoint file.
+        CheckpointError
+            One line: the file holds more than tensors and plain data, is damaged, belongs to
+            another run (when this loop has an ``identity``) or does not fit the module.
+        """
+        if self.checkpoint is None:
+            raise FileNotFoundError("no checkpoint to resume from (none was given)")
+        ckpt = read_checkpoint(self.checkpoint)
+        if self.identity is not None:
+            check_identity(self.checkpoint, ckpt.get("identity"), self.identity)
+        try:
+            self.module.load_state_dict(ckpt["module"])
+            self.optimiser.load_state_dict(ckpt["optimiser"])
+            self.state = LoopState(**ckpt["state"])
+            torch.set_rng_state(ckpt["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(
+                f"{self.checkpoint}: does not fit this run's model or loop ({reason}); start "
+                "afresh without --resume"
+            ) from err
 
     def _finite_step(self, iteration: int) -> dict[str, float] | None:
         """One step; None (and no parameter update) when the loss or a gradient is non-finite."""

@@ -56,6 +56,25 @@ def test_resume_continues_to_the_same_result(sim: Simulation, tmp_path: Path) ->
         torch.testing.assert_close(resumed.values[name], straight.values[name])
 
 
+def test_resume_after_wnnm_switched_on_is_exact_from_a_plain_checkpoint(
+    sim: Simulation, tmp_path: Path
+) -> None:
+    short = {"wnnm_start": 11, "coil_warmup": 5, "warm_start": 5}
+    cfg = tiny_config(iterations=14, **short)
+    straight = reconstruct("lorein", sim.problem, cfg, progress=False)
+    ckpt = tmp_path / "ckpt.pt"
+    first = tiny_config(iterations=12, **short)
+    reconstruct("lorein", sim.problem, first, checkpoint=ckpt, progress=False)
+    state = torch.load(ckpt, weights_only=True)  # tensors and plain data only
+    wnnm = state["module"]["_extra_state"]  # the regulariser, switched on before step 11
+    assert state["state"]["iteration"] == 12 and wnnm["indices"].dtype == torch.int64
+    resumed = reconstruct("lorein", sim.problem, cfg, checkpoint=ckpt, resume=True, progress=False)
+    assert resumed.extras["history"] == straight.extras["history"]
+    assert "wnnm" in resumed.extras["history"][-1]
+    for name in ("M0", "T1", "T2star", "B0", "phase0"):
+        assert torch.equal(resumed.values[name], straight.values[name])
+
+
 @pytest.mark.parametrize("mode", ["pmr-only", "lrr-fit"])
 def test_ablation_modes_run(sim: Simulation, mode: str) -> None:
     maps = reconstruct("lorein", sim.problem, tiny_config(mode=mode, iterations=15), progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,6 +247,24 @@ def test_regulariser_sums_weighted_maps_and_channels() -> None:
     )  # B0 has no weight, T2star is absent
     torch.testing.assert_close(reg(maps), expected, rtol=1e-6, atol=0.0)
     assert float(WNNMRegulariser(direct, {"T2star": 1.0})(maps)) == 0.0
+
+
+def test_regulariser_round_trips_through_plain_state(tmp_path: Path) -> None:
+    g = rng(9)
+    guide = torch.randn(SHAPE, generator=g)
+    reg = WNNMRegulariser.from_maps(guide, mask_from_amplitude(guide), {"T1": 0.5}, c=2.0)
+    path = tmp_path / "state.pt"
+    torch.save(reg.state_dict(), path)
+    back = WNNMRegulariser.from_state(torch.load(path, weights_only=True))  # plain data only
+    assert torch.equal(back.matching.indices, reg.matching.indices)
+    assert (back.matching.shape, back.weights, back.c, back.eps) == (SHAPE, {"T1": 0.5}, 2.0, 1e-6)
+    maps = {"T1": torch.randn(SHAPE, generator=g)}
+    assert torch.equal(back(maps), reg(maps))
+    state = reg.state_dict()
+    with pytest.raises(ValueError, match="indices outside"):
+        WNNMRegulariser.from_state(dict(state, indices=state["indices"] + math.prod(SHAPE)))
+    with pytest.raises(ValueError, match="int64"):
+        WNNMRegulariser.from_state(dict(state, indices=state["indices"].float()))
 
 
 @pytest.mark.cuda

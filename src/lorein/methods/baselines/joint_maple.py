@@ -62,10 +62,10 @@ Where it departs from the original:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -620,13 +620,15 @@ def train_network(
     checkpoint: Path | None,
     resume: bool,
     progress: bool,
+    identity: Mapping[str, Any] | None = None,
 ) -> tuple[list[dict[str, float]], EarlyStopping]:
     """ZS-SSL training with early stopping on the held-out loss; loads the best weights.
 
     The held-out loss is evaluated every ``config.validate_every`` steps; training stops once
     ``config.patience`` steps passed without a new minimum, i.e. after
     ``ceil(patience / validate_every)`` evaluations. The early-stopping record is checkpointed
-    with the network (:class:`~lorein.methods.baselines.zero_shot.Training`).
+    with the network (:class:`~lorein.methods.baselines.zero_shot.Training`), and the checkpoint
+    records the run ``identity`` (:class:`~lorein.methods.base.RunContext`).
 
     Returns
     -------
@@ -647,7 +649,9 @@ def train_network(
     training = Training(net, math.ceil(config.patience / config.validate_every))
     stopping = training.stopping  # a rollback in the loop restores its contents in place
     loop = LoopConfig(iterations=0, lr=config.lr, snapshot_every=config.validate_every)
-    optimisation = Optimisation(training, closure, loop, checkpoint, progress=False)
+    optimisation = Optimisation(
+        training, closure, loop, checkpoint, progress=False, identity=identity
+    )
     if resume:
         optimisation.load()
     bar = tqdm(
@@ -856,6 +860,7 @@ class JointMaple(Method):
             context.checkpoint,
             context.resume,
             context.progress,
+            context.identity,
         )
         images = network_images(net, encoding)
         initial = fit_maps(images, model, mask=support)

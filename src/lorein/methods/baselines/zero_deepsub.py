@@ -62,8 +62,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -360,6 +362,7 @@ def train(
     checkpoint: Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    identity: Mapping[str, Any] | None = None,
 ) -> tuple[list[dict[str, float]], int]:
     """Self-supervised training with early stopping; leaves ``net`` at its best weights.
 
@@ -368,7 +371,8 @@ def train(
     followed by the validation loss (DC on ``Omega \\ Gamma``, loss on ``Gamma``). The loop runs a
     fixed number of steps, so it is driven one epoch at a time (its target raised by ``n_masks``
     steps, its own progress bar off); the early-stopping record is the module's extra state, so the
-    checkpoint written after each validation holds it too.
+    checkpoint written after each validation holds it too. ``identity`` is the run the checkpoint
+    records (:class:`~lorein.methods.base.RunContext`).
 
     Returns
     -------
@@ -385,7 +389,9 @@ def train(
         return {"total": loss(net(dc))}
 
     loop = LoopConfig(iterations=0, lr=config.lr, checkpoint_seconds=math.inf)
-    optimisation = Optimisation(training, closure, loop, checkpoint, False, "zero-deepsub")
+    optimisation = Optimisation(
+        training, closure, loop, checkpoint, False, "zero-deepsub", identity=identity
+    )
     if resume:
         optimisation.load()
     bar = tqdm(
@@ -465,7 +471,14 @@ class ZeroDeepSub(Method):
             config.mu,
         ).to(prepared.device)
         history, best_iteration = train(
-            net, masks, validation, config, context.checkpoint, context.resume, context.progress
+            net,
+            masks,
+            validation,
+            config,
+            context.checkpoint,
+            context.resume,
+            context.progress,
+            context.identity,
         )
         with torch.no_grad():
             u = net(data.dc(torch.arange(problem.n_lines)))

@@ -8,6 +8,9 @@ trainable (SUMMIT); ``"lrr-fit"`` has no PMR block.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from lorein.data.problem import Problem
@@ -21,7 +24,9 @@ class LoreinModel(torch.nn.Module):
     """All trainable parts, the LRR and PMR blocks, and the WNNM regulariser once it is on.
 
     The regulariser's block matching is fixed when it switches on; it is kept as the module's
-    extra state so that checkpoints, resumes and NaN rollbacks restore it exactly.
+    extra state, as tensors and plain data (:meth:`WNNMRegulariser.state_dict`), so that
+    checkpoints, resumes and NaN rollbacks restore it exactly and a checkpoint holds no object
+    that loading would have to run.
     """
 
     def __init__(self, lrr: LowRankBlock, pmr: ParameterBlock | None) -> None:
@@ -30,11 +35,12 @@ class LoreinModel(torch.nn.Module):
         self.pmr = pmr
         self.wnnm: WNNMRegulariser | None = None
 
-    def get_extra_state(self) -> WNNMRegulariser | None:
-        return self.wnnm
+    def get_extra_state(self) -> dict[str, Any] | None:
+        return None if self.wnnm is None else self.wnnm.state_dict()
 
-    def set_extra_state(self, state: WNNMRegulariser | None) -> None:
-        self.wnnm = state
+    def set_extra_state(self, state: Mapping[str, Any] | None) -> None:
+        device = next(self.parameters()).device
+        self.wnnm = None if state is None else WNNMRegulariser.from_state(state, device)
 
 
 def initial_m0(model: SignalModel, config: LoreinConfig, image_level: float) -> float:

@@ -154,6 +154,7 @@ def optimise(setup: Setup, context: RunContext) -> Optimisation:
         context.progress,
         "lorein",
         before_step=lambda it: _transition(setup, it, context.progress),
+        identity=context.identity,
     )
     optimisation.run(resume=context.resume)
     return optimisation

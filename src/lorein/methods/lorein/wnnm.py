@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -318,6 +319,48 @@ class WNNMRegulariser:
         """
         matching = BlockMatching.compute(guide, mask, patch, search, n_similar)
         return cls(matching, weights, c, eps)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The regulariser as tensors and plain data (for checkpoints), see :meth:`from_state`.
+
+        Returns
+        -------
+        ``indices`` (the matching's ``[G, N, patch^2]`` int64 tensor), ``shape`` (``[nz, ny,
+        nx]``), ``weights`` (map name -> ``lambda``), ``c`` and ``eps``.
+        """
+        return {
+            "indices": self.matching.indices,
+            "shape": list(self.matching.shape),
+            "weights": dict(self.weights),
+            "c": self.c,
+            "eps": self.eps,
+        }
+
+    @classmethod
+    def from_state(
+        cls, state: Mapping[str, Any], device: torch.device | str = "cpu"
+    ) -> WNNMRegulariser:
+        """Rebuild the regulariser of :meth:`state_dict`, its indices on ``device``.
+
+        Raises
+        ------
+        ValueError
+            When the state is not one of :meth:`state_dict` (wrong types, or indices outside the
+            maps).
+        """
+        indices, shape = state["indices"], tuple(int(n) for n in state["shape"])
+        if not (
+            isinstance(indices, torch.Tensor)
+            and indices.dtype == torch.int64
+            and indices.ndim == 3
+            and len(shape) == 3
+        ):
+            raise ValueError("WNNM state: indices must be [G, N, P] int64 over a [nz, ny, nx] map")
+        if indices.numel() and (indices.min() < 0 or indices.max() >= math.prod(shape)):
+            raise ValueError(f"WNNM state: indices outside a map of shape {shape}")
+        weights = {str(k): float(v) for k, v in state["weights"].items()}
+        matching = BlockMatching(indices.to(device), (shape[0], shape[1], shape[2]))
+        return cls(matching, weights, float(state["c"]), float(state["eps"]))
 
     def __call__(self, maps: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``sum_i lambda_i wnnm_loss(maps[i])`` over the weighted maps present.
