@@ -513,3 +513,40 @@ def test_a_second_run_into_a_folder_fails_at_once_and_the_results_stay(
     with h5py.File(out / "maps.h5") as f:
         assert (f["T1"][()] == 2.0).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no lock, no temporary folder
+
+
+@pytest.mark.parametrize(
+    ("args", "text", "expected"),
+    [
+        (["--method", "lrt", "--iterations", "-5"], None, "iterations = -5: expected 0 or more"),
+        ([], "[fit]\ncoil_compression = 99\n", "coil_compression = 99: expected 1 to"),
+        ([], "[fit]\ncoil_compression = 0\n", "coil_compression = 0: expected 1 to"),
+    ],
+)
+def test_settings_no_run_can_use_are_refused_before_anything_is_written(
+    problem_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    args: list[str],
+    text: str | None,
+    expected: str,
+) -> None:
+    out = tmp_path / "out"
+    config = [] if text is None else ["--config", str(_write(tmp_path / "c.toml", text))]
+    command = ["recon", str(problem_file), "-o", str(out), "--method", "fit", *config, *args]
+    assert main(command) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith("lorein: error:") and expected in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("snr", ["-1", "0", "nan"])
+def test_simulate_refuses_a_noise_level_that_is_not_positive(
+    tmp_path: Path, capsys: pytest.CaptureFixture, snr: str
+) -> None:
+    out = tmp_path / "p.h5"
+    command = ["simulate", "--preset", "sim1-small", "--R", "27", "--snr", snr, "-o", str(out)]
+    assert main(command) == 2
+    err = _one_line_error(capsys)
+    assert f"snr = {float(snr)}: expected a positive number" in err
+    assert not out.exists()

@@ -56,6 +56,24 @@ def load_config(method: Method, path: Path | None, overrides: dict[str, Any] | N
     return config
 
 
+def check_config_fits(config: Any, problem: Problem, config_path: Path | None) -> None:
+    """Refuse, in one line, settings that no run of ``problem`` can use.
+
+    ``iterations`` must not be negative (0 runs the warm-up alone), and ``coil_compression``
+    must lie between 1 and the problem's number of coils.
+    """
+    where = f"{config_path} " if config_path is not None else ""
+    iterations = getattr(config, "iterations", 0)
+    if iterations < 0:
+        raise ValueError(f"{where}iterations = {iterations}: expected 0 or more")
+    virtual = getattr(config, "coil_compression", None)
+    if virtual is not None and not 1 <= virtual <= problem.n_coils:
+        raise ValueError(
+            f"{where}coil_compression = {virtual}: expected 1 to {problem.n_coils}, "
+            f"the coils of {problem.source}"
+        )
+
+
 def available_memory(device: torch.device) -> int:
     """Bytes available on ``device`` (free GPU memory, or physical memory on CPU)."""
     if device.type == "cuda":
@@ -151,6 +169,7 @@ def run(
     method = get_method(method_name)
     problem = read_problem(problem_path)
     config = load_config(method, config_path, overrides)
+    check_config_fits(config, problem, config_path)
     dev = resolve_device(device)
     need, have = method.estimate_memory(problem, config), available_memory(dev)
     if need > 0.9 * have:

@@ -273,6 +273,8 @@ def simulate(
     """
     start = time.perf_counter()
     snr = preset.snr if snr is None else snr
+    if not snr > 0:  # also refuses nan
+        raise ValueError(f"snr = {snr}: expected a positive number, or inf for no noise")
     contrasts = preset.contrast_table()
     phantom = BrainPhantom(seed=seed)
     oversampling = 1 if paper_protocol else preset.oversampling
