@@ -5,6 +5,7 @@ refused when unsafe or of another run, one run per output folder."""
 import json
 import math
 import os
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -549,4 +550,20 @@ def test_simulate_refuses_a_noise_level_that_is_not_positive(
     assert main(command) == 2
     err = _one_line_error(capsys)
     assert f"snr = {float(snr)}: expected a positive number" in err
+    assert not out.exists()
+
+
+def test_unknown_device_and_signal_free_kspace_are_one_line_errors(
+    problem_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    assert main(["recon", str(problem_file), "-o", str(out), "--device", "tpu"]) == 2
+    assert "--device tpu: expected cpu, cuda or cuda:N" in _one_line_error(capsys)
+    silent = tmp_path / "zero.h5"
+    shutil.copy(problem_file, silent)
+    with h5py.File(silent, "r+") as f:
+        f["kspace/data"][...] = 0
+    assert main(["recon", str(silent), "-o", str(out), "--method", "fit"]) == 2
+    err = _one_line_error(capsys)
+    assert f"{silent}: /kspace/data: the calibration region holds no signal" in err
     assert not out.exists()

@@ -11,9 +11,13 @@ def resolve_device(name: str | torch.device) -> torch.device:
     Raises
     ------
     ValueError
-        For a CUDA device on a machine without one, naming the option to use instead.
+        For a name torch does not know, or a CUDA device on a machine without one, naming the
+        option to use instead.
     """
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: expected cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA device is available here (use --device cpu)")
     return device

@@ -123,6 +123,11 @@ def estimate_from_calibration(problem: Problem, kspace: torch.Tensor) -> Calibra
     rss = images.abs().pow(2).sum(0).sqrt()
     support = rss > 0.05 * rss.max()
     scale = float(torch.quantile(rss.flatten(), 0.99))
+    if not scale > 0:  # also nan
+        raise ValueError(
+            f"{problem.source}: /kspace/data: the calibration region holds no signal (its "
+            f"low-resolution image's 99th percentile is {scale}); expected measured k-space"
+        )
     coils = torch.where(support, images / rss.clamp_min(1e-12), torch.zeros_like(images))
     level = float(rss[support].median()) / scale
     dev = kspace.device
