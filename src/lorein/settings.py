@@ -30,10 +30,6 @@ _NAMES = {
 """Scalar types, as error messages name them."""
 
 
-def _show(value: Any) -> str:
-    return repr(value)
-
-
 def typed(value: Any, kind: Any, key: str) -> Any:
     """``value`` checked against the annotation ``kind`` (an integer passes as a float).
 
@@ -66,19 +62,17 @@ def typed(value: Any, kind: Any, key: str) -> Any:
                 return typed(value, option, key)
             except ValueError as err:
                 errors.append(str(err).split(": expected ", 1)[-1])
-        raise ValueError(f"{key} = {_show(value)}: expected {' or '.join(errors)}")
+        raise ValueError(f"{key} = {value!r}: expected {' or '.join(errors)}")
     if origin is Literal:
         choices = typing.get_args(kind)
         if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
-            raise ValueError(
-                f"{key} = {_show(value)}: expected one of {', '.join(map(str, choices))}"
-            )
+            raise ValueError(f"{key} = {value!r}: expected one of {', '.join(map(str, choices))}")
         return value
     if dataclasses.is_dataclass(kind):
         if isinstance(value, kind):
             return value
         if not isinstance(value, Mapping):
-            raise ValueError(f"{key} = {_show(value)}: expected a table")
+            raise ValueError(f"{key} = {value!r}: expected a table")
         return merge(kind(), value, key)
     if origin in (dict, Mapping):
         return _typed_dict(value, kind, key)
@@ -93,30 +87,26 @@ def _typed_scalar(value: Any, kind: Any, key: str) -> Any:
     if kind is float and type(value) is int:
         return float(value)
     if kind in _NAMES and type(value) is not kind:
-        raise ValueError(f"{key} = {_show(value)}: expected {_NAMES[kind]}")
+        raise ValueError(f"{key} = {value!r}: expected {_NAMES[kind]}")
     if kind not in _NAMES and not isinstance(value, kind):
-        raise ValueError(f"{key} = {_show(value)}: expected {getattr(kind, '__name__', kind)}")
+        raise ValueError(f"{key} = {value!r}: expected {getattr(kind, '__name__', kind)}")
     return value
 
 
 def _typed_dict(value: Any, kind: Any, key: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
-        raise ValueError(f"{key} = {_show(value)}: expected a table")
+        raise ValueError(f"{key} = {value!r}: expected a table")
     _, item = typing.get_args(kind) or (str, Any)
     return {k: typed(v, item, f"{key}.{k}") for k, v in value.items()}
 
 
 def _typed_list(value: Any, kind: Any, key: str) -> Any:
     if not isinstance(value, list | tuple):
-        raise ValueError(f"{key} = {_show(value)}: expected a list")
+        raise ValueError(f"{key} = {value!r}: expected a list")
     args = typing.get_args(kind)
     item = args[0] if args else Any
     items = [typed(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     return tuple(items) if typing.get_origin(kind) is tuple else items
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
 
 
 def validate(config: Any) -> None:
@@ -125,7 +115,7 @@ def validate(config: Any) -> None:
     Called from a configuration's ``__post_init__``; a nested table given as a dict is merged
     over the field's default.
     """
-    hints = _hints(type(config))
+    hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         kind = hints[f.name]
@@ -156,7 +146,7 @@ def merge(config: Any, table: Mapping[str, Any], where: str) -> Any:
         raise ValueError(
             f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
         )
-    hints = _hints(type(config))
+    hints = typing.get_type_hints(type(config))
     values: dict[str, Any] = {}
     for key, value in table.items():
         current = getattr(config, key)
