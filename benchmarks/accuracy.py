@@ -1,0 +1,202 @@
+"""Pure-tissue accuracy over several problem draws, beside the fully sampled floors of each draw.
+
+Usage::
+
+    python benchmarks/accuracy.py [--preset sim1-small] [--R 27] [--draws 1 2 3]
+        [--methods lorein summit lrt fit] [--config configs/sim1-small.toml]
+        [--set lorein.warm_start=0 ...] [--label NAME] [--workdir benchmarks/work/accuracy]
+        [--report SECTION]
+
+For each draw ``d`` (phantom anatomy, sampling and noise all seeded by ``d``) the script simulates
+the preset at R and, on the same phantom, fully sampled with and without noise; the floors are the
+``fit`` baseline (CG-SENSE images with ESPIRiT coils from the data, then the voxel fit) on the two
+fully sampled problems, with all coils: what a voxel-wise estimate reaches when nothing is missing.
+Every method runs with method seed ``d`` on the undersampled problem; errors are the pure-tissue
+NRMSE of :func:`lorein.eval.evaluate.evaluate_maps` (B0: RMSE in Hz). Nothing a method sees
+depends on the truth.
+
+Each run is a JSON record ``RESULTS/accuracy/PRESET/R*/LABEL/METHOD-drawD.json`` (committed, a few
+hundred bytes; a record that exists is reused unless ``--rerun``): the errors in every region, the
+wall time and the configuration overrides. The table (mean +- sd over the draws, per method and
+map, floors first) is printed, and with ``--report SECTION`` written to docs/BENCHMARKS.md.
+Labels keep probes apart: ``default`` is the configuration as committed; a probe names its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from records import RESULTS, ROOT  # noqa: E402
+from report import machine, update_section  # noqa: E402
+
+from lorein.data.problem import read_problem, read_truth, write_problem  # noqa: E402
+from lorein.eval.evaluate import evaluate_maps  # noqa: E402
+from lorein.methods.baselines.fit import FitConfig  # noqa: E402
+from lorein.methods.registry import METHODS, get_method, reconstruct  # noqa: E402
+from lorein.run import load_config  # noqa: E402
+from lorein.sim.presets import get_preset  # noqa: E402
+from lorein.sim.simulate import simulate  # noqa: E402
+
+MAPS = ("M0", "T1", "T2", "T2star", "B0")
+FLOORS = {"floor-noiseless": math.inf, "floor-noisy": None}
+"""Floor rows -> the SNR of their fully sampled problem (None: the preset's)."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="sim1-small")
+    parser.add_argument("--R", type=float, default=27.0)
+    parser.add_argument("--draws", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--methods", nargs="+", default=["lorein"], choices=METHODS)
+    parser.add_argument("--config", type=Path, default=None, help="TOML (default configs/PRESET)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="METHOD.KEY=VALUE")
+    parser.add_argument("--label", default="default")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "work" / "accuracy")
+    parser.add_argument("--rerun", action="store_true", help="run again even if recorded")
+    parser.add_argument("--no-floors", action="store_true")
+    parser.add_argument("--report", default=None, help="section of docs/BENCHMARKS.md to write")
+    parser.add_argument("--keep", action="store_true", help="save the maps in the workdir")
+    parser.add_argument("--threads", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def problem_file(workdir: Path, preset: str, draw: int, R: float, snr: float | None) -> Path:
+    """The simulated case (with truth), simulated once and kept in ``workdir``."""
+    tag = f"R{R:g}" + ("" if snr is None else f"-snr{snr:g}")
+    path = workdir / "cases" / preset / f"draw{draw}" / tag / "problem.h5"
+    if not path.exists():
+        sim = simulate(get_preset(preset), R, seed=draw, snr=snr, progress=False)
+        write_problem(path, sim.problem, sim.truth, attrs=dict(sim.attrs(), seed=draw))
+    return path
+
+
+def overrides(settings: list[str], method: str) -> dict[str, Any]:
+    """``METHOD.KEY=VALUE`` settings of ``method`` as typed-by-TOML values."""
+    values: dict[str, Any] = {}
+    for item in settings:
+        key, _, text = item.partition("=")
+        name, _, field = key.partition(".")
+        if name == method:
+            values[field] = tomllib.loads(f"v = {text}")["v"]
+    return values
+
+
+def record_path(args: argparse.Namespace, row: str, draw: int) -> Path:
+    label = "floors" if row.startswith("floor") else args.label
+    return RESULTS / "accuracy" / args.preset / f"R{args.R:g}" / label / f"{row}-draw{draw}.json"
+
+
+def run_row(args: argparse.Namespace, row: str, draw: int) -> dict[str, Any]:
+    """Run (or reuse) one method or floor on one draw; returns its record."""
+    path = record_path(args, row, draw)
+    if path.exists() and not args.rerun:
+        return json.loads(path.read_text())
+    if row in FLOORS:
+        case = problem_file(args.workdir, args.preset, draw, 1.0, FLOORS[row])
+        method, config, settings = "fit", FitConfig(), {}
+    else:
+        case = problem_file(args.workdir, args.preset, draw, args.R, None)
+        method, settings = row, overrides(args.set, row)
+        config_path = args.config or ROOT / "configs" / f"{args.preset}.toml"
+        config = load_config(get_method(method), config_path, settings)
+    problem, truth = read_problem(case), read_truth(case)
+    start = time.perf_counter()
+    maps = reconstruct(method, problem, config, seed=draw, progress=False)
+    seconds = time.perf_counter() - start
+    record = {
+        "row": row,
+        "draw": draw,
+        "label": args.label,
+        "overrides": settings,
+        "seconds": round(seconds, 1),
+        "seconds_per_step": maps.extras.get("seconds_per_step"),
+        "scores": evaluate_maps(maps.values, truth),
+    }
+    if args.keep:
+        kept = args.workdir / "maps" / path.relative_to(RESULTS / "accuracy")
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(maps.values, kept.with_suffix(".pt"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def score(record: dict[str, Any], name: str) -> float | None:
+    entry = record["scores"].get(name)
+    return None if entry is None else entry.get("pure")
+
+
+def table(records: dict[str, list[dict[str, Any]]]) -> str:
+    """Markdown: per row, mean +- sd over the draws of each map's pure-tissue error."""
+    present = [
+        m for m in MAPS if any(score(r, m) is not None for rs in records.values() for r in rs)
+    ]
+    head = (
+        "| row | draws | "
+        + " | ".join("B0 [Hz]" if m == "B0" else m for m in present)
+        + " | time [s] |"
+    )
+    lines = [head, "|" + "---|" * (len(present) + 3)]
+    for row, recs in records.items():
+        cells = []
+        for m in present:
+            values = [v for r in recs if (v := score(r, m)) is not None]
+            if not values:
+                cells.append("")
+                continue
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            digits = 2 if m == "B0" else 3
+            cells.append(f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}")
+        seconds = statistics.mean(r["seconds"] for r in recs)
+        lines.append(f"| {row} | {len(recs)} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = ([] if args.no_floors else list(FLOORS)) + args.methods
+    records: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        name = row if row in FLOORS or args.label == "default" else f"{row} ({args.label})"
+        records[name] = []
+        for draw in args.draws:
+            rec = run_row(args, row, draw)
+            print(
+                json.dumps(
+                    {
+                        "row": name,
+                        "draw": draw,
+                        "seconds": rec["seconds"],
+                        "pure": {m: score(rec, m) for m in MAPS},
+                    }
+                ),
+                flush=True,
+            )
+            records[name].append(rec)
+    text = table(records)
+    print(text)
+    if args.report:
+        header = (
+            f"{args.preset}, R = {args.R:g}, draws {', '.join(map(str, args.draws))}: pure-tissue "
+            "NRMSE (B0: RMSE in Hz), mean ± sd over the draws. Floors: the voxel fit of the fully "
+            f"sampled problem of the same draw, noiseless and at the preset's SNR. {machine()}."
+        )
+        update_section(f"accuracy-{args.preset}-R{args.R:g}", header + "\n\n" + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
