@@ -172,3 +172,61 @@ def test_data_terms_gradients_match_naive(lines, phi: torch.Tensor, with_phi: bo
     (y - enc(x2)).abs().pow(2).sum().backward()
     torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(c1.grad, c2.grad, rtol=1e-4, atol=1e-4)
+
+
+SLABS = [slice(0, 2), slice(2, 3), slice(3, NX)]
+"""Disjoint slabs of x-planes covering the volume (one epoch of plane batches)."""
+
+
+def _hybrid_term(with_phi: bool, y, lines, phi, hybrid: bool = True):
+    ky, kz, contrast = lines
+    if with_phi:
+        return SubspaceDataTerm(y, ky, kz, contrast, phi, (NZ, NY, NX), hybrid=hybrid)
+    return ContrastDataTerm(y, ky, kz, contrast, (NZ, NY, NX), chunk=3, hybrid=hybrid)
+
+
+@pytest.mark.parametrize("with_phi", [False, True])
+def test_plane_terms_sum_to_the_volume_term(lines, phi: torch.Tensor, with_phi: bool) -> None:
+    """Summed over disjoint slabs of x-planes, the hybrid terms and their gradients (frames and
+    coils) equal the whole-volume k-space term."""
+    y = randn_complex(L, NC, NX, seed=31)
+    x = randn_complex(K if with_phi else T, NZ, NY, NX, seed=32).requires_grad_(True)
+    coils = randn_complex(NC, NZ, NY, NX, seed=33).requires_grad_(True)
+    volume = _hybrid_term(with_phi, y, lines, phi, hybrid=False)(x, coils)
+    x_grad, coils_grad = torch.autograd.grad(volume, (x, coils))
+    term = _hybrid_term(with_phi, y, lines, phi)
+    planes = sum(term(x[..., s], coils[..., s], s) for s in SLABS)
+    whole = term(x, coils)  # every plane at once
+    for value in (planes, whole):
+        assert abs(value.detach() - volume.detach()) <= 1e-5 * volume.detach()
+    torch.testing.assert_close(
+        torch.autograd.grad(planes, (x, coils)), (x_grad, coils_grad), rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("with_phi", [False, True])
+def test_plane_term_is_the_residual_energy_of_its_planes(
+    lines, phi: torch.Tensor, with_phi: bool
+) -> None:
+    """Each slab's term is the energy of ``y - E x`` (``EncodingOperator``) in those x-planes
+    after the centred inverse FFT along the readout."""
+    ky, kz, contrast = lines
+    y = randn_complex(L, NC, NX, seed=34)
+    x = randn_complex(K if with_phi else T, NZ, NY, NX, seed=35)
+    coils = randn_complex(NC, NZ, NY, NX, seed=36)
+    enc = EncodingOperator(coils, ky, kz, contrast, phi if with_phi else None, n_contrasts=T)
+    residual = torch.fft.fftshift(
+        torch.fft.ifft(torch.fft.ifftshift(y - enc(x), dim=-1), dim=-1, norm="ortho"), dim=-1
+    )
+    term = _hybrid_term(with_phi, y, lines, phi)
+    for s in SLABS:
+        naive = residual[..., s].abs().pow(2).sum()
+        assert abs(term(x[..., s], coils[..., s], s) - naive) <= 1e-5 * naive
+
+
+def test_planes_need_a_hybrid_term(lines, phi: torch.Tensor) -> None:
+    y = randn_complex(L, NC, NX, seed=37)
+    term = _hybrid_term(True, y, lines, phi, hybrid=False)
+    x, coils = randn_complex(K, NZ, NY, 2, seed=38), randn_complex(NC, NZ, NY, 2, seed=39)
+    with pytest.raises(ValueError, match="hybrid=True"):
+        term(x, coils, slice(0, 2))

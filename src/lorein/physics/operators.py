@@ -13,6 +13,22 @@ One layer: :class:`LinearOperator` (``forward``, ``adjoint``, ``.H``, ``normal``
 data terms ``||y - E x||^2`` of :class:`EncodingOperator` with and without a subspace, evaluated
 without forming ``E x``, for any coil maps (which they take as an argument, so that coils can be
 learned).
+
+Readout planes (``hybrid=True``). The readout x is fully sampled, so ``M`` is the same for every
+``kx`` and ``F = F_x F_yz`` with ``F_x`` unitary along each line. With ``y_x`` the lines after
+the centred inverse FFT along x (hybrid ``(x, ky, kz)`` space), the data term splits into one
+term per x-plane,
+
+    ||y - M F C Phi u||^2 = sum_x ||y_x - M Phi F_yz (C u)_x||^2,
+
+and so does its Gram form: the per-location Gram matrices ``G`` act on ``(ky, kz)`` alone and
+commute with ``F_x``, so ``<F C u, G F C u> = <V, G V>`` and ``<F C u, Y> = <V, F_x^H Y>`` with
+``V = F_yz (C u)`` (2D FFTs per plane, plain, with the modulation ``b`` of the centred FFT folded
+into the coils as before) and ``F_x^H Y`` the precomputed ``(M Phi)^H y`` taken to hybrid space by
+a plain inverse FFT along x. A term built with ``hybrid=True`` keeps only that hybrid data and
+evaluates any slab of planes ``planes = slice(start, stop)`` from frames and coils given on that
+slab; ``planes=None`` is every plane at once (the whole-volume term, to float round-off). The
+terms return the plain sum over the slab's planes; how a batch is scaled is the caller's.
 """
 
 from __future__ import annotations
@@ -323,14 +339,58 @@ class _GramQuadratic(torch.autograd.Function):
         return (2 * grad * residual).permute(2, 3, 0, 1, 4), None, None
 
 
-class SubspaceDataTerm:
+class _DataTerm:
+    """What both data terms share: where the data live (k-space, or hybrid space for planes),
+    the image-side modulation ``b`` and the plain FFT of the modulated coil images.
+
+    Parameters
+    ----------
+    y
+        ``[L, coil, nx]`` complex64 acquired lines.
+    grid
+        ``(nz, ny, nx)``.
+    hybrid
+        Keep the data in hybrid ``(x, ky, kz)`` space, so that slabs of x-planes can be
+        evaluated (module docstring); else in k-space, whole volumes only.
+    """
+
+    def __init__(self, y: torch.Tensor, grid: tuple[int, int, int], hybrid: bool) -> None:
+        self.hybrid = hybrid
+        self.dims = (-3, -2) if hybrid else (-3, -2, -1)
+        self.image_phase = image_modulation(grid, y.device)
+
+    def _lines(
+        self, y: torch.Tensor, ky: torch.Tensor, kz: torch.Tensor, grid: tuple[int, int, int]
+    ) -> torch.Tensor:
+        """``[L, coil, nx]`` lines with ``a`` removed; in hybrid space (plain inverse FFT along
+        x) when :attr:`hybrid`."""
+        lines = y * line_modulation(ky, kz, grid).conj()
+        return torch.fft.ifft(lines, dim=-1, norm="ortho") if self.hybrid else lines
+
+    def _modulated(self, coils: torch.Tensor, planes: slice | None) -> torch.Tensor:
+        """Coils ``[C, nz, ny, n]`` of the whole volume or of ``planes``, times ``b`` there."""
+        if planes is None:
+            return coils * self.image_phase
+        if not self.hybrid:
+            raise ValueError("a data term evaluates x-planes only when built with hybrid=True")
+        return coils * self.image_phase[..., planes]
+
+    def _kspace(self, frames: torch.Tensor, modulated: torch.Tensor) -> torch.Tensor:
+        """Plain FFT of ``frames [F, nz, ny, n]`` times the modulated coils, over (z, y, x), or
+        over (z, y) in hybrid space: ``[F, coil, nz, ny, n]``."""
+        return torch.fft.fftn(frames.unsqueeze(1) * modulated, dim=self.dims, norm="ortho")
+
+
+class SubspaceDataTerm(_DataTerm):
     """``||y - M F C Phi u||^2`` for any coefficients ``u`` AND coil maps ``C``, in Gram form.
 
     The data term of ``E = EncodingOperator(coils, ky, kz, contrast, phi)``: a function of ``u``
     and ``coils``, not an operator. With ``Y = (M Phi)^H y`` kept in (modulated) k-space once and
     ``G`` the per-location Gram matrices of ``M Phi`` (:func:`subspace_gram`), it is
     ``||y||^2 - 2 Re<Y, F C u> + <F C u, G F C u>``: ``K * n_coils`` FFTs per evaluation, no
-    per-contrast FFTs, no line gathering, and exact (also for learned coils).
+    per-contrast FFTs, no line gathering, and exact (also for learned coils). With ``hybrid``,
+    ``Y`` and ``||y_x||^2`` are kept per x-plane and any slab of planes can be evaluated (module
+    docstring).
 
     Parameters
     ----------
@@ -342,6 +402,8 @@ class SubspaceDataTerm:
         ``[T, K]`` complex64 orthonormal temporal basis.
     grid
         ``(nz, ny, nx)``.
+    hybrid
+        Keep the data in hybrid ``(x, ky, kz)`` space (x-planes can be evaluated).
     """
 
     def __init__(
@@ -352,37 +414,53 @@ class SubspaceDataTerm:
         contrast: torch.Tensor,
         phi: torch.Tensor,
         grid: tuple[int, int, int],
+        hybrid: bool = False,
     ) -> None:
+        super().__init__(y, grid, hybrid)
         n_coils = y.shape[1]
         shape = (phi.shape[1], n_coils, *grid)
         sampling = SamplingOperator(ky, kz, contrast, shape, phi)
-        self.image_phase = image_modulation(grid, y.device)
-        yk = sampling.adjoint(y * line_modulation(ky, kz, grid).conj())  # [K, coil, nz, ny, nx]
+        lines = self._lines(y, ky, kz, grid)
+        yk = sampling.adjoint(lines)  # [K, coil, nz, ny, nx]
         self.yk_by_location = yk.permute(2, 3, 0, 1, 4).contiguous()
         self.gram = subspace_gram(ky, kz, contrast, phi, grid[:2])
-        self.y_norm2 = y.abs().pow(2).sum()
+        # ||y||^2, per x-plane [nx] in hybrid space
+        self.y_norm2 = lines.abs().pow(2).sum((0, 1)) if hybrid else y.abs().pow(2).sum()
 
-    def __call__(self, u: torch.Tensor, coils: torch.Tensor) -> torch.Tensor:
-        """The data term for coefficients ``u [K, nz, ny, nx]`` and coils ``[C, nz, ny, nx]``.
+    def __call__(
+        self, u: torch.Tensor, coils: torch.Tensor, planes: slice | None = None
+    ) -> torch.Tensor:
+        """The data term for coefficients ``u [K, nz, ny, n]`` and coils ``[C, nz, ny, n]``.
+
+        Parameters
+        ----------
+        u, coils
+            On the whole volume (``n = nx``), or on the x-planes ``planes``.
+        planes
+            ``slice(start, stop)`` of x-planes (``hybrid`` terms only), or None: every plane.
 
         Returns
         -------
-        Real scalar tensor ``||y - E u||^2`` (units of the data, squared), differentiable in
-        ``u`` and ``coils``.
+        Real scalar tensor ``||y - E u||^2`` (units of the data, squared), summed over the
+        planes evaluated; differentiable in ``u`` and ``coils``.
         """
-        k = torch.fft.fftn(
-            u.unsqueeze(1) * (coils * self.image_phase), dim=(-3, -2, -1), norm="ortho"
-        )
-        return self.y_norm2 + _GramQuadratic.apply(k, self.gram, self.yk_by_location)
+        k = self._kspace(u, self._modulated(coils, planes))
+        if not self.hybrid:
+            return self.y_norm2 + _GramQuadratic.apply(k, self.gram, self.yk_by_location)
+        planes = slice(None) if planes is None else planes
+        target = self.yk_by_location[..., planes]
+        return self.y_norm2[planes].sum() + _GramQuadratic.apply(k, self.gram, target)
 
 
-class ContrastDataTerm:
+class ContrastDataTerm(_DataTerm):
     """``||y - M F C I||^2`` for contrast images ``I [T, nz, ny, nx]`` and coils, exactly.
 
     The data term of ``E = EncodingOperator(coils, ky, kz, contrast, n_contrasts=T)`` (no
     subspace; ``T`` = the largest contrast index + 1): a function of ``I`` and ``coils``, not an
     operator. Contrasts are processed in chunks so that only ``chunk * n_coils`` volumes of
-    k-space exist at once: the exact (per-contrast FFT) path, memory bounded.
+    k-space exist at once: the exact (per-contrast FFT) path, memory bounded. With ``hybrid``,
+    the lines are kept in hybrid space and any slab of x-planes can be evaluated (2D FFTs per
+    plane; module docstring).
 
     Parameters
     ----------
@@ -394,6 +472,8 @@ class ContrastDataTerm:
         ``(nz, ny, nx)``.
     chunk
         Contrasts per chunk.
+    hybrid
+        Keep the lines in hybrid ``(x, ky, kz)`` space (x-planes can be evaluated).
     """
 
     def __init__(
@@ -404,9 +484,10 @@ class ContrastDataTerm:
         contrast: torch.Tensor,
         grid: tuple[int, int, int],
         chunk: int = 16,
+        hybrid: bool = False,
     ) -> None:
-        self.image_phase = image_modulation(grid, y.device)
-        target = y * line_modulation(ky, kz, grid).conj()
+        super().__init__(y, grid, hybrid)
+        target = self._lines(y, ky, kz, grid)
         n_contrasts = int(contrast.max()) + 1
         self.chunks: list[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
         self.chunks = []
@@ -418,19 +499,27 @@ class ContrastDataTerm:
                     (lo, hi, contrast[rows] - lo, kz[rows].long(), ky[rows].long(), target[rows])
                 )
 
-    def __call__(self, images: torch.Tensor, coils: torch.Tensor) -> torch.Tensor:
-        """The data term for ``images [T, nz, ny, nx]`` and ``coils [C, nz, ny, nx]``.
+    def __call__(
+        self, images: torch.Tensor, coils: torch.Tensor, planes: slice | None = None
+    ) -> torch.Tensor:
+        """The data term for ``images [T, nz, ny, n]`` and ``coils [C, nz, ny, n]``.
+
+        Parameters
+        ----------
+        images, coils
+            On the whole volume (``n = nx``), or on the x-planes ``planes``.
+        planes
+            ``slice(start, stop)`` of x-planes (``hybrid`` terms only), or None: every plane.
 
         Returns
         -------
-        Real scalar tensor ``||y - E I||^2`` (units of the data, squared), differentiable in
-        ``images`` and ``coils``.
+        Real scalar tensor ``||y - E I||^2`` (units of the data, squared), summed over the
+        planes evaluated; differentiable in ``images`` and ``coils``.
         """
-        modulated = coils * self.image_phase
+        modulated = self._modulated(coils, planes)
         total = images.new_zeros((), dtype=images.real.dtype)
         for lo, hi, t, kz, ky, target in self.chunks:
-            k = torch.fft.fftn(
-                images[lo:hi].unsqueeze(1) * modulated, dim=(-3, -2, -1), norm="ortho"
-            )
-            total = total + (k[t, :, kz, ky, :] - target).abs().pow(2).sum()
+            k = self._kspace(images[lo:hi], modulated)
+            lines = target if planes is None else target[..., planes]
+            total = total + (k[t, :, kz, ky, :] - lines).abs().pow(2).sum()
         return total
