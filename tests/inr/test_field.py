@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorein.inr.field import Field, InwardClamp
+from lorein.inr.field import Field, InwardClamp, plane_voxels
 from lorein.inr.hash_encoding import grid_coordinates
 from tests.helpers import rng
 from tests.inr.naive_hash import naive_encode
@@ -78,6 +78,16 @@ def test_at_voxels_matches_grid_values_and_gradients() -> None:
     (full[voxels].real * weights).sum().backward()
     torch.testing.assert_close(at, full[voxels].detach(), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(grad_at, field.encoding.table.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("planes", [slice(0, 1), slice(1, 4), slice(3, 5)])
+def test_at_planes_is_the_slab_of_the_grid(planes: slice) -> None:
+    field = _field(4, "complex", seed=5)
+    slab = field.at_planes(planes)
+    torch.testing.assert_close(slab, field()[..., planes], rtol=1e-6, atol=1e-7)
+    voxels = plane_voxels(GRID, planes).reshape(GRID[0], GRID[1], -1)
+    flat = torch.arange(6 * 7 * 5).reshape(GRID)
+    assert torch.equal(voxels, flat[..., planes])
 
 
 def test_complex_dtype_and_shape() -> None:

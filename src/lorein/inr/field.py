@@ -1,4 +1,9 @@
-"""A neural field on the voxel grid: hash encoding, MLP(s) and an output transform."""
+"""A neural field on the voxel grid: hash encoding, MLP(s) and an output transform.
+
+A field is evaluated on the whole grid (:meth:`Field.forward`), at some voxels
+(:meth:`Field.at_voxels`) or on a slab of readout (x) planes (:meth:`Field.at_planes`, the
+batches of LoREIN's plane-batched optimisation).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,31 @@ from lorein.inr.hash_encoding import GridHashEncoding, HashEncoding
 from lorein.inr.mlp import MLP
 
 Output = Literal["linear", "exp", "complex"]
+
+
+def plane_voxels(
+    grid_shape: tuple[int, int, int], planes: slice, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Flat (C-order) indices of the voxels of a slab of x-planes, in C order of the slab.
+
+    Parameters
+    ----------
+    grid_shape
+        ``(nz, ny, nx)``.
+    planes
+        ``slice(start, stop)`` of x (unit step).
+    device
+        Device of the result.
+
+    Returns
+    -------
+    ``[nz * ny * n]`` int64, ``n = stop - start``: voxel ``(z, y, start + i)`` at row
+    ``(z ny + y) n + i``, so that values at these voxels reshape to ``[nz, ny, n]``.
+    """
+    nz, ny, nx = grid_shape
+    x = torch.arange(nx, device=device)[planes]
+    rows = torch.arange(nz * ny, device=device)
+    return (rows[:, None] * nx + x[None, :]).reshape(-1)
 
 
 class InwardClamp(torch.autograd.Function):
@@ -152,6 +182,19 @@ class Field(nn.Module):
         ``"complex"``.
         """
         return self._decode(self.grid_encoding.at_voxels(voxels))
+
+    def at_planes(self, planes: slice) -> torch.Tensor:
+        """Evaluate on a slab of x-planes (:func:`plane_voxels`, through :meth:`at_voxels`).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[out_features, nz, ny, n]`` float32 (complex64 ``[out_features // 2, ...]``), the
+            slab ``[..., planes]`` of :meth:`forward`.
+        """
+        nz, ny, _ = self.grid_shape
+        voxels = plane_voxels(self.grid_shape, planes, self.log_lower.device)
+        return self.at_voxels(voxels).T.reshape(-1, nz, ny, voxels.numel() // (nz * ny))
 
     def forward_at(self, coords: torch.Tensor) -> torch.Tensor:
         """Evaluate at arbitrary points (general encoding path, slower than :meth:`forward`).

@@ -40,3 +40,18 @@ def test_shared_attention_couples_bases() -> None:
     net.attention.gate.weight.data.zero_()
     net.attention.gate.bias.data.fill_(-1e4)
     torch.testing.assert_close(net(u)[1], net(v)[1])
+
+
+def test_slab_refines_its_planes_as_the_whole_volume() -> None:
+    """Refined on its widened slab with the volume's scale and cropped, a slab of x-planes is
+    the slab of the whole volume's refinement (odd starts and an odd ``nx`` included)."""
+    net = _trained_net()
+    u = randn_complex(3, 2, 6, 37, seed=5)
+    whole = net(u)
+    scale = BasisCNN.unit_scale(u)
+    for planes in (slice(0, 3), slice(5, 12), slice(17, 18), slice(30, 37)):
+        wide = BasisCNN.slab(planes, 37)
+        assert wide.start % 2 == 0 and (wide.stop % 2 == 0 or wide.stop == 37)
+        crop = slice(planes.start - wide.start, planes.stop - wide.start)
+        part = net(u[..., wide], scale)[..., crop]
+        torch.testing.assert_close(part, whole[..., planes], rtol=1e-5, atol=1e-5)

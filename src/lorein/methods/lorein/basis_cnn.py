@@ -15,6 +15,14 @@ this is our design from that text:
   are the hard ones to recover (paper section III.C.1).
 - The output is a residual: ``U = U0 + net(U0)``, with the last convolution initialised to zero so
   that the refinement starts as the identity.
+
+On a slab of x-planes (plane-batched optimisation): output plane ``x`` depends on input planes
+``x - 7 .. x + 6`` (``x`` odd) or ``x - 6 .. x + 6`` (``x`` even), through the 3x3 convolutions
+at full and half resolution and the 2x2 up-sampling, and the stride-2 grid must sit where it sits
+on the whole volume. So :meth:`BasisCNN.slab` widens a slab by ``HALO = 6`` planes on each side,
+out to even boundaries (clipped to the volume); refined there and cropped back, the slab equals
+the whole volume's refinement, given the same scale (the per-basis RMS, passed as ``scale``: a
+slab's own RMS is not the volume's).
 """
 
 from __future__ import annotations
@@ -68,20 +76,50 @@ class BasisCNN(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    HALO = 6
+    """Planes of x beyond each side of a slab that its refinement reads (module docstring)."""
+
+    @staticmethod
+    def unit_scale(u: torch.Tensor) -> torch.Tensor:
+        """``[K, 1, 1, 1]`` detached RMS of each basis of ``u [K, nz, ny, nx]`` (plus 1e-12)."""
+        return u.abs().pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().detach() + 1e-12
+
+    @classmethod
+    def slab(cls, planes: slice, nx: int) -> slice:
+        """The x-planes to refine so that ``planes`` come out as on the whole volume.
+
+        Parameters
+        ----------
+        planes
+            ``slice(start, stop)`` of x-planes.
+        nx
+            Planes of the volume.
+
+        Returns
+        -------
+        ``slice(lo, hi)``: ``HALO`` more planes each side, ``lo`` even, ``hi`` even or ``nx``.
+        """
+        lo = max(0, planes.start - cls.HALO - planes.start % 2)
+        hi = min(nx, planes.stop + cls.HALO + planes.stop % 2)
+        return slice(lo, hi)
+
+    def forward(self, u: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """Refine the bases.
 
         Parameters
         ----------
         u
-            ``[K, nz, ny, nx]`` complex64 coarse bases from the MLP.
+            ``[K, nz, ny, nx]`` complex64 coarse bases from the MLP (or a :meth:`slab` of them).
+        scale
+            ``[K, 1, 1, 1]`` RMS of each basis on the whole volume; None: :meth:`unit_scale` of
+            ``u``.
 
         Returns
         -------
         ``[K, nz, ny, nx]`` complex64 refined bases.
         """
         k, nz, ny, nx = u.shape
-        scale = u.abs().pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().detach() + 1e-12
+        scale = self.unit_scale(u) if scale is None else scale
         x = torch.view_as_real(u / scale)  # [K, nz, ny, nx, 2]
         x = x.permute(1, 0, 4, 2, 3).reshape(nz * k, 2, ny, nx)
         pad_y, pad_x = ny % 2, nx % 2
