@@ -249,6 +249,34 @@ def test_regulariser_sums_weighted_maps_and_channels() -> None:
     assert float(WNNMRegulariser(direct, {"T2star": 1.0})(maps)) == 0.0
 
 
+def test_groups_of_disjoint_slabs_add_up_to_the_volume_term() -> None:
+    """Each group on the slab of its reference centre, read from the maps on the slab and at
+    its outside voxels: the slabs' terms (values and gradients) add up to the volume's."""
+    g = rng(9)
+    guide = torch.randn(SHAPE, generator=g)
+    mask = torch.rand(SHAPE, generator=g) > 0.3
+    regulariser = WNNMRegulariser.from_maps(guide, mask, {"T1": 0.5, "T2star": 2.0})
+    maps = {name: torch.randn(SHAPE, generator=g).requires_grad_() for name in ("T1", "T2star")}
+    volume = regulariser(maps)
+    expected = torch.autograd.grad(volume, list(maps.values()))
+    total, visited = torch.zeros(()), 0
+    for planes in (slice(0, 3), slice(3, 4), slice(4, 11), slice(11, 16)):
+        groups = regulariser.on_planes(planes)
+        if groups is None:
+            continue
+        flat = {k: v.flatten() for k, v in maps.items()}
+        voxels = torch.arange(math.prod(SHAPE)).reshape(SHAPE)[..., planes].flatten()
+        voxels = torch.cat([voxels, groups.outside])
+        assert not set(groups.outside.tolist()) & set(voxels[: -len(groups.outside)].tolist())
+        on_slab = {k: v[voxels].reshape(1, 1, -1) for k, v in flat.items()}
+        total = total + groups.fraction * groups.regulariser(on_slab)
+        visited += groups.regulariser.matching.n_groups
+    assert visited == regulariser.matching.n_groups
+    assert float(total.detach()) == pytest.approx(float(volume.detach()), rel=1e-5)
+    for got, want in zip(torch.autograd.grad(total, list(maps.values())), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
 def test_regulariser_round_trips_through_plain_state(tmp_path: Path) -> None:
     g = rng(9)
     guide = torch.randn(SHAPE, generator=g)

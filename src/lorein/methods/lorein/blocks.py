@@ -6,11 +6,18 @@
   the CNN ``g_phi`` (paper eq. 12), and the coil field.
 - :class:`ParameterBlock`: one field per parameter map (paper eq. 15): exponential outputs with
   physical bounds for M0, T1, T2, T2*; a linear two-output field for B0 [Hz] and phase0 [rad].
+
+Each block is evaluated on the whole volume or, for the plane-batched optimisation, on a slab of
+x-planes (coils, bases) or at some voxels (maps). The bases of a slab are refined by the CNN on
+the slab widened by its halo (:meth:`~.basis_cnn.BasisCNN.slab`) with a per-basis scale that
+:meth:`LowRankBlock.refresh_scale` sets from the whole volume's coarse bases (once per epoch),
+kept as a buffer so that checkpoints and rollbacks restore it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -60,16 +67,22 @@ class CoilField(nn.Module):
             grid, 2 * n_coils, encoding, mlp, output="complex", separate_complex_mlps=False
         )
 
-    def forward(self) -> torch.Tensor:
-        raw = self.field()
-        rss = raw.abs().pow(2).sum(0, keepdim=True).sqrt()
+    @staticmethod
+    def _unit_rss(raw: torch.Tensor, dim: int) -> torch.Tensor:
+        """``raw`` divided by its root-sum-of-squares over the coil axis ``dim``."""
+        rss = raw.abs().pow(2).sum(dim, keepdim=True).sqrt()
         return raw / rss.clamp_min(1e-8)
+
+    def forward(self) -> torch.Tensor:
+        return self._unit_rss(self.field(), 0)
 
     def at_voxels(self, voxels: torch.Tensor) -> torch.Tensor:
         """``[N, n_coils]`` sensitivities at flat voxel indices ``voxels [N]``."""
-        raw = self.field.at_voxels(voxels)
-        rss = raw.abs().pow(2).sum(1, keepdim=True).sqrt()
-        return raw / rss.clamp_min(1e-8)
+        return self._unit_rss(self.field.at_voxels(voxels), 1)
+
+    def at_planes(self, planes: slice) -> torch.Tensor:
+        """``[n_coils, nz, ny, n]`` sensitivities on the x-planes ``planes``."""
+        return self._unit_rss(self.field.at_planes(planes), 0)
 
 
 class LowRankBlock(nn.Module):
@@ -89,6 +102,10 @@ class LowRankBlock(nn.Module):
         MLP width and depth of the basis field.
     cnn_channels
         Channels of the refinement CNN; 0 switches the CNN off (ablation).
+    batched
+        The bases are evaluated on slabs of planes (:meth:`bases_at_planes`): the CNN's scale is
+        the buffer ``basis_rms`` ``[K, 1, 1, 1]`` (:meth:`refresh_scale`) on slabs and on the
+        whole volume alike, not each evaluation's own RMS.
     """
 
     def __init__(
@@ -101,6 +118,7 @@ class LowRankBlock(nn.Module):
         hidden: int = 64,
         layers: int = 3,
         cnn_channels: int = 16,
+        batched: bool = False,
     ) -> None:
         super().__init__()
         mlp = {"hidden": hidden, "n_hidden_layers": layers}
@@ -109,11 +127,30 @@ class LowRankBlock(nn.Module):
         )
         self.cnn = BasisCNN(cnn_channels) if cnn_channels > 0 else None
         self.coils = CoilField(grid, n_coils, coil_encoding)
+        scaled = batched and self.cnn is not None  # a None buffer is not in the state dict
+        self.register_buffer("basis_rms", torch.ones(rank, 1, 1, 1) if scaled else None)
 
     def spatial_bases(self) -> torch.Tensor:
         """``[K, nz, ny, nx]`` complex64."""
         u = self.bases()
-        return self.cnn(u) if self.cnn is not None else u
+        return self.cnn(u, self.basis_rms) if self.cnn is not None else u
+
+    def bases_at_planes(self, planes: slice) -> torch.Tensor:
+        """``[K, nz, ny, n]`` complex64 bases on the x-planes ``planes`` (the slab of
+        :meth:`spatial_bases`); the basis field is evaluated on the CNN's widened slab."""
+        if self.cnn is None:
+            return self.bases.at_planes(planes)
+        if self.basis_rms is None:
+            raise RuntimeError("bases on planes need a LowRankBlock built with batched=True")
+        wide = BasisCNN.slab(planes, self.bases.grid_shape[2])
+        u = self.cnn(self.bases.at_planes(wide), self.basis_rms)
+        return u[..., planes.start - wide.start : planes.stop - wide.start]
+
+    def refresh_scale(self) -> None:
+        """Set the CNN's scale ``basis_rms`` to the RMS of the whole volume's coarse bases."""
+        if self.basis_rms is not None:
+            with torch.no_grad():
+                self.basis_rms.copy_(BasisCNN.unit_scale(self.bases()))
 
 
 class ParameterBlock(nn.Module):
@@ -159,8 +196,16 @@ class ParameterBlock(nn.Module):
 
     def forward(self) -> dict[str, torch.Tensor]:
         """The maps, float32 ``[nz, ny, nx]`` each: M0 (data units), times [s], B0 [Hz], rad."""
-        maps = {name: field()[0] for name, field in self.positive.items()}
-        phase = self.phase()
+        return self._maps(lambda field: field())
+
+    def at_voxels(self, voxels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The maps at flat voxel indices ``voxels [N]``, float32 ``[N]`` each."""
+        return self._maps(lambda field: field.at_voxels(voxels).T)
+
+    def _maps(self, evaluate: Callable[[Field], torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The maps from ``evaluate(field) -> [outputs, ...]`` of each field."""
+        maps = {name: evaluate(field)[0] for name, field in self.positive.items()}
+        phase = evaluate(self.phase)
         maps["B0"] = B0_UNIT_HZ * phase[0]
         maps["phase0"] = phase[1]
         return maps

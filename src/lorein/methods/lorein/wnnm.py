@@ -25,6 +25,13 @@ Conventions chosen here (SUMMIT leaves them open):
 - ``sigma`` is the population standard deviation (``correction = 0``) over the ``patch^2`` voxels;
 - the loss is the **mean** over groups (not the sum), so that ``lambda_i`` does not depend on the
   size of the volume or of the mask.
+
+On a slab of x-planes (plane-batched optimisation, :meth:`WNNMRegulariser.on_planes`): a group
+belongs to the slab that holds the x of its reference patch's centre voxel, so an epoch over
+disjoint slabs visits every group once. The slab's groups read the maps on the slab and at the
+voxels of their patches outside it (at most ``patch // 2 + search // 2`` planes away, a few
+patches per group, not whole planes); the slab's term is their ``sum_i w_i s_i`` over the number
+of groups of the whole volume, so that the slabs' terms of an epoch add up to the volume's.
 """
 
 from __future__ import annotations
@@ -362,6 +369,32 @@ class WNNMRegulariser:
         matching = BlockMatching(indices.to(device), (shape[0], shape[1], shape[2]))
         return cls(matching, weights, float(state["c"]), float(state["eps"]))
 
+    def on_planes(self, planes: slice) -> PlaneGroups | None:
+        """The groups of a slab of x-planes (module docstring), or None when it has none.
+
+        Parameters
+        ----------
+        planes
+            ``slice(start, stop)`` of x-planes.
+        """
+        indices, (nz, ny, nx) = self.matching.indices, self.matching.shape
+        patch = math.isqrt(indices.shape[2])
+        centre = indices[:, 0, (patch // 2) * patch + patch // 2]
+        x = centre % nx
+        chosen = indices[(x >= planes.start) & (x < planes.stop)]  # [G_b, N, patch^2]
+        if chosen.numel() == 0:
+            return None
+        width = planes.stop - planes.start
+        on_slab = nz * ny * width
+        x = chosen % nx
+        inside = (x >= planes.start) & (x < planes.stop)
+        outside = torch.unique(chosen[~inside])  # sorted
+        slab_row = (chosen // nx) * width + (x - planes.start)
+        remapped = torch.where(inside, slab_row, on_slab + torch.searchsorted(outside, chosen))
+        matching = BlockMatching(remapped, (1, 1, on_slab + outside.numel()))
+        regulariser = WNNMRegulariser(matching, self.weights, self.c, self.eps)
+        return PlaneGroups(regulariser, outside, chosen.shape[0] / indices.shape[0])
+
     def __call__(self, maps: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``sum_i lambda_i wnnm_loss(maps[i])`` over the weighted maps present.
 
@@ -380,3 +413,25 @@ class WNNMRegulariser:
             if name in maps:
                 total = total + weight * wnnm_loss(maps[name], self.matching, self.c, self.eps)
         return total
+
+
+@dataclass(frozen=True)
+class PlaneGroups:
+    """The WNNM groups of a slab of x-planes (:meth:`WNNMRegulariser.on_planes`).
+
+    Attributes
+    ----------
+    regulariser
+        The slab's groups, on maps given as ``[1, 1, n_slab + M]``: the slab's voxels in the
+        order of :func:`~lorein.inr.field.plane_voxels`, then :attr:`outside`.
+    outside
+        ``[M]`` sorted flat voxel indices (of the whole volume) outside the slab that the groups
+        read.
+    fraction
+        The slab's share of all groups: ``fraction * regulariser(maps)`` is their
+        ``sum_i w_i s_i`` over the number of groups of the whole volume.
+    """
+
+    regulariser: WNNMRegulariser
+    outside: torch.Tensor
+    fraction: float
