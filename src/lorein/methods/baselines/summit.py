@@ -23,7 +23,7 @@ from lorein.data.output import Maps
 from lorein.data.problem import Problem
 from lorein.methods.base import Method, RunContext
 from lorein.methods.lorein import pipeline
-from lorein.methods.lorein.config import HashEncodingConfig, LoreinConfig
+from lorein.methods.lorein.config import Batching, HashEncodingConfig, LoreinConfig
 from lorein.methods.lorein.model import field_memory
 from lorein.settings import validate
 
@@ -57,6 +57,8 @@ class SummitConfig:
     wnnm: float = _default("wnnm")
     wnnm_maps: dict[str, float] = _default("wnnm_maps")
     dc2_path: Literal["exact", "subspace"] = "exact"
+    batching: Batching = _default("batching")
+    planes_per_batch: int = _default("planes_per_batch")
     coil_compression: int | None = _default("coil_compression")
     map_encoding: HashEncodingConfig = _default("map_encoding")
     phase_encoding: HashEncodingConfig = _default("phase_encoding")
@@ -67,6 +69,7 @@ class SummitConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        self.lorein_config()  # LoREIN's checks that span settings (planes_per_batch)
 
     def lorein_config(self) -> LoreinConfig:
         """The equivalent LoREIN configuration (``mode = "pmr-only"``, no pre-training)."""

@@ -13,6 +13,7 @@ PriorFlow = Literal["both", "to-pmr"]
 PriorSpace = Literal["full", "subspace"]
 Dc2Path = Literal["exact", "subspace"]
 PmrStart = Literal["cg", "lrr"]
+Batching = Literal["volume", "planes"]
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,13 @@ class LoreinConfig:
     b0_range_hz
         Off-resonance range of the dictionary [Hz].
     iterations
-        Total optimiser steps after the coil warm start (pre-training included).
+        Epochs after the coil warm start (pre-training included). An epoch is one pass over
+        the data: one optimiser step with ``batching = "volume"``, one step per batch of
+        x-planes with ``"planes"``; ``pretrain``, ``decay_every`` and ``wnnm_start`` count
+        epochs too, so the schedule means the same in both modes (the progress bar and the
+        loss history count steps; the report says how many steps an epoch has).
     pretrain
-        Steps of LRR-only pre-training (paper: 20 epochs).
+        Epochs of LRR-only pre-training (paper: 20 epochs).
     coil_warmup
         Steps fitting the coil field to the calibration estimate (200: the data residual with
         the field's coils hardly falls after that; docs/tuning/lorein.md).
@@ -94,9 +99,17 @@ class LoreinConfig:
     lr
         Adam learning rate (paper: 1e-3).
     decay_every
-        Steps between learning-rate halvings.
+        Epochs between learning-rate halvings.
     wnnm_start
-        Step at which WNNM switches on (block matching is computed then).
+        Epoch at which WNNM switches on (block matching is computed then).
+    batching
+        ``"volume"``: every step evaluates the whole volume (k-space Gram form); ``"planes"``:
+        each step evaluates one slab of readout (x) planes in hybrid ``(x, ky, kz)`` space and
+        an epoch visits every slab once, in a random order per epoch (the paper's stochastic
+        optimisation over readout planes; :mod:`lorein.methods.lorein.batches`).
+    planes_per_batch
+        Largest number of x-planes of a batch (``"planes"``): the readout is cut into
+        ``ceil(nx / planes_per_batch)`` contiguous slabs of nearly equal width.
     dc1, dc2, prior, wnnm
         Loss weights (eq. 18; ``wnnm`` is lambda). WNNM's weights ``c sqrt(N) / (s_hat + 1e-6)``
         reach ~5e6 on noise-only singular values, so its value is many orders above the mean
@@ -165,6 +178,8 @@ class LoreinConfig:
     pmr_start: PmrStart = "cg"
     cnn_channels: int = 8
     mode: Mode = "joint"
+    batching: Batching = "volume"
+    planes_per_batch: int = 8
     coil_compression: int | None = None
     basis_encoding: HashEncodingConfig = _encoding()
     map_encoding: HashEncodingConfig = _encoding()
@@ -178,6 +193,8 @@ class LoreinConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.planes_per_batch < 1:
+            raise ValueError(f"planes_per_batch = {self.planes_per_batch}: expected at least 1")
         if self.pmr_start == "lrr" and not (self.mode == "joint" and self.pretrain > 0):
             raise ValueError(
                 f"pmr_start = 'lrr' needs mode = 'joint' and pretrain > 0 "

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from lorein.data.problem import Problem
+from lorein.methods.lorein.basis_cnn import BasisCNN
 from lorein.methods.lorein.blocks import LowRankBlock, ParameterBlock
 from lorein.methods.lorein.config import LoreinConfig, resolve_encoding
 from lorein.methods.lorein.wnnm import WNNMRegulariser
@@ -83,6 +84,7 @@ def build_model(
         config.hidden,
         config.layers,
         config.cnn_channels if use_lrr else 0,
+        batched=config.batching == "planes",
     )
     if not use_lrr:  # only the coil field of the LRR block is used
         lrr.bases.requires_grad_(False)
@@ -104,15 +106,22 @@ def build_model(
 def field_memory(problem: Problem, config: LoreinConfig, n_fields: int = 7) -> int:
     """Rough peak bytes of a run with ``n_fields`` hash fields over the whole volume.
 
-    Per field: precomputed hash-corner rows, weights and their transpose (``16 V 8 16``) and
-    the table with its gradient and Adam moments; the Gram-form data terms (``6 K C V``
-    complex64), one chunk of per-contrast k-space and the weighted images.
+    Per field: precomputed hash-corner rows, weights and their transpose (``16 V 8 16``, the
+    whole grid in either batching) and the table with its gradient and Adam moments; the data
+    ``Y`` of the Gram-form terms (``K C V`` complex64) and what a step computes on the voxels it
+    evaluates, ``V_s``: the Gram-form terms' k-space and residual (``5 K C V_s``), one chunk of
+    per-contrast k-space and the weighted images. ``V_s = V`` for whole-volume steps, a batch's
+    slab widened by the basis CNN's halo with ``batching = "planes"``.
     """
     n = problem.grid.n_voxels
+    step = n
+    if config.batching == "planes":
+        nx = problem.grid.nx
+        step = n * min(nx, config.planes_per_batch + 2 * BasisCNN.HALO + 2) // nx
     coils = config.coil_compression or problem.n_coils
     hash_buffers = n_fields * 16 * n * 8 * 16
     tables = n_fields * 16 * min(2**19, 2 * n) * 2 * 4 * 4
-    data_terms = 6 * config.rank * coils * n * 8
-    contrast_chunk = 4 * 16 * coils * n * 8
-    images = 4 * problem.n_contrasts * n * 8
+    data_terms = config.rank * coils * (n + 5 * step) * 8
+    contrast_chunk = 4 * 16 * coils * step * 8
+    images = 4 * problem.n_contrasts * step * 8
     return hash_buffers + tables + data_terms + contrast_chunk + images

@@ -4,8 +4,8 @@
 ``mode = "pmr-only"``, and the ``"lrr-fit"`` ablation ends with :func:`lrr_fit` instead of the
 PMR block's maps.
 
-1. :func:`build`: temporal subspace, data terms, the blocks (:func:`~.model.build_model`) and
-   the :class:`~.schedule.Schedule`;
+1. :func:`build`: temporal subspace, data terms, the blocks (:func:`~.model.build_model`), the
+   batches of x-planes (``batching = "planes"``) and the :class:`~.schedule.Schedule`;
 2. :func:`initialise`: the coil field fitted to the calibration estimate, then the fields
    regressed to a CG subspace reconstruction and its voxel fit (data only; skipped on resume,
    where the checkpoint holds the fields);
@@ -15,10 +15,11 @@ PMR block's maps.
    subspace ``L_DC2`` of the final maps), rescaled to data units once by
    :func:`~lorein.methods.base.finish`.
 
-The whole volume is used in every iteration (no minibatches of readout planes): the Gram-form
-``L_DC1`` costs ``K n_coils`` FFTs per iteration whatever the batch, the CNN needs whole slices,
-and on the CPU the per-iteration overhead of small batches dominated. Departure from the paper,
-which optimises over batches of readout planes.
+By default (``batching = "volume"``) every step uses the whole volume, with the data terms in
+k-space Gram form: ``K n_coils`` 3D FFTs per step. Departure from the paper, which optimises
+over batches of readout planes; ``batching = "planes"`` does that
+(:mod:`lorein.methods.lorein.batches`: slabs of x-planes in hybrid space, the configuration's
+step counts read as epochs).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
 from lorein.methods.base import Prepared, RunContext, finish, prepare
+from lorein.methods.lorein.batches import PlaneBatches
 from lorein.methods.lorein.config import LoreinConfig
 from lorein.methods.lorein.model import LoreinModel, build_model
 from lorein.methods.lorein.objective import LoreinLosses, LoreinObjective, start_wnnm
@@ -64,6 +66,8 @@ class Setup:
         Signal model on the CPU, for the voxel fits (their dictionaries are built there).
     schedule
         The stages by step.
+    batches
+        The slab of x-planes of each step (``batching = "planes"``), or None.
     """
 
     prepared: Prepared
@@ -73,16 +77,21 @@ class Setup:
     net: LoreinModel
     fit_model: SignalModel
     schedule: Schedule
+    batches: PlaneBatches | None
 
 
 def build(prepared: Prepared, config: LoreinConfig, seed: int) -> Setup:
-    """Subspace, data terms, blocks and schedule (stage 1)."""
+    """Subspace, data terms, blocks, batches and schedule (stage 1)."""
     problem, model = prepared.problem, prepared.model
     fit_model = signal_model(problem.signal_model, problem.contrasts)
     subspace = temporal_subspace(
         model, config.rank, config.dictionary_atoms, config.b0_range_hz, seed
     )
-    losses = LoreinLosses(problem, prepared.kspace, subspace, model)
+    batches = None
+    if config.batching == "planes":
+        batches = PlaneBatches(problem.grid.nx, config.planes_per_batch, seed)
+    per_epoch = None if batches is None else batches.per_epoch
+    losses = LoreinLosses(problem, prepared.kspace, subspace, model, per_epoch)
     net = build_model(
         config,
         prepared.grid,
@@ -90,7 +99,8 @@ def build(prepared: Prepared, config: LoreinConfig, seed: int) -> Setup:
         model,
         prepared.calibration.level,
     ).to(prepared.device)
-    return Setup(prepared, config, subspace, losses, net, fit_model, Schedule.from_config(config))
+    schedule = Schedule.from_config(config, per_epoch or 1)
+    return Setup(prepared, config, subspace, losses, net, fit_model, schedule, batches)
 
 
 def initialise(setup: Setup, progress: bool) -> None:
@@ -121,6 +131,9 @@ def _transition(setup: Setup, iteration: int, progress: bool) -> None:
     """Carry out the schedule's stage changes due before step ``iteration``."""
     net, config = setup.net, setup.config
     for change in setup.schedule.transitions(iteration, net.wnnm is not None):
+        if change == "epoch-start":
+            net.lrr.refresh_scale()
+            continue
         assert net.pmr is not None
         if change == "pmr-restart":
             with torch.no_grad():
@@ -140,19 +153,27 @@ def _transition(setup: Setup, iteration: int, progress: bool) -> None:
 
 
 def optimise(setup: Setup, context: RunContext) -> Optimisation:
-    """Adam over the schedule's stages (stage 3); the finished loop (history, timing)."""
-    config = setup.config
+    """Adam over the schedule's stages (stage 3); the finished loop (history, timing).
+
+    The loop counts steps: epochs times the schedule's steps per epoch (the progress bar says
+    how many with plane batches).
+    """
+    config, schedule = setup.config, setup.schedule
     objective = LoreinObjective(
-        setup.net, setup.prepared.model, setup.losses, config, setup.schedule
+        setup.net, setup.prepared.model, setup.losses, config, schedule, setup.batches
     )
-    loop = LoopConfig(iterations=config.iterations, lr=config.lr, decay_every=config.decay_every)
+    n = schedule.steps_per_epoch
+    loop = LoopConfig(
+        iterations=schedule.iterations, lr=config.lr, decay_every=n * config.decay_every
+    )
+    description = "lorein" if setup.batches is None else f"lorein ({n} steps per epoch)"
     optimisation = Optimisation(
         setup.net,
         objective,
         loop,
         context.checkpoint,
         context.progress,
-        "lorein",
+        description,
         before_step=lambda it: _transition(setup, it, context.progress),
         identity=context.identity,
     )
@@ -215,8 +236,8 @@ def run(problem: Problem, config: LoreinConfig, context: RunContext, recorded: A
     Returns
     -------
     Maps with M0 (data units), T1, T2 (t2ir_gre), T2star [s], B0 [Hz], phase0 [rad]; the LRR
-    images ``Phi U`` and coils; ``extras`` with the loss ``history``, ``calibration_size``,
-    ``warm_up_seconds`` and ``seconds_per_step``.
+    images ``Phi U`` and coils; ``extras`` with the loss ``history`` (one record per step),
+    ``calibration_size``, ``warm_up_seconds``, ``seconds_per_step`` and ``steps_per_epoch``.
     """
     prepared = prepare(problem, context, config.coil_compression)
     setup = build(prepared, config, context.seed)
@@ -229,5 +250,6 @@ def run(problem: Problem, config: LoreinConfig, context: RunContext, recorded: A
         "calibration_size": list(prepared.calibration.size),
         "warm_up_seconds": warm_up_seconds,
         "seconds_per_step": optimisation.seconds_per_step,
+        "steps_per_epoch": setup.schedule.steps_per_epoch,
     }
     return collect(setup, extras, config if recorded is None else recorded)
