@@ -35,3 +35,15 @@ def test_modes_without_a_block() -> None:
     lrr_fit = Schedule.from_config(LoreinConfig(mode="lrr-fit"))
     assert lrr_fit.pmr_from is None and lrr_fit.wnnm_from is None
     assert not lrr_fit.pmr_on(10**6)
+
+
+def test_plane_batches_count_the_stages_in_epochs() -> None:
+    config = LoreinConfig(iterations=10, pretrain=3, wnnm_start=6, batching="planes")
+    s = Schedule.from_config(config, steps_per_epoch=4)
+    assert (s.iterations, s.pmr_from, s.wnnm_from) == (40, 12, 24)
+    assert s.transitions(24, wnnm_started=False) == ["epoch-start", "wnnm-start"]
+    assert s.transitions(25, wnnm_started=True) == []
+    starts = [i for i in range(40) if "epoch-start" in s.transitions(i, True)]
+    assert starts == list(range(0, 40, 4))
+    volume = Schedule.from_config(LoreinConfig(iterations=10, pretrain=3, wnnm_start=6))
+    assert not any("epoch-start" in volume.transitions(i, True) for i in range(10))
