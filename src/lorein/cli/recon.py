@@ -45,7 +45,8 @@ def add_parser(sub: Subparsers) -> Command:
         "--iterations",
         type=int,
         default=None,
-        help="number of optimisation steps, overriding the method's iterations setting "
+        help="number of optimisation steps (LoREIN and SUMMIT: epochs, one step each unless "
+        "batching = 'planes'), overriding the method's iterations setting "
         "(LoREIN's and SUMMIT's coil warm-up and warm start still run: set coil_warmup and "
         "warm_start in the method's --config table to shorten them)",
     )

@@ -25,8 +25,9 @@ Where this departs from the paper: the fields are warm-started (coil field from 
 estimate, bases and maps from a CG subspace reconstruction and its voxel fit; the paper starts
 from scratch, ``warm_start = 0``); the maps may start from the pre-trained LRR images
 (``pmr_start = "lrr"``); every loss term is a mean (eq. 17 writes sums), the prior over
-``T N C``; the schedule counts whole-volume steps, not epochs; the paper gives no WNNM ``lambda``
-(``LoreinConfig.wnnm``).
+``T N C``; by default every step is a whole-volume step (``batching = "volume"``; the paper
+optimises over batches of readout planes, which ``batching = "planes"`` does:
+:mod:`.batches`); the paper gives no WNNM ``lambda`` (``LoreinConfig.wnnm``).
 
 Tuning measurements (prior, steps, starts, R = 480 draws, WNNM, coil warm-up, CNN):
 docs/tuning/lorein.md.
