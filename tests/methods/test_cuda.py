@@ -37,13 +37,18 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "lrt": ("lrt", {"iterations": 10, "cg_iterations": 4}),
     "lorein": ("lorein", LOREIN),
     "lorein-subspace-lrr": ("lorein", {**LOREIN, "dc2_path": "subspace", "pmr_start": "lrr"}),
+    "lorein-planes": (
+        "lorein",
+        {**LOREIN, "iterations": 10, "pretrain": 4, "wnnm_start": 7, "batching": "planes"},
+    ),
     "summit": ("summit", SUMMIT),
     "zero-deepsub": ("zero-deepsub", {"epochs": 6, "patience": 5, "n_masks": 1}),
     "joint-maple": ("joint-maple", JOINT_MAPLE),
     "joint-maple-exact": ("joint-maple", {**JOINT_MAPLE, "dc_solver": "exact"}),
 }
 """Method and tiny budget per case: enough steps that a placement error in any stage would
-surface; the second LoREIN and Joint-MAPLE cases take the paths the preset configurations use."""
+surface; the second LoREIN and Joint-MAPLE cases take the paths the preset configurations use,
+the third LoREIN case the plane-batched optimisation."""
 
 TOLERANCE = {"fit": 1e-3, "lrt": 1e-3}
 """Largest NRMSE change between devices: the direct methods agree to float rounding; the trained
