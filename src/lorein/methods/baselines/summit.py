@@ -58,6 +58,7 @@ class SummitConfig:
     wnnm_maps: dict[str, float] = _default("wnnm_maps")
     dc2_path: Literal["exact", "subspace"] = "exact"
     coil_compression: int | None = _default("coil_compression")
+    coil_support: bool = _default("coil_support")
     map_encoding: HashEncodingConfig = _default("map_encoding")
     phase_encoding: HashEncodingConfig = _default("phase_encoding")
     coil_encoding: HashEncodingConfig = _default("coil_encoding")

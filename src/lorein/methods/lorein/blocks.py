@@ -44,7 +44,12 @@ def _start_at(field: Field, values: torch.Tensor, output_scale: float = 0.1) -> 
 
 
 class CoilField(nn.Module):
-    """Coil sensitivities ``[n_coils, nz, ny, nx]`` from a low-resolution complex field."""
+    """Coil sensitivities ``[n_coils, nz, ny, nx]`` from a low-resolution complex field.
+
+    With a ``support`` (bool ``[nz, ny, nx]``) the sensitivities vanish outside it, as ESPIRiT
+    maps do: a support constraint, so that no image, basis or map can put energy (aliasing) where
+    no object is.
+    """
 
     def __init__(
         self,
@@ -53,23 +58,26 @@ class CoilField(nn.Module):
         encoding: dict[str, Any],
         hidden: int = 64,
         layers: int = 2,
+        support: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         mlp = {"hidden": hidden, "n_hidden_layers": layers}
         self.field = Field(
             grid, 2 * n_coils, encoding, mlp, output="complex", separate_complex_mlps=False
         )
+        weight = torch.ones(grid) if support is None else support.float().cpu()
+        self.register_buffer("support", weight, persistent=False)
 
     def forward(self) -> torch.Tensor:
         raw = self.field()
         rss = raw.abs().pow(2).sum(0, keepdim=True).sqrt()
-        return raw / rss.clamp_min(1e-8)
+        return raw / rss.clamp_min(1e-8) * self.support
 
     def at_voxels(self, voxels: torch.Tensor) -> torch.Tensor:
         """``[N, n_coils]`` sensitivities at flat voxel indices ``voxels [N]``."""
         raw = self.field.at_voxels(voxels)
         rss = raw.abs().pow(2).sum(1, keepdim=True).sqrt()
-        return raw / rss.clamp_min(1e-8)
+        return raw / rss.clamp_min(1e-8) * self.support.flatten()[voxels, None]
 
 
 class LowRankBlock(nn.Module):
@@ -89,6 +97,8 @@ class LowRankBlock(nn.Module):
         MLP width and depth of the basis field.
     cnn_channels
         Channels of the refinement CNN; 0 switches the CNN off (ablation).
+    support
+        Bool ``[nz, ny, nx]`` outside which the coils vanish (:class:`CoilField`), or None.
     """
 
     def __init__(
@@ -101,6 +111,7 @@ class LowRankBlock(nn.Module):
         hidden: int = 64,
         layers: int = 3,
         cnn_channels: int = 16,
+        support: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         mlp = {"hidden": hidden, "n_hidden_layers": layers}
@@ -108,7 +119,7 @@ class LowRankBlock(nn.Module):
             grid, 2 * rank, basis_encoding, mlp, output="complex", separate_complex_mlps=False
         )
         self.cnn = BasisCNN(cnn_channels) if cnn_channels > 0 else None
-        self.coils = CoilField(grid, n_coils, coil_encoding)
+        self.coils = CoilField(grid, n_coils, coil_encoding, support=support)
 
     def spatial_bases(self) -> torch.Tensor:
         """``[K, nz, ny, nx]`` complex64."""
