@@ -159,6 +159,40 @@ def test_pmr_start_from_lrr_needs_joint_pretraining() -> None:
         LoreinConfig(pmr_start="lrr", mode="pmr-only")
 
 
+def test_pmr_start_from_lrr_needs_regression_steps() -> None:
+    with pytest.raises(ValueError, match="pmr_start = 'lrr' needs warm_start > 0"):
+        LoreinConfig(pmr_start="lrr", pretrain=5, warm_start=0)
+
+
+def test_scratch_starts_skip_the_cg_start(sim: Simulation, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CG start is computed only for a field that starts from it: ``lrr_start = "scratch"``
+    regresses only the maps, both starts from scratch compute nothing."""
+    import lorein.methods.lorein.pipeline as lorein_module
+
+    calls: list[tuple[bool, bool]] = []
+    real = lorein_module.warm_start
+
+    def recording(lrr, pmr, *args, **kwargs):
+        calls.append((lrr is not None, pmr is not None))
+        return real(lrr, pmr, *args, **kwargs)
+
+    monkeypatch.setattr(lorein_module, "warm_start", recording)
+    for starts in [("cg", "cg"), ("scratch", "cg"), ("cg", "scratch"), ("scratch", "scratch")]:
+        config = tiny_config(iterations=1, lrr_start=starts[0], pmr_start=starts[1])
+        reconstruct("lorein", sim.problem, config, progress=False)
+    assert calls == [(True, True), (False, True), (True, False)]
+
+
+def test_coil_support_zeroes_coils_and_m0_outside_the_support(sim: Simulation) -> None:
+    maps = reconstruct(
+        "lorein", sim.problem, tiny_config(iterations=2, coil_support=True), progress=False
+    )
+    outside = maps.coils.abs().sum(0) == 0
+    assert outside.any() and not outside.all()
+    assert torch.all(maps.values["M0"][outside] == 0)
+    assert not maps.mask[outside].any()
+
+
 def test_pmr_start_from_lrr_fits_the_pretrained_images(
     sim: Simulation, monkeypatch: pytest.MonkeyPatch
 ) -> None:

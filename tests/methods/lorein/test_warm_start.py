@@ -54,3 +54,16 @@ def test_basis_warm_start_moves_the_field_to_the_target() -> None:
     warm_start(lrr, None, u0, subspace=None, model=None, support=support, steps=200, batch=500)
     after = _relative_error(lrr.bases().detach(), u0, support)
     assert after < 0.2 < before
+
+
+def test_coil_field_vanishes_outside_its_support() -> None:
+    torch.manual_seed(0)
+    support = torch.zeros(GRID, dtype=torch.bool)
+    support[:, 4:20, 6:18] = True
+    coils = CoilField(GRID, 4, COIL_ENCODING, support=support)
+    c = coils().detach()
+    assert torch.all(c[:, ~support] == 0)
+    rss = c.abs().pow(2).sum(0).sqrt()
+    torch.testing.assert_close(rss[support], torch.ones(int(support.sum())))
+    voxels = torch.tensor([0, 5, 17, 600, 2303])
+    torch.testing.assert_close(coils.at_voxels(voxels), c.reshape(4, -1).T[voxels])

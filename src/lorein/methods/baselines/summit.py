@@ -60,6 +60,7 @@ class SummitConfig:
     batching: Batching = _default("batching")
     planes_per_batch: int = _default("planes_per_batch")
     coil_compression: int | None = _default("coil_compression")
+    coil_support: bool = _default("coil_support")
     map_encoding: HashEncodingConfig = _default("map_encoding")
     phase_encoding: HashEncodingConfig = _default("phase_encoding")
     coil_encoding: HashEncodingConfig = _default("coil_encoding")

@@ -51,7 +51,12 @@ def _start_at(field: Field, values: torch.Tensor, output_scale: float = 0.1) -> 
 
 
 class CoilField(nn.Module):
-    """Coil sensitivities ``[n_coils, nz, ny, nx]`` from a low-resolution complex field."""
+    """Coil sensitivities ``[n_coils, nz, ny, nx]`` from a low-resolution complex field.
+
+    With a ``support`` (bool ``[nz, ny, nx]``) the sensitivities vanish outside it, as ESPIRiT
+    maps do: a support constraint, so that no image, basis or map can put energy (aliasing) where
+    no object is.
+    """
 
     def __init__(
         self,
@@ -60,12 +65,15 @@ class CoilField(nn.Module):
         encoding: dict[str, Any],
         hidden: int = 64,
         layers: int = 2,
+        support: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         mlp = {"hidden": hidden, "n_hidden_layers": layers}
         self.field = Field(
             grid, 2 * n_coils, encoding, mlp, output="complex", separate_complex_mlps=False
         )
+        weight = torch.ones(grid) if support is None else support.float().cpu()
+        self.register_buffer("support", weight, persistent=False)
 
     @staticmethod
     def _unit_rss(raw: torch.Tensor, dim: int) -> torch.Tensor:
@@ -74,15 +82,16 @@ class CoilField(nn.Module):
         return raw / rss.clamp_min(1e-8)
 
     def forward(self) -> torch.Tensor:
-        return self._unit_rss(self.field(), 0)
+        return self._unit_rss(self.field(), 0) * self.support
 
     def at_voxels(self, voxels: torch.Tensor) -> torch.Tensor:
         """``[N, n_coils]`` sensitivities at flat voxel indices ``voxels [N]``."""
-        return self._unit_rss(self.field.at_voxels(voxels), 1)
+        weights = self.support.flatten()[voxels, None]
+        return self._unit_rss(self.field.at_voxels(voxels), 1) * weights
 
     def at_planes(self, planes: slice) -> torch.Tensor:
         """``[n_coils, nz, ny, n]`` sensitivities on the x-planes ``planes``."""
-        return self._unit_rss(self.field.at_planes(planes), 0)
+        return self._unit_rss(self.field.at_planes(planes), 0) * self.support[..., planes]
 
 
 class LowRankBlock(nn.Module):
@@ -106,6 +115,8 @@ class LowRankBlock(nn.Module):
         The bases are evaluated on slabs of planes (:meth:`bases_at_planes`): the CNN's scale is
         the buffer ``basis_rms`` ``[K, 1, 1, 1]`` (:meth:`refresh_scale`) on slabs and on the
         whole volume alike, not each evaluation's own RMS.
+    support
+        Bool ``[nz, ny, nx]`` outside which the coils vanish (:class:`CoilField`), or None.
     """
 
     def __init__(
@@ -119,6 +130,7 @@ class LowRankBlock(nn.Module):
         layers: int = 3,
         cnn_channels: int = 16,
         batched: bool = False,
+        support: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         mlp = {"hidden": hidden, "n_hidden_layers": layers}
@@ -126,7 +138,7 @@ class LowRankBlock(nn.Module):
             grid, 2 * rank, basis_encoding, mlp, output="complex", separate_complex_mlps=False
         )
         self.cnn = BasisCNN(cnn_channels) if cnn_channels > 0 else None
-        self.coils = CoilField(grid, n_coils, coil_encoding)
+        self.coils = CoilField(grid, n_coils, coil_encoding, support=support)
         scaled = batched and self.cnn is not None  # a None buffer is not in the state dict
         self.register_buffer("basis_rms", torch.ones(rank, 1, 1, 1) if scaled else None)
 

@@ -12,7 +12,8 @@ Mode = Literal["joint", "pmr-only", "lrr-fit"]
 PriorFlow = Literal["both", "to-pmr"]
 PriorSpace = Literal["full", "subspace"]
 Dc2Path = Literal["exact", "subspace"]
-PmrStart = Literal["cg", "lrr"]
+PmrStart = Literal["cg", "lrr", "scratch"]
+LrrStart = Literal["cg", "scratch"]
 Batching = Literal["volume", "planes"]
 
 
@@ -93,9 +94,10 @@ class LoreinConfig:
         Steps fitting the coil field to the calibration estimate (200: the data residual with
         the field's coils hardly falls after that; docs/tuning/lorein.md).
     warm_start
-        Steps regressing the basis and parameter fields to a CG subspace reconstruction and its
-        voxel fit before the joint optimisation (0: start from scratch, as the paper does);
-        see :mod:`lorein.methods.lorein.warm_start`.
+        Steps of each regression of fields to a start (:mod:`lorein.methods.lorein.warm_start`):
+        the CG subspace reconstruction and its voxel fit before step 0 (``lrr_start``,
+        ``pmr_start = "cg"``), the LRR images after pre-training (``pmr_start = "lrr"``). 0: no
+        regression, every field starts from scratch, as the paper's do.
     lr
         Adam learning rate (paper: 1e-3).
     decay_every
@@ -133,10 +135,15 @@ class LoreinConfig:
     cnn_channels
         Channels of the basis CNN; 0 removes it (ablation "no CNN"; on sim1-small at 150 steps
         no effect beyond the run-to-run spread, docs/tuning/lorein.md).
+    lrr_start
+        Where the basis field starts: ``"cg"``, regressed to the CG subspace reconstruction;
+        ``"scratch"``, its random initialisation (the paper's start, whose coarse-to-fine bias
+        the CG start overrides: the aliasing of the CG images is then in the field from step 0).
     pmr_start
         Where the parameter fields start: ``"cg"``, the voxel fit of the CG subspace
         reconstruction of the warm start (before step 0); ``"lrr"``, the voxel fit of the LRR
-        block's images ``Phi U`` after its ``pretrain`` steps (joint mode, ``pretrain > 0``).
+        block's images ``Phi U`` after its ``pretrain`` steps (joint mode, ``pretrain > 0``);
+        ``"scratch"``, near-constant maps at ``initial``.
         The unregularised CG start carries the aliasing of sparse sampling (ghost arcs of the
         head outline on sim2-small) into the maps, and the PMR block does not unlearn it in
         the budget; the pre-trained LRR block (hash fields + CNN) has removed it.
@@ -145,6 +152,10 @@ class LoreinConfig:
         ``"lrr-fit"`` (LRR block alone, then a voxel-wise fit of Phi U).
     coil_compression
         Number of virtual coils (SVD compression); None keeps all coils.
+    coil_support
+        Coils vanish outside the calibration support (the low-resolution image above 5 % of its
+        maximum, :mod:`lorein.methods.calibration`): a support constraint, as ESPIRiT maps
+        impose; without it the learned coil field extends over the whole field of view.
     basis_encoding, map_encoding, phase_encoding, coil_encoding
         Hash encodings (paper: defaults, phase N_min = 1 and 2^12; coils tiny and low-resolution);
         ``growth = "auto"`` is resolved by :func:`resolve_encoding`. A TOML table or a dict
@@ -175,12 +186,14 @@ class LoreinConfig:
         default_factory=lambda: {"M0": 0.05, "T1": 0.2, "T2": 2.0, "T2star": 2.0, "B0": 0.2}
     )
     dc2_path: Dc2Path = "exact"
+    lrr_start: LrrStart = "cg"
     pmr_start: PmrStart = "cg"
     cnn_channels: int = 8
     mode: Mode = "joint"
     batching: Batching = "volume"
     planes_per_batch: int = 8
     coil_compression: int | None = None
+    coil_support: bool = False
     basis_encoding: HashEncodingConfig = _encoding()
     map_encoding: HashEncodingConfig = _encoding()
     phase_encoding: HashEncodingConfig = _encoding(log2_table=12, n_min=1)
@@ -200,3 +213,5 @@ class LoreinConfig:
                 f"pmr_start = 'lrr' needs mode = 'joint' and pretrain > 0 "
                 f"(got mode = {self.mode!r}, pretrain = {self.pretrain})"
             )
+        if self.pmr_start == "lrr" and self.warm_start <= 0:
+            raise ValueError("pmr_start = 'lrr' needs warm_start > 0 (the regression's steps)")

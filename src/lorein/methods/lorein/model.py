@@ -58,6 +58,7 @@ def build_model(
     n_coils: int,
     model: SignalModel,
     image_level: float,
+    support: torch.Tensor | None = None,
 ) -> LoreinModel:
     """The blocks of ``config.mode`` on the CPU, seeded by the caller.
 
@@ -73,6 +74,9 @@ def build_model(
         Signal model of the PMR block (sets the initial ``M0``).
     image_level
         Median magnitude of the scaled calibration image (the initial ``M0`` reproduces it).
+    support
+        Bool ``[nz, ny, nx]`` object support from the calibration; the coils vanish outside it
+        when ``config.coil_support``.
     """
     use_lrr = config.mode != "pmr-only"
     lrr = LowRankBlock(
@@ -85,6 +89,7 @@ def build_model(
         config.layers,
         config.cnn_channels if use_lrr else 0,
         batched=config.batching == "planes",
+        support=support if config.coil_support else None,
     )
     if not use_lrr:  # only the coil field of the LRR block is used
         lrr.bases.requires_grad_(False)

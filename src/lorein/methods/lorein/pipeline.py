@@ -98,6 +98,7 @@ def build(prepared: Prepared, config: LoreinConfig, seed: int) -> Setup:
         prepared.kspace.shape[1],
         model,
         prepared.calibration.level,
+        prepared.calibration.support,
     ).to(prepared.device)
     schedule = Schedule.from_config(config, per_epoch or 1)
     return Setup(prepared, config, subspace, losses, net, fit_model, schedule, batches)
@@ -108,7 +109,9 @@ def initialise(setup: Setup, progress: bool) -> None:
     prepared, config, net = setup.prepared, setup.config, setup.net
     calib = prepared.calibration
     fit_coil_field(net.lrr.coils, calib.coils, calib.support, config.coil_warmup, progress=progress)
-    if config.warm_start <= 0:
+    lrr = net.lrr if setup.schedule.lrr and config.lrr_start == "cg" else None
+    pmr = net.pmr if config.pmr_start == "cg" else None
+    if config.warm_start <= 0 or (lrr is None and pmr is None):
         return
     with torch.no_grad():
         coils0 = net.lrr.coils()
@@ -116,8 +119,8 @@ def initialise(setup: Setup, progress: bool) -> None:
         prepared.kspace, prepared.ky, prepared.kz, prepared.contrast, coils0, setup.subspace
     )
     warm_start(
-        net.lrr if setup.schedule.lrr else None,
-        net.pmr if config.pmr_start == "cg" else None,
+        lrr,
+        pmr,
         u0,
         setup.subspace,
         setup.fit_model,
@@ -212,7 +215,9 @@ def collect(setup: Setup, extras: dict[str, Any], recorded: Any) -> Maps:
             extras["dc2_subspace"] = projected
             extras["dc2_relative_difference"] = abs(projected - exact) / max(exact, 1e-30)
             values = maps
-            mask = mask_from_amplitude(maps["M0"].float().cpu() * calib.scale)
+            if setup.config.coil_support:  # no object outside the support: M0 is zero there
+                values = dict(maps, M0=maps["M0"] * net.lrr.coils.support)
+            mask = mask_from_amplitude(values["M0"].float().cpu() * calib.scale)
     if net.pmr is None:
         assert images is not None
         values = lrr_fit(setup, images)
