@@ -466,14 +466,14 @@ def test_resume_refuses_a_checkpoint_of_another_run_in_one_line(
     out = tmp_path / "out"
     out.mkdir()
     checkpoint = out / "checkpoint.pt"
-    lorein = load_config(METHODS["lorein"], config)
+    lorein = load_config(METHODS["lorein"], config, None, read_problem(problem))
     save_checkpoint(
         {"identity": run_identity("lorein", read_problem(problem), lorein, 0)}, checkpoint
     )
     faster = _write(tmp_path / "faster.toml", TINY_LOREIN.replace("[lorein]", "[lorein]\nlr = 0.1"))
     cases = [
         ([str(problem), "--config", str(config), "--seed", "1"], "seed 0 (this run: 1)"),
-        ([str(problem), "--config", str(faster)], "setting lr = 0.001 (this run: 0.1)"),
+        ([str(problem), "--config", str(faster)], f"setting lr = {lorein.lr} (this run: 0.1)"),
         ([str(problem_file), "--config", str(config)], "problem '"),
         ([str(problem), "--config", str(config), "--method", "summit"], "method 'lorein'"),
     ]

@@ -32,15 +32,28 @@ from lorein.numerics.checkpoint import check_identity, read_checkpoint
 from lorein.settings import merge
 
 
-def load_config(method: Method, path: Path | None, overrides: dict[str, Any] | None = None) -> Any:
+def load_config(
+    method: Method,
+    path: Path | None,
+    overrides: dict[str, Any] | None = None,
+    problem: Problem | None = None,
+    device: torch.device | str = "cpu",
+) -> Any:
     """The method's configuration: defaults, then the file's hyper-parameters, then ``overrides``.
+
+    The defaults are those the method chooses for ``problem`` on ``device``
+    (:meth:`~lorein.methods.base.Method.default_config`), or without a problem the configuration
+    class's own.
 
     The file's hyper-parameters are its ``[METHOD]`` table or, without one, its keys outside the
     command tables (:func:`lorein.config.method_table`); nested tables (hash encodings) name only
     what they change. A key the configuration does not have, or a value of the wrong type, is a
     one-line error naming the file, the table and the key (:func:`lorein.settings.merge`).
     """
-    config = method.config_class()
+    if problem is None:
+        config = method.config_class()
+    else:
+        config = method.default_config(problem, torch.device(device))
     names = sorted(f.name for f in dataclasses.fields(config))
     sources = [(overrides or {}, "overrides")]
     if path is not None:
@@ -168,9 +181,9 @@ def run(
     """
     method = get_method(method_name)
     problem = read_problem(problem_path)
-    config = load_config(method, config_path, overrides)
-    check_config_fits(config, problem, config_path)
     dev = resolve_device(device)
+    config = load_config(method, config_path, overrides, problem, dev)
+    check_config_fits(config, problem, config_path)
     need, have = method.estimate_memory(problem, config), available_memory(dev)
     if need > 0.9 * have:
         raise MemoryError(

@@ -217,6 +217,11 @@ class Method(ABC):
         ``extras`` with the per-step ``history``, ``seconds`` and ``config``.
         """
 
+    def default_config(self, problem: Problem, device: torch.device) -> Any:
+        """The settings of a run of ``problem`` on ``device`` that names none (the configuration
+        file and ``--set`` values change what they name): the configuration class's defaults."""
+        return self.config_class()
+
     def estimate_memory(self, problem: Problem, config: Any) -> int:
         """Rough peak bytes of a run (checked against the device before it starts)."""
         return image_memory(

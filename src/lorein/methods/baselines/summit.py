@@ -19,11 +19,14 @@ import dataclasses
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+import torch
+
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
 from lorein.methods.base import Method, RunContext
 from lorein.methods.lorein import pipeline
-from lorein.methods.lorein.config import Batching, HashEncodingConfig, LoreinConfig
+from lorein.methods.lorein.config import Batching, HashEncodingConfig, LoreinConfig, PmrStart
+from lorein.methods.lorein.defaults import problem_config
 from lorein.methods.lorein.model import field_memory
 from lorein.settings import validate
 
@@ -50,6 +53,7 @@ class SummitConfig:
     iterations: int = _default("iterations")
     coil_warmup: int = _default("coil_warmup")
     warm_start: int = _default("warm_start")
+    pmr_start: PmrStart = _default("pmr_start")
     lr: float = _default("lr")
     decay_every: int = _default("decay_every")
     wnnm_start: int = _default("wnnm_start")
@@ -87,6 +91,13 @@ class Summit(Method):
 
     def reconstruct(self, problem: Problem, config: SummitConfig, context: RunContext) -> Maps:
         return pipeline.run(problem, config.lorein_config(), context, recorded=config)
+
+    def default_config(self, problem: Problem, device: torch.device) -> SummitConfig:
+        """LoREIN's settings chosen from the problem (:func:`~lorein.methods.lorein.defaults.
+        problem_config`), those that act in ``pmr-only`` mode: the same budget and start."""
+        chosen = problem_config(problem, device)
+        names = [f.name for f in dataclasses.fields(SummitConfig)]
+        return SummitConfig(**{name: getattr(chosen, name) for name in names})
 
     def estimate_memory(self, problem: Problem, config: SummitConfig) -> int:
         return field_memory(problem, config.lorein_config())

@@ -35,11 +35,14 @@ docs/tuning/lorein.md.
 
 from __future__ import annotations
 
+import torch
+
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
 from lorein.methods.base import Method, RunContext
 from lorein.methods.lorein import pipeline
 from lorein.methods.lorein.config import LoreinConfig
+from lorein.methods.lorein.defaults import problem_config
 from lorein.methods.lorein.model import field_memory
 
 
@@ -52,6 +55,9 @@ class Lorein(Method):
 
     def reconstruct(self, problem: Problem, config: LoreinConfig, context: RunContext) -> Maps:
         return pipeline.run(problem, config, context)
+
+    def default_config(self, problem: Problem, device: torch.device) -> LoreinConfig:
+        return problem_config(problem, device)
 
     def estimate_memory(self, problem: Problem, config: LoreinConfig) -> int:
         return field_memory(problem, config)
