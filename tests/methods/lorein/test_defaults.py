@@ -62,3 +62,9 @@ def test_preset_files_mean_the_same_with_or_without_the_problem(problem, preset,
     method = get_method(name)
     path = CONFIGS / f"{preset}.toml"
     assert load_config(method, path, None, problem) == load_config(method, path)
+
+
+def test_finest_level_at_the_grid(problem) -> None:
+    encoding = problem_config(problem).map_encoding
+    finest = encoding.n_min * encoding.growth ** (encoding.n_levels - 1)
+    assert finest == pytest.approx(max(problem.grid.shape))

@@ -10,9 +10,11 @@ about 30 minutes on sim1-small on a 2-core CPU); the rules here size a run to th
   ``K n_coils`` FFTs per step, and the compressed coils keep nearly all the signal energy;
 - **L_DC2**: through the subspace (``dc2_path = "subspace"``, ``K`` FFTs per coil instead of one
   per contrast) once the contrasts outnumber the subspace rank twice, exact otherwise;
-- **hash tables**: ``2^log2_table`` entries per level, the smallest power of two that holds four
-  entries per voxel (at most ``2^19``, the paper's), so the fine levels of a small grid are not
-  mostly empty tables;
+- **hash encodings** of the bases and the maps: ``2^log2_table`` entries per level, the smallest
+  power of two that holds four entries per voxel (at most ``2^19``, the paper's), and the finest
+  level at the grid's own resolution (:func:`finest_at_grid`), not at twice it as ``growth =
+  "auto"`` puts it: levels finer than a voxel only add per-voxel freedom, which fits noise and
+  aliasing at high acceleration;
 - **start and schedule**: every field from scratch (``lrr_start = pmr_start = "scratch"``),
   Adam at ``lr = 1e-2``, :data:`STEPS` steps with the rate halved at half of them and WNNM
   from 60 % of them. The CG start put the aliasing of the unregularised subspace CG images
@@ -27,13 +29,14 @@ from dataclasses import replace
 
 import torch
 
+from lorein.data.grid import Grid
 from lorein.data.problem import Problem
-from lorein.methods.lorein.config import LoreinConfig
+from lorein.methods.lorein.config import HashEncodingConfig, LoreinConfig
 
 VIRTUAL_COILS = 8
 """Virtual coils on a CPU."""
 
-VIRTUAL_COILS_GPU = 12
+VIRTUAL_COILS_GPU = 16
 """Virtual coils on a GPU."""
 
 STEPS = 300
@@ -48,18 +51,29 @@ def table_size(n_voxels: int) -> int:
     return min(19, max(12, math.ceil(math.log2(4 * n_voxels))))
 
 
+def finest_at_grid(encoding: HashEncodingConfig, grid: Grid) -> HashEncodingConfig:
+    """``encoding`` with the growth factor whose finest level has the grid's largest width:
+    ``b = (max(grid) / N_min)^(1 / (L - 1))`` (1 when the grid is not wider than ``N_min``)."""
+    width = max(grid.shape)
+    growth = (width / encoding.n_min) ** (1 / max(encoding.n_levels - 1, 1))
+    return replace(encoding, growth=max(growth, 1.0))
+
+
 def problem_config(problem: Problem, device: torch.device | str = "cpu") -> LoreinConfig:
     """The settings of a LoREIN run of ``problem`` on ``device`` (module docstring's rules)."""
     base = LoreinConfig()
     on_gpu = torch.device(device).type == "cuda"
     virtual = VIRTUAL_COILS_GPU if on_gpu else VIRTUAL_COILS
     log2_table = table_size(problem.grid.n_voxels)
+    fields = {
+        name: finest_at_grid(replace(getattr(base, name), log2_table=log2_table), problem.grid)
+        for name in ("basis_encoding", "map_encoding")
+    }
     return replace(
         base,
         coil_compression=virtual if problem.n_coils > virtual else None,
         dc2_path="subspace" if problem.n_contrasts > 2 * base.rank else "exact",
-        basis_encoding=replace(base.basis_encoding, log2_table=log2_table),
-        map_encoding=replace(base.map_encoding, log2_table=log2_table),
+        **fields,
         lrr_start="scratch",
         pmr_start="scratch",
         pretrain=0,
