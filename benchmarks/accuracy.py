@@ -38,10 +38,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from records import RESULTS, ROOT  # noqa: E402
-from report import machine, update_section  # noqa: E402
+from report import README, machine, update_section  # noqa: E402
 
-from lorein.data.problem import read_problem, read_truth, write_problem  # noqa: E402
-from lorein.eval.evaluate import evaluate_maps  # noqa: E402
+from lorein.data.problem import (  # noqa: E402
+    Truth,  # noqa: E402
+    read_problem,
+    read_truth,
+    write_problem,
+)
+from lorein.eval.evaluate import evaluate_maps, pure_voxels  # noqa: E402
+from lorein.eval.metrics import constant_map, map_error  # noqa: E402
 from lorein.methods.baselines.fit import FitConfig  # noqa: E402
 from lorein.methods.registry import METHODS, get_method, reconstruct  # noqa: E402
 from lorein.run import load_config  # noqa: E402
@@ -51,6 +57,21 @@ from lorein.sim.simulate import simulate  # noqa: E402
 MAPS = ("M0", "T1", "T2", "T2star", "B0")
 FLOORS = {"floor-noiseless": math.inf, "floor-noisy": None}
 """Floor rows -> the SNR of their fully sampled problem (None: the preset's)."""
+CONSTANT = "constant (oracle)"
+"""Reference row: per map the best constant over the pure-tissue voxels (from the truth), the
+error of a method that recovers no contrast between tissues at all."""
+
+
+def constant_scores(truth: Truth) -> dict[str, dict[str, float]]:
+    """The :data:`CONSTANT` row's scores: each map's error in the pure-tissue voxels of the
+    constant map at the truth's mean there (:func:`lorein.eval.metrics.constant_map`)."""
+    pure = pure_voxels(truth)
+    scores = {}
+    for name in MAPS:
+        ref = getattr(truth, name)
+        if ref is not None and pure is not None:
+            scores[name] = {"pure": map_error(name, constant_map(name, ref, pure), ref, pure)}
+    return scores
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,14 +79,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", default="sim1-small")
     parser.add_argument("--R", type=float, default=27.0)
     parser.add_argument("--draws", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--methods", nargs="+", default=["lorein"], choices=METHODS)
-    parser.add_argument("--config", type=Path, default=None, help="TOML (default configs/PRESET)")
+    parser.add_argument("--methods", nargs="*", default=[], choices=METHODS)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML of settings (default: none, the settings each method chooses for the problem)",
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="METHOD.KEY=VALUE")
     parser.add_argument("--label", default="default")
     parser.add_argument("--workdir", type=Path, default=ROOT / "benchmarks" / "work" / "accuracy")
     parser.add_argument("--rerun", action="store_true", help="run again even if recorded")
     parser.add_argument("--no-floors", action="store_true")
-    parser.add_argument("--report", default=None, help="section of docs/BENCHMARKS.md to write")
+    parser.add_argument(
+        "--report", action="store_true", help="write the table to docs/BENCHMARKS.md"
+    )
+    parser.add_argument("--readme", action="store_true", help="and to README.md's results")
     parser.add_argument("--keep", action="store_true", help="save the maps in the workdir")
     parser.add_argument("--threads", type=int, default=None)
     return parser.parse_args(argv)
@@ -102,15 +131,24 @@ def run_row(args: argparse.Namespace, row: str, draw: int) -> dict[str, Any]:
     path = record_path(args, row, draw)
     if path.exists() and not args.rerun:
         return json.loads(path.read_text())
+    if row == CONSTANT:
+        truth = read_truth(problem_file(args.workdir, args.preset, draw, args.R, None))
+        return {
+            "row": row,
+            "draw": draw,
+            "label": "floors",
+            "seconds": 0.0,
+            "scores": constant_scores(truth),
+        }
     if row in FLOORS:
         case = problem_file(args.workdir, args.preset, draw, 1.0, FLOORS[row])
         method, config, settings = "fit", FitConfig(), {}
     else:
         case = problem_file(args.workdir, args.preset, draw, args.R, None)
         method, settings = row, overrides(args.set, row)
-        config_path = args.config or ROOT / "configs" / f"{args.preset}.toml"
-        config = load_config(get_method(method), config_path, settings)
     problem, truth = read_problem(case), read_truth(case)
+    if row not in FLOORS:
+        config = load_config(get_method(method), args.config, settings, problem)
     start = time.perf_counter()
     maps = reconstruct(method, problem, config, seed=draw, progress=False)
     seconds = time.perf_counter() - start
@@ -163,38 +201,56 @@ def table(records: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def recorded(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """Every committed record of the preset and R that has all of ``args.draws``, by row name:
+    the reference rows first, then each label's methods (``METHOD`` for the label ``default``,
+    ``METHOD (LABEL)`` otherwise)."""
+    base = RESULTS / "accuracy" / args.preset / f"R{args.R:g}"
+    found: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for path in sorted(base.glob("*/*-draw*.json")):
+        record = json.loads(path.read_text())
+        key = (path.parent.name, record["row"])
+        found.setdefault(key, {})[record["draw"]] = record
+    rows: dict[str, list[dict[str, Any]]] = {}
+    if not args.no_floors:
+        rows[CONSTANT] = [run_row(args, CONSTANT, d) for d in args.draws]
+    order = sorted(found, key=lambda k: (k[0] != "floors", k[0] != "default", k))
+    for label, row in order:
+        if all(d in found[label, row] for d in args.draws):
+            name = row if label in ("floors", "default") else f"{row} ({label})"
+            rows[name] = [found[label, row][d] for d in args.draws]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = ([] if args.no_floors else list(FLOORS)) + args.methods
-    records: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        name = row if row in FLOORS or args.label == "default" else f"{row} ({args.label})"
-        records[name] = []
         for draw in args.draws:
             rec = run_row(args, row, draw)
-            print(
-                json.dumps(
-                    {
-                        "row": name,
-                        "draw": draw,
-                        "seconds": rec["seconds"],
-                        "pure": {m: score(rec, m) for m in MAPS},
-                    }
-                ),
-                flush=True,
-            )
-            records[name].append(rec)
-    text = table(records)
+            pure = {m: score(rec, m) for m in MAPS}
+            print(json.dumps({"row": row, "label": args.label, "draw": draw, "pure": pure}))
+    text = table(recorded(args))
     print(text)
+    header = (
+        f"{args.preset}, R = {args.R:g}, draws {', '.join(map(str, args.draws))} (phantom, "
+        "sampling and noise drawn with the draw's seed; each method seeded with it too): "
+        "pure-tissue NRMSE (voxels at least 90 % one tissue; B0: RMSE in Hz), mean ± sd over "
+        "the draws, and mean wall time. Floors: the `fit` baseline (CG-SENSE, ESPIRiT coils from "
+        "the data, voxel fit) on the fully sampled problem of the same draw, noiseless and at the "
+        "preset's SNR. Methods without a label ran with the settings they choose for the problem "
+        "(`lorein recon` without `--config`); a label names other settings (`preset`: "
+        f"configs/{args.preset}.toml). Drawn by `python benchmarks/accuracy.py --preset "
+        f"{args.preset} --R {args.R:g} --draws {' '.join(map(str, args.draws))} --methods` "
+        f"from the records in benchmarks/results/accuracy/. {machine()}."
+    )
+    section = f"accuracy-{args.preset}-R{args.R:g}"
     if args.report:
-        header = (
-            f"{args.preset}, R = {args.R:g}, draws {', '.join(map(str, args.draws))}: pure-tissue "
-            "NRMSE (B0: RMSE in Hz), mean ± sd over the draws. Floors: the voxel fit of the fully "
-            f"sampled problem of the same draw, noiseless and at the preset's SNR. {machine()}."
-        )
-        update_section(f"accuracy-{args.preset}-R{args.R:g}", header + "\n\n" + text + "\n")
+        update_section(section, header + "\n\n" + text + "\n")
+    if args.readme:
+        update_section(section, header + "\n\n" + text + "\n", README)
     return 0
 
 

@@ -16,9 +16,9 @@ about 30 minutes on sim1-small on a 2-core CPU); the rules here size a run to th
   "auto"`` puts it: levels finer than a voxel only add per-voxel freedom, which fits noise and
   aliasing at high acceleration;
 - **start and schedule**: every field from scratch (``lrr_start = pmr_start = "scratch"``),
-  Adam at ``lr = 1e-2``, :data:`STEPS` steps with the rate halved at half of them and WNNM
-  from 60 % of them. The CG start put the aliasing of the unregularised subspace CG images
-  (ghost arcs along y) into the maps, and the optimisation did not remove it
+  prior weight :data:`PRIOR`, Adam at ``lr = 1e-2``, :data:`STEPS` steps with the rate halved at
+  half of them and WNNM from 60 % of them. The CG start put the aliasing of the unregularised
+  subspace CG images (ghost arcs along y) into the maps, and the optimisation did not remove it
   (docs/tuning/lorein.md, section 13).
 """
 
@@ -44,6 +44,10 @@ STEPS = 300
 
 LR = 1e-2
 """Adam learning rate of a run from scratch."""
+
+PRIOR = 0.3
+"""Weight of ``L_prior``: at 1 the maps follow the LRR images more, which traded T1 for T2*
+(docs/tuning/lorein.md, sections 2 and 13)."""
 
 
 def table_size(n_voxels: int) -> int:
@@ -77,6 +81,7 @@ def problem_config(problem: Problem, device: torch.device | str = "cpu") -> Lore
         lrr_start="scratch",
         pmr_start="scratch",
         pretrain=0,
+        prior=PRIOR,
         lr=LR,
         iterations=STEPS,
         decay_every=STEPS // 2,
