@@ -6,7 +6,8 @@ per coil, from which we take:
 
 - the intensity scale of the data (so that every method works on data of a fixed range);
 - a smooth coil-sensitivity estimate ``c = x_c / rss(x)`` to warm-start the coil field;
-- a support mask where the low-resolution image has signal.
+- a support mask where the low-resolution image has signal (above 5 % of its maximum), grown by
+  one voxel in-plane.
 
 Only acquired k-space is used: nothing here reads the truth.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 
 from lorein.data.problem import Problem
 from lorein.physics.coils import calibration_region, coil_compression, espirit
@@ -99,6 +101,17 @@ class CalibrationEstimate:
     level: float
 
 
+def dilate_in_plane(mask: torch.Tensor, radius: int = 1) -> torch.Tensor:
+    """``mask [nz, ny, nx]`` grown by ``radius`` voxels in y and x (a square neighbourhood).
+
+    The low-resolution image falls below the support threshold at the edge of the object and where
+    intravoxel dephasing darkens tissue (near air-tissue interfaces): with a fully sampled
+    calibration region the threshold alone left 34 brain voxels of a sim1-small draw outside.
+    """
+    grown = F.max_pool2d(mask.float().unsqueeze(1), 2 * radius + 1, stride=1, padding=radius)
+    return grown.squeeze(1) > 0
+
+
 def estimate_from_calibration(problem: Problem, kspace: torch.Tensor) -> CalibrationEstimate:
     """Scale, coil sensitivities and support from the calibration region of ``kspace``.
 
@@ -121,7 +134,7 @@ def estimate_from_calibration(problem: Problem, kspace: torch.Tensor) -> Calibra
     full[:, z0 : z0 + ccz, y0 : y0 + ccy, :] = calib * window[None, :, :, None]
     images = centered_ifft(full)
     rss = images.abs().pow(2).sum(0).sqrt()
-    support = rss > 0.05 * rss.max()
+    support = dilate_in_plane(rss > 0.05 * rss.max())
     scale = float(torch.quantile(rss.flatten(), 0.99))
     if not scale > 0:  # also nan
         raise ValueError(
