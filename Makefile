@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/lorein simulate --preset sim1-small --R 27 --seed 0 -o demo/sim1-small_R27.h5
 	$(BIN)/lorein info demo/sim1-small_R27.h5
-	$(BIN)/lorein recon demo/sim1-small_R27.h5 -o demo/lorein --config configs/sim1-small.toml
+	$(BIN)/lorein recon demo/sim1-small_R27.h5 -o demo/lorein
 	$(BIN)/lorein eval demo/lorein --truth demo/sim1-small_R27.h5 --label LoREIN
 
 lint: $(STAMP)
