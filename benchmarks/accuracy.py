@@ -201,6 +201,37 @@ def table(records: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def paired(records: dict[str, list[dict[str, Any]]], first: str, second: str) -> str | None:
+    """One Markdown table row comparing two rows draw by draw: per map the mean relative
+    difference of ``first`` against ``second`` and on how many draws ``first`` is lower (None
+    when either row is missing)."""
+    if first not in records or second not in records:
+        return None
+    cells = []
+    for m in MAPS:
+        pairs = [
+            (a, b)
+            for ra, rb in zip(records[first], records[second], strict=True)
+            if (a := score(ra, m)) is not None and (b := score(rb, m)) is not None
+        ]
+        if pairs:
+            change = statistics.mean(a / b - 1 for a, b in pairs)
+            lower = sum(a < b for a, b in pairs)
+            cells.append(f"{change:+.0%} ({lower}/{len(pairs)} lower)")
+    return f"| {first} against {second} | " + " | ".join(cells) + " |"
+
+
+def comparisons(records: dict[str, list[dict[str, Any]]]) -> str:
+    """LoREIN against the other methods that have rows, draw by draw (:func:`paired`)."""
+    present = [m for m in MAPS if any(score(r, m) is not None for r in records.get("lorein", []))]
+    others = [name for name in records if name not in (CONSTANT, *FLOORS, "lorein")]
+    rows = [row for other in others if (row := paired(records, "lorein", other)) is not None]
+    if not rows:
+        return ""
+    head = "| pair | " + " | ".join("B0" if m == "B0" else m for m in present) + " |"
+    return "\n".join([head, "|" + "---|" * (len(present) + 1), *rows])
+
+
 def recorded(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     """Every committed record of the preset and R that has all of ``args.draws``, by row name:
     the reference rows first, then each label's methods (``METHOD`` for the label ``default``,
@@ -232,7 +263,12 @@ def main(argv: list[str] | None = None) -> int:
             rec = run_row(args, row, draw)
             pure = {m: score(rec, m) for m in MAPS}
             print(json.dumps({"row": row, "label": args.label, "draw": draw, "pure": pure}))
-    text = table(recorded(args))
+    records = recorded(args)
+    text = table(records)
+    pairs = comparisons(records)
+    if pairs:
+        text += "\n\nLoREIN's error relative to each other row, draw by draw (mean of the per-draw "
+        text += "ratios minus one; how many draws LoREIN is lower):\n\n" + pairs
     print(text)
     header = (
         f"{args.preset}, R = {args.R:g}, draws {', '.join(map(str, args.draws))} (phantom, "
