@@ -27,6 +27,7 @@ from lorein.data.output import CHECKPOINT, Maps, output_lock, recover_output, wr
 from lorein.data.problem import Problem, read_problem
 from lorein.device import resolve_device
 from lorein.methods.base import Method, RunContext
+from lorein.methods.plausibility import suspect_reasons
 from lorein.methods.registry import METHODS, get_method
 from lorein.numerics.checkpoint import check_identity, read_checkpoint
 from lorein.settings import merge
@@ -203,7 +204,10 @@ def run(
         context = RunContext(dev, seed, checkpoint, resume, progress, identity)
         maps, seconds = _reconstruct(method, problem, config, context, out)
         history = maps.extras.pop("history", [])
+        reasons = suspect_reasons(maps)
         report = {
+            "status": "suspect" if reasons else "ok",
+            "suspect_reasons": reasons,
             "method": method.name,
             "problem": str(problem_path),
             "config": dataclasses.asdict(config),

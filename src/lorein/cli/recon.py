@@ -81,6 +81,7 @@ def add_parser(sub: Subparsers) -> Command:
 
 def run(args: argparse.Namespace) -> None:
     """Run the method on the problem into the output folder and print a summary line."""
+    from lorein.methods.plausibility import SUSPECT_STATUS
     from lorein.run import run as run_method
 
     overrides = {} if args.iterations is None else {"iterations": args.iterations}
@@ -103,3 +104,11 @@ def run(args: argparse.Namespace) -> None:
     )
     if args.save_images and not report["saved_images"]:
         print(f"lorein: note: {report['method']} returns no weighted images", file=sys.stderr)
+    if report["status"] == "suspect":
+        reasons = "; ".join(report["suspect_reasons"])
+        print(
+            f"lorein: error: {args.output}: suspect result ({reasons}); written, marked in "
+            "report.json; check the data's scaling and the settings (lr)",
+            file=sys.stderr,
+        )
+        raise SystemExit(SUSPECT_STATUS)

@@ -88,6 +88,11 @@ class LoreinLosses:
         self.contrast_term = ContrastDataTerm(kspace, ky, kz, contrast, grid, hybrid=hybrid)
         self.projection = SubspaceProjection(self.phi, model.readout_index, model.echo_index)
 
+    @property
+    def data_energy(self) -> float:
+        """``||y||^2 / n``: the mean squared sample, on the data terms' scale."""
+        return float(self.subspace_term.y_norm2.sum()) / self.n_samples
+
     def _mean(self, total: torch.Tensor, count: int, planes: slice | None) -> torch.Tensor:
         """``total / count``; a slab's ``total`` is first scaled by the batches per epoch."""
         if planes is not None:

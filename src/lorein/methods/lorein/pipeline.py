@@ -214,6 +214,7 @@ def collect(setup: Setup, extras: dict[str, Any], recorded: Any) -> Maps:
             extras["dc2_exact"] = exact
             extras["dc2_subspace"] = projected
             extras["dc2_relative_difference"] = abs(projected - exact) / max(exact, 1e-30)
+            extras["relative_residual"] = exact / max(losses.data_energy, 1e-30)
             values = maps
             if setup.config.coil_support:  # no object outside the support: M0 is zero there
                 values = dict(maps, M0=maps["M0"] * net.lrr.coils.support)
