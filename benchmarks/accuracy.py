@@ -159,6 +159,7 @@ def run_row(args: argparse.Namespace, row: str, draw: int) -> dict[str, Any]:
         "overrides": settings,
         "seconds": round(seconds, 1),
         "seconds_per_step": maps.extras.get("seconds_per_step"),
+        "relative_residual": maps.extras.get("relative_residual"),
         "scores": evaluate_maps(maps.values, truth),
     }
     if args.keep:
