@@ -178,9 +178,8 @@ def score(record: dict[str, Any], name: str) -> float | None:
 
 def table(records: dict[str, list[dict[str, Any]]]) -> str:
     """Markdown: per row, mean +- sd over the draws of each map's pure-tissue error."""
-    present = [
-        m for m in MAPS if any(score(r, m) is not None for rs in records.values() for r in rs)
-    ]
+    estimated = [r for row, rs in records.items() if row != CONSTANT for r in rs]
+    present = [m for m in MAPS if any(score(r, m) is not None for r in estimated)]
     head = (
         "| row | draws | "
         + " | ".join("B0 [Hz]" if m == "B0" else m for m in present)
