@@ -280,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         "(`lorein recon` without `--config`); a label names other settings (`preset`: "
         f"configs/{args.preset}.toml). Drawn by `python benchmarks/accuracy.py --preset "
         f"{args.preset} --R {args.R:g} --draws {' '.join(map(str, args.draws))} --methods` "
-        f"from the records in benchmarks/results/accuracy/. {machine()}."
+        "from the records in benchmarks/results/accuracy/. Times are each run's wall time as "
+        "recorded, on a 2-core CPU often shared with other jobs (up to 3x slower): compare them "
+        f"only roughly. {machine()}."
     )
     section = f"accuracy-{args.preset}-R{args.R:g}"
     if args.report:
