@@ -282,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.preset} --R {args.R:g} --draws {' '.join(map(str, args.draws))} --methods` "
         "from the records in benchmarks/results/accuracy/. Times are each run's wall time as "
         "recorded, on a 2-core CPU often shared with other jobs (up to 3x slower): compare them "
-        f"only roughly. {machine()}."
+        f"only roughly. Error against wall time: docs/figures/accuracy-time-{args.preset}-"
+        f"R{args.R:g}.png (`python benchmarks/accuracy_time.py --preset {args.preset} --R "
+        f"{args.R:g} --draws {' '.join(map(str, args.draws))}`). {machine()}."
     )
     section = f"accuracy-{args.preset}-R{args.R:g}"
     if args.report:
