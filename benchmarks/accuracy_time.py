@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             ax.errorbar(statistics.mean(seconds), mean, yerr=sd, fmt="o", capsize=3, label=row)
         ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.set_xlabel("wall time [s], 2-core CPU")
         ax.set_ylabel(f"{name} pure-tissue NRMSE")
         ax.set_title(f"{args.preset}, R = {args.R:g}, draws {', '.join(map(str, args.draws))}")
