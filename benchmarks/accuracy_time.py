@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import CONSTANT, recorded, score  # noqa: E402
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             ax.errorbar(statistics.mean(seconds), mean, yerr=sd, fmt="o", capsize=3, label=row)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("wall time [s], 2-core CPU")
         ax.set_ylabel(f"{name} pure-tissue NRMSE")
         ax.set_title(f"{args.preset}, R = {args.R:g}, draws {', '.join(map(str, args.draws))}")
