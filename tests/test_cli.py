@@ -2,6 +2,7 @@
 flags over the file, one-line errors with exit status 2, weighted images on request, checkpoints
 refused when unsafe or of another run, one run per output folder."""
 
+import dataclasses
 import json
 import math
 import os
@@ -569,3 +570,32 @@ def test_unknown_device_and_signal_free_kspace_are_one_line_errors(
     err = _one_line_error(capsys)
     assert f"{silent}: /kspace/data: the calibration region holds no signal" in err
     assert not out.exists()
+
+
+def test_non_utf8_config_is_a_one_line_error(
+    tiny_problem: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    problem, _ = tiny_problem
+    config = tmp_path / "latin1.toml"
+    config.write_bytes("[lorein]\n# Größe\nlr = 0.01\n".encode("latin-1"))
+    argv = ["recon", str(problem), "-o", str(tmp_path / "out"), "--config", str(config)]
+    assert main(argv) == 2
+    err = _one_line_error(capsys)
+    assert f"{config}: not UTF-8 text" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_with_the_truth_of_another_grid_is_a_one_line_error(
+    tiny_problem: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    problem, config = tiny_problem
+    out = tmp_path / "out"
+    assert main(["recon", str(problem), "-o", str(out), "--config", str(config)]) == 0
+    other = dataclasses.replace(TINY, matrix=(20, 24, 4))
+    sim = simulate(other, 8, seed=1, snr=math.inf, progress=False)
+    truth_file = tmp_path / "other.h5"
+    write_problem(truth_file, sim.problem, sim.truth)
+    assert main(["eval", str(out), "--truth", str(truth_file)]) == 2
+    err = _one_line_error(capsys)
+    assert f"{out / 'maps.h5'}: /" in err and "does not match the truth's grid" in err
+    assert not (out / "eval.json").exists()

@@ -44,6 +44,9 @@ def read_toml(path: Path, what: str = "configuration file") -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: {what} not found") from None
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        message = f"{path}: not UTF-8 text (byte {err.start}); expected a TOML file"
+        raise ValueError(message) from None
 
 
 def check_keys(values: Mapping[str, Any], valid: Iterable[str], where: str) -> None:

@@ -65,6 +65,13 @@ def run(args: argparse.Namespace) -> None:
             raise ValueError(f"--maps: unknown {', '.join(unknown)}; valid: {', '.join(EVALUATED)}")
         maps = {name: value for name, value in maps.items() if name in args.maps}
     truth = read_truth(args.truth)
+    grid = tuple(truth.mask.shape)
+    for name, value in maps.items():
+        if tuple(value.shape) != grid:
+            raise ValueError(
+                f"{args.output / 'maps.h5'}: /{name}: shape {list(value.shape)} does not match "
+                f"the truth's grid {list(grid)} in {args.truth}; expected the problem's own truth"
+            )
     scores = evaluate_maps(maps, truth)
     if not scores:
         raise ValueError(f"{args.output}: no map of maps.h5 has a truth in {args.truth} to score")
