@@ -599,3 +599,22 @@ def test_eval_with_the_truth_of_another_grid_is_a_one_line_error(
     err = _one_line_error(capsys)
     assert f"{out / 'maps.h5'}: /" in err and "does not match the truth's grid" in err
     assert not (out / "eval.json").exists()
+
+
+def test_ctrl_c_exits_130_in_one_line_saying_how_to_resume(
+    tiny_problem: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import lorein.run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lorein.run, "run", interrupted)
+    problem, config = tiny_problem
+    argv = ["recon", str(problem), "-o", str(tmp_path / "out"), "--config", str(config)]
+    assert main(argv) == 130
+    err = _one_line_error(capsys)
+    assert "interrupted" in err and "--resume" in err

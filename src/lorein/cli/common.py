@@ -16,6 +16,9 @@ Subparsers = argparse._SubParsersAction
 """The ``lorein`` parser's collection of command parsers."""
 
 ERROR_STATUS = 2
+
+INTERRUPT_STATUS = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
 """Exit status of every error: usage, configuration, input files, known run-time failures."""
 
 
@@ -129,7 +132,8 @@ def require(args: argparse.Namespace, *keys: str) -> None:
 
 
 def exit_status(run: Callable[[], None]) -> int:
-    """Call ``run``; the exit status: 0, or 2 after a one-line error on standard error.
+    """Call ``run``; the exit status: 0, 2 after a one-line error on standard error, or 130
+    after Ctrl-C (one line saying how to resume).
 
     Errors the user can act on (a value, a file, memory, a known run-time failure, with a hint)
     are one line; ``SystemExit`` (``--help``, ``--version``, a usage error already printed) gives
@@ -139,6 +143,13 @@ def exit_status(run: Callable[[], None]) -> int:
         run()
     except SystemExit as stop:
         return int(stop.code or 0)
+    except KeyboardInterrupt:
+        print(
+            "lorein: interrupted; a recon keeps its last checkpoint (OUT/checkpoint.pt, written "
+            "every two minutes): the same command with --resume continues it",
+            file=sys.stderr,
+        )
+        return INTERRUPT_STATUS
     except (ValueError, OSError, KeyError, MemoryError) as err:
         print(f"lorein: error: {_one_line(err)}", file=sys.stderr)
         return ERROR_STATUS
