@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lorein.methods.baselines.summit import SummitConfig
-from lorein.methods.lorein.config import LoreinConfig
+from lorein.methods.lorein.config import LoreinConfig, resolve_encoding
 from lorein.methods.lorein.defaults import VIRTUAL_COILS, problem_config, table_size
 from lorein.methods.registry import get_method
 from lorein.run import load_config
@@ -65,6 +65,6 @@ def test_preset_files_mean_the_same_with_or_without_the_problem(problem, preset,
 
 
 def test_finest_level_at_the_grid(problem) -> None:
-    encoding = problem_config(problem).map_encoding
-    finest = encoding.n_min * encoding.growth ** (encoding.n_levels - 1)
+    encoding = resolve_encoding(problem_config(problem).map_encoding, problem.grid.shape)
+    finest = encoding["n_min"] * encoding["growth"] ** (encoding["n_levels"] - 1)
     assert finest == pytest.approx(max(problem.grid.shape))

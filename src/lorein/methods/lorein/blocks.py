@@ -72,7 +72,7 @@ class CoilField(nn.Module):
         self.field = Field(
             grid, 2 * n_coils, encoding, mlp, output="complex", separate_complex_mlps=False
         )
-        weight = torch.ones(grid) if support is None else support.float().cpu()
+        weight = None if support is None else support.float().cpu()
         self.register_buffer("support", weight, persistent=False)
 
     @staticmethod
@@ -82,16 +82,18 @@ class CoilField(nn.Module):
         return raw / rss.clamp_min(1e-8)
 
     def forward(self) -> torch.Tensor:
-        return self._unit_rss(self.field(), 0) * self.support
+        coils = self._unit_rss(self.field(), 0)
+        return coils if self.support is None else coils * self.support
 
     def at_voxels(self, voxels: torch.Tensor) -> torch.Tensor:
         """``[N, n_coils]`` sensitivities at flat voxel indices ``voxels [N]``."""
-        weights = self.support.flatten()[voxels, None]
-        return self._unit_rss(self.field.at_voxels(voxels), 1) * weights
+        coils = self._unit_rss(self.field.at_voxels(voxels), 1)
+        return coils if self.support is None else coils * self.support.flatten()[voxels, None]
 
     def at_planes(self, planes: slice) -> torch.Tensor:
         """``[n_coils, nz, ny, n]`` sensitivities on the x-planes ``planes``."""
-        return self._unit_rss(self.field.at_planes(planes), 0) * self.support[..., planes]
+        coils = self._unit_rss(self.field.at_planes(planes), 0)
+        return coils if self.support is None else coils * self.support[..., planes]
 
 
 class LowRankBlock(nn.Module):

@@ -33,14 +33,15 @@ class HashEncodingConfig:
     n_min
         Coarsest resolution ``N_min`` [voxels across the grid].
     growth
-        Factor between levels, or ``"auto"`` (:func:`resolve_encoding`).
+        Factor between levels, or ``"auto"`` (finest level at twice the grid's width) or
+        ``"grid"`` (finest level at the grid's width): :func:`resolve_encoding`.
     """
 
     n_levels: int = 16
     n_features: int = 2
     log2_table: int = 19
     n_min: int = 16
-    growth: float | Literal["auto"] = "auto"
+    growth: float | Literal["auto", "grid"] = "auto"
 
     def __post_init__(self) -> None:
         validate(self)
@@ -49,17 +50,19 @@ class HashEncodingConfig:
 def resolve_encoding(
     encoding: HashEncodingConfig | Mapping[str, Any], grid: tuple[int, int, int]
 ) -> dict[str, Any]:
-    """The encoding's keyword arguments, ``growth = "auto"`` replaced by the factor whose finest
-    level has twice the grid's width.
+    """The encoding's keyword arguments, ``growth = "auto"`` or ``"grid"`` replaced by the factor
+    whose finest level has twice (``"auto"``) or once (``"grid"``) the grid's width.
 
     instant-NGP chooses ``b = (N_max / N_min)^(1 / (L - 1))`` for the scene; SUMMIT's fixed
     ``b = 2`` puts most of 16 levels far below the voxel size, where they only add per-voxel free
-    parameters (and cost). ``N_max = 2 max(grid)`` keeps every level meaningful.
+    parameters (and cost). ``N_max = 2 max(grid)`` keeps every level meaningful; ``N_max =
+    max(grid)`` adds none finer than a voxel (docs/tuning/lorein.md, section 13).
     """
     values = asdict(encoding) if isinstance(encoding, HashEncodingConfig) else dict(encoding)
-    if values.get("growth") != "auto":
+    finest = {"auto": 2, "grid": 1}.get(values.get("growth"))
+    if finest is None:
         return values
-    n_max = 2 * max(grid)
+    n_max = finest * max(grid)
     levels = values["n_levels"]
     growth = (n_max / values["n_min"]) ** (1 / max(levels - 1, 1))
     return dict(values, growth=max(growth, 1.0))

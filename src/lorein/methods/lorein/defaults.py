@@ -12,7 +12,7 @@ about 30 minutes on sim1-small on a 2-core CPU); the rules here size a run to th
   per contrast) once the contrasts outnumber the subspace rank twice, exact otherwise;
 - **hash encodings** of the bases and the maps: ``2^log2_table`` entries per level, the smallest
   power of two that holds four entries per voxel (at most ``2^19``, the paper's), and the finest
-  level at the grid's own resolution (:func:`finest_at_grid`), not at twice it as ``growth =
+  level at the grid's own resolution (``growth = "grid"``), not at twice it as ``growth =
   "auto"`` puts it: levels finer than a voxel only add per-voxel freedom, which fits noise and
   aliasing at high acceleration;
 - **start and schedule**: every field from scratch (``lrr_start = pmr_start = "scratch"``),
@@ -29,9 +29,8 @@ from dataclasses import replace
 
 import torch
 
-from lorein.data.grid import Grid
 from lorein.data.problem import Problem
-from lorein.methods.lorein.config import HashEncodingConfig, LoreinConfig
+from lorein.methods.lorein.config import LoreinConfig
 
 VIRTUAL_COILS = 8
 """Virtual coils on a CPU."""
@@ -55,14 +54,6 @@ def table_size(n_voxels: int) -> int:
     return min(19, max(12, math.ceil(math.log2(4 * n_voxels))))
 
 
-def finest_at_grid(encoding: HashEncodingConfig, grid: Grid) -> HashEncodingConfig:
-    """``encoding`` with the growth factor whose finest level has the grid's largest width:
-    ``b = (max(grid) / N_min)^(1 / (L - 1))`` (1 when the grid is not wider than ``N_min``)."""
-    width = max(grid.shape)
-    growth = (width / encoding.n_min) ** (1 / max(encoding.n_levels - 1, 1))
-    return replace(encoding, growth=max(growth, 1.0))
-
-
 def problem_config(problem: Problem, device: torch.device | str = "cpu") -> LoreinConfig:
     """The settings of a LoREIN run of ``problem`` on ``device`` (module docstring's rules)."""
     base = LoreinConfig()
@@ -70,7 +61,7 @@ def problem_config(problem: Problem, device: torch.device | str = "cpu") -> Lore
     virtual = VIRTUAL_COILS_GPU if on_gpu else VIRTUAL_COILS
     log2_table = table_size(problem.grid.n_voxels)
     fields = {
-        name: finest_at_grid(replace(getattr(base, name), log2_table=log2_table), problem.grid)
+        name: replace(getattr(base, name), log2_table=log2_table, growth="grid")
         for name in ("basis_encoding", "map_encoding")
     }
     return replace(
