@@ -158,11 +158,9 @@ docs/tuning/calibration.md)."""
 
 
 ESPIRIT_CROP = 0.8
-"""Eigenvalue below which ESPIRiT maps are zero (BART's ``ecalib`` default). With 0.95 the
-multi-contrast calibration left brain voxels without coils, so that every ESPIRiT-based method
-returned zero maps there: up to 228 of ~8200 on a fully sampled sim1-small draw and 8-9 at R = 27,
-where the contrast-averaged calibration data dephase (B0 near air); at 0.8 none of five draws kept
-one (none of eight fully sampled tiny problems either)."""
+"""Eigenvalue below which ESPIRiT maps are zero (BART's ``ecalib`` default). At 0.95 the
+contrast-averaged calibration data, which dephase near air (B0), left brain voxels without coils
+and every ESPIRiT-based method with zero maps there (docs/tuning/calibration.md)."""
 
 
 def espirit_coils(problem: Problem, kspace: torch.Tensor | None = None) -> torch.Tensor:

@@ -12,8 +12,7 @@ Nothing here reads the truth. A result is *suspect* when, inside the method's ma
   (``extras["relative_residual"]``, ``||y - E x||^2 / ||y||^2``) above
   :data:`RESIDUAL_LIMIT`: the maps explain less than a fifth of the acquired energy, which
   noise alone would leave unexplained only if its energy were four times the signal's (a
-  diverged run leaves about all of it: 100 % on a tiny problem at ``lr = 0.3``, 19 % after a
-  normal run there).
+  diverged run leaves about all of it).
 
 :func:`lorein.run.run` writes the reasons into ``report.json`` (``"status": "suspect"``) and
 ``lorein recon`` ends with exit status :data:`SUSPECT_STATUS` after saying why in one line.
