@@ -164,6 +164,13 @@ def test_pmr_start_from_lrr_needs_regression_steps() -> None:
         LoreinConfig(pmr_start="lrr", pretrain=5, warm_start=0)
 
 
+def test_average_steps_must_fit_in_the_run() -> None:
+    with pytest.raises(ValueError, match="^average_steps = 10: expected 0 or more and fewer than"):
+        LoreinConfig(iterations=10, average_steps=10)
+    with pytest.raises(ValueError, match="average_steps = -1"):
+        LoreinConfig(average_steps=-1)
+
+
 def test_scratch_starts_skip_the_cg_start(sim: Simulation, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CG start is computed only for a field that starts from it: ``lrr_start = "scratch"``
     regresses only the maps, both starts from scratch compute nothing."""

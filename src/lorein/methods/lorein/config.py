@@ -107,6 +107,10 @@ class LoreinConfig:
         Epochs between learning-rate halvings.
     wnnm_start
         Epoch at which WNNM switches on (block matching is computed then).
+    average_steps
+        The last ``average_steps`` epochs' parameters are averaged into the returned fields
+        (tail averaging, :class:`~lorein.numerics.optimisation.LoopConfig`); 0 returns the last
+        iterate, as the paper does.
     batching
         ``"volume"``: every step evaluates the whole volume (k-space Gram form); ``"planes"``:
         each step evaluates one slab of readout (x) planes in hybrid ``(x, ky, kz)`` space and
@@ -179,6 +183,7 @@ class LoreinConfig:
     lr: float = 1e-3
     decay_every: int = 300
     wnnm_start: int = 500
+    average_steps: int = 0
     dc1: float = 1.0
     dc2: float = 1.0
     prior: float = 1.0
@@ -209,6 +214,11 @@ class LoreinConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        if not 0 <= self.average_steps < max(self.iterations, 1):
+            raise ValueError(
+                f"average_steps = {self.average_steps}: expected 0 or more and fewer than "
+                f"iterations ({self.iterations})"
+            )
         if self.planes_per_batch < 1:
             raise ValueError(f"planes_per_batch = {self.planes_per_batch}: expected at least 1")
         if self.pmr_start == "lrr" and not (self.mode == "joint" and self.pretrain > 0):

@@ -166,8 +166,12 @@ def optimise(setup: Setup, context: RunContext) -> Optimisation:
         setup.net, setup.prepared.model, setup.losses, config, schedule, setup.batches
     )
     n = schedule.steps_per_epoch
+    average_from = n * (config.iterations - config.average_steps) if config.average_steps else None
     loop = LoopConfig(
-        iterations=schedule.iterations, lr=config.lr, decay_every=n * config.decay_every
+        iterations=schedule.iterations,
+        lr=config.lr,
+        decay_every=n * config.decay_every,
+        average_from=average_from,
     )
     description = "lorein" if setup.batches is None else f"lorein ({n} steps per epoch)"
     optimisation = Optimisation(
