@@ -266,3 +266,23 @@ def test_real_file_undersampled_complementary(real_problem: object) -> None:
     kept = undersample(real_problem.problem, 3.0, seed=1)
     assert kept.acceleration == pytest.approx(3.0) and (kept.kz == 0).all()
     assert torch.equal(torch.sort(kept.ky).values, torch.arange(256))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[VERSION]\nmajor 1\nminor 5\n", r"\[VERSION\]: expected Pulseq format 1\.4, found 1\.5"),
+        ("[VERSION]\nmajor 1\nminor 4\n[DEFINITIONS]\nFOV 0.2 0.2\n", r"\[BLOCKS\]: expected"),
+        (
+            "[VERSION]\nmajor 1\nminor 4\n[DEFINITIONS]\nFOV 0.2 0.2\n[BLOCKS]\n[RF]\n[ADC]\n"
+            "[SHAPES]\n",
+            r"\[DEFINITIONS\] FOV: expected three numbers",
+        ),
+    ],
+)
+def test_bad_seq_file(tmp_path: Path, text: str, expected: str) -> None:
+    from lorein.data.pulseq_seq import read_seq
+
+    (tmp_path / "a.seq").write_text(text)
+    with pytest.raises(ProblemFileError, match=expected):
+        read_seq(tmp_path / "a.seq")
