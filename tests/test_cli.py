@@ -193,6 +193,74 @@ def test_import_table_holds_sidecar_keys_and_the_sidecar_overrides_it(
     assert np.allclose(read_problem(back).contrasts.echo_time, 4.5e-3)
 
 
+def test_import_per_counter_sidecar_info_table_and_undersample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's VFA multi-echo file: a sidecar with 4 flips and 8 TEs in the [import] table
+    and a [counters] subtable; info shows one row per contrast with its counters; undersample
+    writes a valid problem and refuses an undersampled input without writing."""
+    from tests.data.test_ismrmrd_io import VFA_FLIPS, VFA_TES, vfa_multi_echo
+
+    raw, problem, kept = tmp_path / "raw.h5", tmp_path / "p.h5", tmp_path / "kept.h5"
+    vfa_multi_echo(raw, TR=[25.0])
+    config = _write(
+        tmp_path / "c.toml",
+        f'[import]\nsignal_model = "vfa_megre"\nflip_angle_deg = {VFA_FLIPS}\n'
+        f'echo_time_ms = {VFA_TES}\n[import.counters]\nflip_angle_deg = "set"\n',
+    )
+    assert main(["import", str(raw), "-o", str(problem), "--config", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(problem)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("contrast table:")
+    assert lines[start + 1].split() == [
+        "row",
+        "set",
+        "contrast",
+        "TE",
+        "ms",
+        "TR",
+        "ms",
+        "flip",
+        "deg",
+        "lines",
+    ]
+    assert lines[start + 2 + 13].split() == ["13", "1", "5", "14.5", "25", "10", "3"]
+    assert len(lines) == start + 2 + 32  # all 32 rows (at most 40 without --all-contrasts)
+
+    bad = ["undersample", str(problem), "-o", str(kept), "--R", "2"]
+    assert main(bad) == 2  # ky 1 of 4 is missing: not fully sampled
+    assert "expected a fully sampled problem" in capsys.readouterr().err
+    assert not kept.exists()
+
+
+def test_import_pulseq_twix_then_undersample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tiny Siemens file of a Pulseq sequence (all echoes in Lin), echoes per excitation from
+    the sidecar, then R = 3 over its 3 echoes: a valid problem with every ky once."""
+    from tests.data.test_twix_io import pulseq_file
+
+    raw, problem, kept = tmp_path / "scan.dat", tmp_path / "p.h5", tmp_path / "kept.h5"
+    pulseq_file(raw)
+    sidecar = _write(
+        tmp_path / "seq.toml",
+        "echoes_per_excitation = 3\necho_time_ms = [2, 5, 8]\nrepetition_time_ms = 15\n"
+        "flip_angle_deg = 9\n",
+    )
+    command = ["import", str(raw), "-o", str(problem), "--sidecar", str(sidecar)]
+    assert main([*command, "--signal-model", "vfa_megre"]) == 0
+    assert "matrix [8, 4, 1], 1 coils, 3 contrasts, R = 1.00" in capsys.readouterr().out
+    assert main(["undersample", str(problem), "-o", str(kept), "--R", "3", "--seed", "2"]) == 0
+    back = read_problem(kept)
+    assert back.acceleration == pytest.approx(3.0)
+    assert torch.equal(torch.sort(back.ky).values, torch.arange(4))
+    assert main([*command, "--signal-model", "t1rho"]) == 2
+    assert "signal_model: expected one of" in capsys.readouterr().err
+    assert main([*command, "--seq", str(sidecar)]) == 2  # not a .seq file
+    assert "expected Pulseq format 1.4" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("command", "text", "expected"),
     [
