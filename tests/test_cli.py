@@ -124,6 +124,21 @@ def test_simulate_labels_the_simulation_and_paper_protocol_has_pure_voxels_only(
         assert (f["truth/purity"][()] == 1).all()
 
 
+def test_simulate_makes_2d_and_single_coil_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "2d.h5"
+    argv = ["simulate", "--preset", "sim1-small", "--R", "3", "--nz", "1", "--coils", "1"]
+    assert main([*argv, "-o", str(out)]) == 0
+    assert "56 x 56 x 1, 1 coil(s)" in capsys.readouterr().out
+    problem = read_problem(out)
+    assert problem.matrix == (56, 56, 1) and problem.n_coils == 1
+    assert bool((problem.kz == 0).all()) and abs(problem.acceleration / 3 - 1) < 0.02
+    assert main([*argv[:-1], "0", "-o", str(tmp_path / "no.h5")]) == 2
+    assert _one_line_error(capsys) == "lorein: error: coils = 0: expected 1 or more"
+    assert sorted(tmp_path.iterdir()) == [out]
+
+
 def test_eval_leads_with_the_pure_tissue_errors(
     problem_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -267,7 +282,7 @@ def test_import_pulseq_twix_then_undersample(
         (
             ["simulate", "-o", "p.h5"],
             "[simulate]\nsede = 1\n",
-            "valid: R, device, pattern, preset, seed, snr",
+            "valid: R, coils, device, nz, pattern, preset, seed, snr",
         ),
         (["info", "p.h5"], "[info]\nverbose = true\n", "unknown key(s) verbose; valid: none"),
         (["eval", "out", "--truth", "p.h5"], "[eval]\nlabel = 3\n", "label = 3: expected a string"),

@@ -73,8 +73,9 @@ def load_config(
 def check_config_fits(config: Any, problem: Problem, config_path: Path | None) -> None:
     """Refuse, in one line, settings that no run of ``problem`` can use.
 
-    ``iterations`` must not be negative (0 runs the warm-up alone), and ``coil_compression``
-    must lie between 1 and the problem's number of coils.
+    ``iterations`` must not be negative (0 runs the warm-up alone), ``coil_compression`` must
+    lie between 1 and the problem's number of coils, and a subspace ``rank`` between 1 and its
+    number of contrasts.
     """
     where = f"{config_path} " if config_path is not None else ""
     iterations = getattr(config, "iterations", 0)
@@ -85,6 +86,12 @@ def check_config_fits(config: Any, problem: Problem, config_path: Path | None) -
         raise ValueError(
             f"{where}coil_compression = {virtual}: expected 1 to {problem.n_coils}, "
             f"the coils of {problem.source}"
+        )
+    rank = getattr(config, "rank", None)
+    if rank is not None and not 1 <= rank <= problem.n_contrasts:
+        raise ValueError(
+            f"{where}rank = {rank}: expected 1 to {problem.n_contrasts}, the contrasts of "
+            f"{problem.source}"
         )
 
 

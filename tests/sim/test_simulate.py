@@ -128,6 +128,22 @@ def test_presets_follow_the_paper() -> None:
         assert all(abs(fa - fb) < 1 for fa, fb in zip(a.fov, b.fov, strict=True))
 
 
+def test_resized_preset_is_the_central_slice_with_its_own_coil_array() -> None:
+    """``--nz 1 --coils 1``: the slab's central slice (same truth there), phase-encoded along y
+    alone, one unit-magnitude channel; the calibration region shrinks to the slice."""
+    flat = TINY.resized(nz=1, n_coils=1)
+    assert (flat.matrix, flat.n_coils, flat.calibration) == ((24, 24, 1), 1, (8, 1))
+    assert flat.voxel_size == TINY.voxel_size and TINY.resized() == TINY
+    sim, slab = (simulate(p, 3, seed=1, progress=False) for p in (flat, TINY))
+    assert torch.equal(sim.truth.T1[0], slab.truth.T1[TINY.matrix[2] // 2])
+    assert tuple(sim.problem.kspace.shape[1:]) == (1, 24) and bool((sim.problem.kz == 0).all())
+    assert sim.truth.coils.shape == (1, 1, 24, 24)
+    torch.testing.assert_close(sim.truth.coils.abs(), torch.ones(1, 1, 24, 24))
+    for bad in ({"nz": 0}, {"n_coils": -1}):
+        with pytest.raises(ValueError, match="expected 1 or more"):
+            TINY.resized(**bad)
+
+
 def per_slice_fit_errors(preset: Preset, seed: int) -> dict[str, torch.Tensor]:
     """Capped NRMSE of T1 and T2* in the truth mask, per slice, of the voxel fit of fully
     sampled, noiseless data with the true coils (the images are then exact)."""

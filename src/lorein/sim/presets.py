@@ -12,12 +12,14 @@ The ``-small`` variants keep the contrast table, the field of view, the coil arr
 the matrix so that a reconstruction fits in minutes on a laptop CPU. (Fewer coils would make the
 small problems far worse conditioned than the paper's: with 8 coils at 56 x 56 x 8 and R = 27 the
 acquired samples barely outnumber the K = 15 unknowns per voxel.)
+:meth:`Preset.resized` makes a 2D (one slice, ``nz = 1``) or single-coil variant of any preset
+(``lorein simulate --nz 1 --coils 1``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -96,6 +98,28 @@ class Preset:
         if self.signal_model == "vfa_megre":
             return vfa_megre_table(self.vfa or VfaProtocol())
         return t2ir_gre_table()
+
+    def resized(self, nz: int | None = None, n_coils: int | None = None) -> Preset:
+        """This protocol with ``nz`` slices and ``n_coils`` coils (None keeps the preset's).
+
+        The voxel size stays, so the field of view along z becomes ``nz * dz``: the central ``nz``
+        slices of the preset's slab; ``nz = 1`` is a 2D acquisition of the central slice, its
+        phase encoding along y alone. The calibration region keeps its size in y and shrinks in
+        z to the slices there are. The coils are a fresh array of ``n_coils`` loops
+        (:func:`~lorein.physics.coils.simulate_coils`); one coil is a single receive channel.
+        """
+        for name, value in (("nz", nz), ("coils", n_coils)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} = {value}: expected 1 or more")
+        nx, ny, nz_preset = self.matrix
+        nz = nz_preset if nz is None else nz
+        ccy, ccz = self.calibration
+        return replace(
+            self,
+            matrix=(nx, ny, nz),
+            n_coils=self.n_coils if n_coils is None else n_coils,
+            calibration=(ccy, min(ccz, nz)),
+        )
 
     @property
     def fov(self) -> tuple[float, float, float]:
