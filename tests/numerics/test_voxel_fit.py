@@ -12,9 +12,10 @@ from lorein.numerics.sense import sense_images, zero_filled_images
 from lorein.numerics.voxel_fit import FitBounds, fit_maps
 from lorein.physics.coils import rss_normalise, simulate_coils
 from lorein.physics.contrasts import ContrastTable
+from lorein.physics.models.base import SignalModel
+from lorein.physics.models.registry import signal_model
 from lorein.physics.operators import EncodingOperator
 from lorein.physics.sampling import sample_lines
-from lorein.physics.signal_models import SignalModel, signal_model
 from lorein.sim.presets import vfa_megre_table
 from tests.helpers import randn_complex, rng
 

@@ -8,14 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from lorein.physics.contrasts import SIGNAL_MODELS, ContrastTable
-from lorein.physics.signal_models import (
-    SIGNAL_MODEL_CLASSES,
-    SignalModel,
-    T2irGre,
-    VfaMegre,
-    signal_model,
-)
+from lorein.physics.contrasts import ContrastTable
+from lorein.physics.models.base import SignalModel
+from lorein.physics.models.registry import MODEL_CLASSES, SIGNAL_MODELS, signal_model
+from lorein.physics.models.t2ir_gre import T2irGre
+from lorein.physics.models.vfa_megre import VfaMegre
 from tests.helpers import rng
 from tests.physics import bloch_reference as bloch
 
@@ -77,7 +74,7 @@ def models_all() -> list[SignalModel]:
 
 
 def test_factory_knows_the_contrast_table_models() -> None:
-    assert set(SIGNAL_MODEL_CLASSES) == set(SIGNAL_MODELS)
+    assert set(MODEL_CLASSES) == set(SIGNAL_MODELS) == {"vfa_megre", "t2ir_gre", "megre"}
     assert isinstance(signal_model("vfa_megre", bloch.sim1_table()), VfaMegre)
     model = signal_model("t2ir_gre", bloch.sim2_table(2), estimate_inversion=True)
     assert isinstance(model, T2irGre) and "B" in model.parameters

@@ -30,10 +30,11 @@ def add_parser(sub: Subparsers) -> Command:
     )
     imp.parser.add_argument(
         "--signal-model",
-        choices=("vfa_megre", "t2ir_gre"),
         default=None,
-        help="vfa_megre (variable-flip-angle multi-echo GRE) or t2ir_gre (T2-prepared "
-        "inversion-recovery GRE); default: the sidecar's, then the raw file's",
+        help="vfa_megre (variable-flip-angle multi-echo GRE), t2ir_gre (T2-prepared "
+        "inversion-recovery GRE), megre (single-flip-angle multi-echo GRE) or another model of "
+        "docs/SIGNAL_MODELS.md (a wrong name lists them); default: the sidecar's, then the raw "
+        "file's",
     )
     imp.parser.add_argument(
         "--sidecar",

@@ -95,7 +95,7 @@ def test_subspace_dc2_path_runs(sim: Simulation) -> None:
 def test_prior_fast_path_equals_naive_formula(sim: Simulation) -> None:
     """The prior from the projected factors equals ||Phi u - I||^2 / (T V C) of the images."""
     from lorein.methods.lorein.objective import LoreinLosses
-    from lorein.physics.signal_models import signal_model
+    from lorein.physics.models.registry import signal_model
     from lorein.physics.subspace import temporal_subspace
 
     problem = sim.problem

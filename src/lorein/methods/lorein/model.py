@@ -18,7 +18,7 @@ from lorein.methods.lorein.basis_cnn import BasisCNN
 from lorein.methods.lorein.blocks import LowRankBlock, ParameterBlock
 from lorein.methods.lorein.config import LoreinConfig, resolve_encoding
 from lorein.methods.lorein.wnnm import WNNMRegulariser
-from lorein.physics.signal_models import SignalModel
+from lorein.physics.models.base import SignalModel
 
 
 class LoreinModel(torch.nn.Module):
