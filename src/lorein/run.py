@@ -75,13 +75,20 @@ def load_config(
 def check_config_fits(config: Any, problem: Problem, config_path: Path | None) -> None:
     """Refuse, in one line, settings that no run of ``problem`` can use.
 
-    ``iterations`` must not be negative (0 runs the warm-up alone), and ``coil_compression``
-    must lie between 1 and the problem's number of coils.
+    ``iterations`` must not be negative (0 runs the warm-up alone), a subspace ``rank`` must not
+    exceed the problem's number of contrasts, and ``coil_compression`` must lie between 1 and
+    the problem's number of coils.
     """
     where = f"{config_path} " if config_path is not None else ""
     iterations = getattr(config, "iterations", 0)
     if iterations < 0:
         raise ValueError(f"{where}iterations = {iterations}: expected 0 or more")
+    rank = getattr(config, "rank", None)
+    if rank is not None and rank > problem.n_contrasts:
+        raise ValueError(
+            f"{where}rank = {rank}: expected at most {problem.n_contrasts}, the contrasts of "
+            f"{problem.source}"
+        )
     virtual = getattr(config, "coil_compression", None)
     if virtual is not None and not 1 <= virtual <= problem.n_coils:
         raise ValueError(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -191,6 +191,16 @@ def finish(
     )
 
 
+def rank_for(config: Any, problem: Problem) -> Any:
+    """``config`` with its temporal-subspace ``rank`` (if it has one) lowered to the problem's
+    number of contrasts ``T`` where it exceeds it: ``T`` bases span every signal (``megre``: 6-8
+    echoes against the default 15)."""
+    rank = getattr(config, "rank", None)
+    if rank is None or rank <= problem.n_contrasts:
+        return config
+    return replace(config, rank=problem.n_contrasts)
+
+
 def image_memory(problem: Problem, n_coils: int | None = None, rank: int = 0) -> int:
     """Rough peak bytes of an image-domain method: k-space, weighted images, coil images.
 
@@ -235,8 +245,9 @@ class Method(ABC):
 
     def default_config(self, problem: Problem, device: torch.device) -> Any:
         """The settings of a run of ``problem`` on ``device`` that names none (the configuration
-        file and ``--set`` values change what they name): the configuration class's defaults."""
-        return self.config_class()
+        file and ``--set`` values change what they name): the configuration class's defaults,
+        the subspace ``rank`` at most the problem's contrasts (:func:`rank_for`)."""
+        return rank_for(self.config_class(), problem)
 
     def estimate_memory(self, problem: Problem, config: Any) -> int:
         """Rough peak bytes of a run (checked against the device before it starts)."""

@@ -199,7 +199,7 @@ PRESETS: dict[str, Preset] = {
             n_coils=8,
             accelerations=(3, 4, 6),
             calibration=(12, 4),
-            shared_echo_lines=True,
+            shared_echo_lines=False,
             protocol=VfaProtocol((15.0,), 3.0, 4.0, 8, 40.0),
         ),
         Preset(

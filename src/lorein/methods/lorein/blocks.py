@@ -207,7 +207,7 @@ class ParameterBlock(nn.Module):
         layers: int = 3,
     ) -> None:
         super().__init__()
-        unknown = [p for p in parameters if _kind(p) is None]
+        unknown = unrepresentable(parameters)
         if unknown:
             raise ValueError(f"the parameter block cannot represent maps {unknown}")
         mlp = {"hidden": hidden, "n_hidden_layers": layers}
@@ -278,6 +278,11 @@ def map_bounds(name: str) -> tuple[float, float]:
     bounds = POSITIVE_BOUNDS.get(name, MAPS[name].bounds)
     assert bounds is not None, name
     return bounds
+
+
+def unrepresentable(parameters: tuple[str, ...]) -> list[str]:
+    """The maps among ``parameters`` that the parameter block has no field for."""
+    return [name for name in parameters if _kind(name) is None]
 
 
 def _kind(name: str) -> str | None:

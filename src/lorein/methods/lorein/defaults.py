@@ -5,6 +5,7 @@ configuration file or ``--set`` values then change what they name. The static de
 :class:`~lorein.methods.lorein.config.LoreinConfig` stay the paper's (800 steps on every coil,
 about 30 minutes on sim1-small on a 2-core CPU); the rules here size a run to the problem:
 
+- **rank**: the subspace rank at most the number of contrasts (``megre``'s 6-8 echoes);
 - **coils**: SVD compression to :data:`VIRTUAL_COILS` virtual coils on a CPU
   (:data:`VIRTUAL_COILS_GPU` on a GPU) when the problem has more: the data terms cost
   ``K n_coils`` FFTs per step, and the compressed coils keep nearly all the signal energy;
@@ -66,6 +67,7 @@ def problem_config(problem: Problem, device: torch.device | str = "cpu") -> Lore
     }
     return replace(
         base,
+        rank=min(base.rank, problem.n_contrasts),
         coil_compression=virtual if problem.n_coils > virtual else None,
         dc2_path="subspace" if problem.n_contrasts > 2 * base.rank else "exact",
         **fields,
