@@ -32,9 +32,7 @@ def _axial(x: torch.Tensor, z: int) -> torch.Tensor:
     return x[z].detach().cpu().float()
 
 
-def _window(
-    name: str, ref: torch.Tensor, mask: torch.Tensor
-) -> tuple[float, float, float, str]:
+def _window(name: str, ref: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, float, str]:
     """:data:`DISPLAY`'s entry of ``name``, M0's maximum the truth's largest value in ``mask``."""
     factor, lo, hi, unit = DISPLAY[name]
     if name == "M0":
