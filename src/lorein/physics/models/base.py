@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -160,7 +160,9 @@ def reciprocal(values: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, 1.0 / torch.where(positive, values, 1.0), 0.0)
 
 
-DERIVATIONS: dict[str, tuple[str, Any]] = {"R2star": ("T2star", reciprocal)}
+DERIVATIONS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
+    "R2star": ("T2star", reciprocal)
+}
 """Derived map -> (the estimated map it is computed from, the function)."""
 
 
