@@ -24,9 +24,10 @@ from lorein.methods.base import RunContext
 from lorein.numerics.checkpoint import save_checkpoint
 from lorein.numerics.optimisation import NonFiniteLossError
 from lorein.run import METHODS, load_config, run_identity
+from lorein.sim.presets import T2irProtocol
 from lorein.sim.simulate import simulate
 from tests.fake_cuda import fake_cuda
-from tests.helpers import TINY
+from tests.helpers import TINY, TINY_MEGRE
 from tests.numerics.test_checkpoint import crafted_checkpoint
 
 SHARED = """
@@ -608,6 +609,14 @@ def test_a_second_run_into_a_folder_fails_at_once_and_the_results_stay(
         (["--method", "lrt", "--iterations", "-5"], None, "iterations = -5: expected 0 or more"),
         ([], "[fit]\ncoil_compression = 99\n", "coil_compression = 99: expected 1 to"),
         ([], "[fit]\ncoil_compression = 0\n", "coil_compression = 0: expected 1 to"),
+        (["--method", "lrt"], "[lrt]\nrank = 61\n", "rank = 61: expected at most 60, the"),
+        (
+            ["--model-option", "estimate_inversion=true"],
+            None,
+            "p.h5: signal model vfa_megre has no option 'estimate_inversion'; its options: none",
+        ),
+        (["--model-option", "estimate_inversion"], None, "estimate_inversion: expected NAME=VALUE"),
+        ([], "[recon]\nmodel_options = 3\n", "[recon] model_options = 3: expected a table"),
     ],
 )
 def test_settings_no_run_can_use_are_refused_before_anything_is_written(
@@ -701,3 +710,41 @@ def test_ctrl_c_exits_130_in_one_line_saying_how_to_resume(
     assert main(argv) == 130
     err = _one_line_error(capsys)
     assert "interrupted" in err and "--resume" in err
+
+
+def test_megre_recon_writes_r2star_and_no_t1_and_t2ir_estimates_b_on_request(
+    tmp_path: Path,
+) -> None:
+    megre = tmp_path / "megre.h5"
+    sim = simulate(TINY_MEGRE, 4, seed=0, snr=math.inf, progress=False)
+    write_problem(megre, sim.problem, truth=sim.truth)
+    out = tmp_path / "megre"
+    assert main(["recon", str(megre), "-o", str(out), "--method", "fit", "--quiet"]) == 0
+    stems = sorted(p.name.removesuffix(".nii.gz") for p in (out / "nifti").glob("*.nii.gz"))
+    assert stems == ["B0map", "M0map", "R2starmap", "T2starmap"]
+    sidecar = json.loads((out / "nifti" / "R2starmap.json").read_text())
+    assert sidecar["Units"] == "1/s" and sidecar["MapName"] == "R2star"
+    r2star = nib.load(out / "nifti" / "R2starmap.nii.gz").get_fdata()
+    t2star = nib.load(out / "nifti" / "T2starmap.nii.gz").get_fdata()
+    fitted = t2star > 0
+    assert fitted.any() and np.allclose(r2star[fitted] * t2star[fitted], 1.0, rtol=1e-5)
+    assert main(["eval", str(out), "--truth", str(megre)]) == 0
+    assert set(json.loads((out / "eval.json").read_text())) == {"M0", "T2star", "B0"}
+
+    t2ir = tmp_path / "t2ir.h5"
+    preset = dataclasses.replace(
+        TINY, signal_model="t2ir_gre", shared_echo_lines=True, protocol=T2irProtocol(6)
+    )
+    sim = simulate(preset, 8, seed=0, snr=math.inf, progress=False)
+    write_problem(t2ir, sim.problem, truth=sim.truth)
+    config = _write(tmp_path / "b.toml", "[recon]\nmodel_options = { estimate_inversion = true }\n")
+    for name, argv in (("fixed", []), ("estimated", ["--config", str(config)])):
+        command = ["recon", str(t2ir), "-o", str(tmp_path / name), "--method", "fit", "--quiet"]
+        assert main([*command, *argv]) == 0
+    with h5py.File(tmp_path / "fixed" / "maps.h5") as fixed:
+        assert "B" not in fixed
+    with h5py.File(tmp_path / "estimated" / "maps.h5") as estimated:
+        b = estimated["B"][()][estimated["mask"][()] > 0]
+        assert ((b >= -1) & (b <= 0)).all() and b.std() > 0
+    report = json.loads((tmp_path / "estimated" / "report.json").read_text())
+    assert report["model_options"] == {"estimate_inversion": True}

@@ -65,4 +65,4 @@ def test_merge_keeps_what_the_table_does_not_name() -> None:
     assert (merged.iterations, merged.lr) == (7, 1.0)
     assert base.lr != 1.0  # the original is unchanged
     with pytest.raises(ValueError, match="here: unknown key"):
-        merge(base, {"rank": 3}, "here")
+        merge(base, {"pretrain": 3}, "here")

@@ -10,10 +10,10 @@ import torch
 from lorein.eval.metrics import capped
 from lorein.numerics.sense import zero_filled_images
 from lorein.numerics.voxel_fit import fit_maps
+from lorein.physics.models.registry import signal_model
 from lorein.physics.operators import EncodingOperator
-from lorein.physics.signal_models import signal_model
 from lorein.sim.phantom import AIR
-from lorein.sim.presets import PRESETS, Preset, get_preset
+from lorein.sim.presets import PRESETS, Preset, T2irProtocol, VfaProtocol, get_preset
 from lorein.sim.simulate import band_limit, simulate
 from tests.fake_cuda import fake_cuda
 from tests.helpers import TINY
@@ -30,6 +30,7 @@ def tiny(shared: bool = False, oversampling: int = 2, model: str = "vfa_megre") 
         calibration=(6, 2),
         shared_echo_lines=shared,
         oversampling=oversampling,
+        protocol=T2irProtocol() if model == "t2ir_gre" else VfaProtocol(),
     )
 
 

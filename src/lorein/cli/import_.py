@@ -37,8 +37,9 @@ def add_parser(sub: Subparsers) -> Command:
         "--signal-model",
         default=None,
         metavar="NAME",
-        help="signal model of the problem (e.g. vfa_megre: variable-flip-angle multi-echo GRE, "
-        "t2ir_gre: T2-prepared inversion-recovery GRE); default: the sidecar's, then the raw "
+        help="vfa_megre (variable-flip-angle multi-echo GRE), t2ir_gre (T2-prepared "
+        "inversion-recovery GRE), megre (single-flip-angle multi-echo GRE) or another model of "
+        "docs/SIGNAL_MODELS.md (a wrong name lists them); default: the sidecar's, then the raw "
         "file's",
     )
     imp.parser.add_argument(

@@ -59,8 +59,9 @@ from ismrmrd.hdf5 import acquisition_dtype, acquisition_header_dtype
 
 from lorein import __version__
 from lorein.data.problem import REQUIRED_COLUMNS, Problem, ProblemFileError, Truth, validate_problem
-from lorein.physics.contrasts import SIGNAL_MODELS, ContrastTable
+from lorein.physics.contrasts import ContrastTable
 from lorein.physics.fft import centered_fft, centered_ifft
+from lorein.physics.models.registry import SIGNAL_MODELS
 
 DATASET = "dataset"
 """Name of the ISMRMRD group inside the HDF5 file (the library's default)."""

@@ -46,8 +46,10 @@ def _default(name: str) -> Any:
 @dataclass
 class SummitConfig:
     """Hyper-parameters of the SUMMIT baseline; each means what it means in
-    :class:`lorein.methods.lorein.config.LoreinConfig` (defaults are LoREIN's)."""
+    :class:`lorein.methods.lorein.config.LoreinConfig` (defaults are LoREIN's; ``rank`` is the
+    temporal subspace of the warm start's CG and of ``dc2_path = "subspace"``)."""
 
+    rank: int = _default("rank")
     dictionary_atoms: int = _default("dictionary_atoms")
     b0_range_hz: float = _default("b0_range_hz")
     iterations: int = _default("iterations")
