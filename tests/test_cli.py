@@ -609,7 +609,7 @@ def test_a_second_run_into_a_folder_fails_at_once_and_the_results_stay(
         (["--method", "lrt", "--iterations", "-5"], None, "iterations = -5: expected 0 or more"),
         ([], "[fit]\ncoil_compression = 99\n", "coil_compression = 99: expected 1 to"),
         ([], "[fit]\ncoil_compression = 0\n", "coil_compression = 0: expected 1 to"),
-        (["--method", "lrt"], "[lrt]\nrank = 61\n", "rank = 61: expected at most 60, the"),
+        (["--method", "lrt"], "[lrt]\nrank = 61\n", "rank = 61: expected 1 to 60, the"),
         (
             ["--model-option", "estimate_inversion=true"],
             None,

@@ -83,12 +83,6 @@ def check_config_fits(config: Any, problem: Problem, config_path: Path | None) -
     iterations = getattr(config, "iterations", 0)
     if iterations < 0:
         raise ValueError(f"{where}iterations = {iterations}: expected 0 or more")
-    rank = getattr(config, "rank", None)
-    if rank is not None and rank > problem.n_contrasts:
-        raise ValueError(
-            f"{where}rank = {rank}: expected at most {problem.n_contrasts}, the contrasts of "
-            f"{problem.source}"
-        )
     virtual = getattr(config, "coil_compression", None)
     if virtual is not None and not 1 <= virtual <= problem.n_coils:
         raise ValueError(

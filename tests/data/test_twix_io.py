@@ -17,7 +17,6 @@ from lorein.data.ismrmrd_io import import_ismrmrd
 from lorein.data.problem import ProblemFileError
 from lorein.data.twix_io import directions_from_quaternion, read_twix
 from lorein.data.undersample import undersample
-from lorein.physics.contrasts import SIGNAL_MODELS
 from lorein.physics.fft import centered_ifft
 from tests.data.test_ismrmrd_io import acquisition, raw_header, write_raw
 from tests.helpers import randn_complex
@@ -25,8 +24,8 @@ from tests.helpers import randn_complex
 REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pulseq-gre-3echo"
 """The real Pulseq raw file: ../shared relative to the repository root."""
 
-MULTI_ECHO_MODEL = "megre" if "megre" in SIGNAL_MODELS else "vfa_megre"
-"""The single-flip-angle multi-echo model when this branch has it."""
+MULTI_ECHO_MODEL = "megre"
+"""The single-flip-angle multi-echo model."""
 
 # a transversal slice rotated 90 deg in plane, off centre (as stored: W, X, Y, Z)
 QUATERNION = (math.sqrt(0.5), 0.0, 0.0, math.sqrt(0.5))

@@ -166,11 +166,13 @@ def test_pmr_start_from_lrr_needs_regression_steps() -> None:
         LoreinConfig(pmr_start="lrr", pretrain=5, warm_start=0)
 
 
-def test_average_steps_must_fit_in_the_run() -> None:
-    with pytest.raises(ValueError, match="^average_steps = 10: expected 0 or more and fewer than"):
-        LoreinConfig(iterations=10, average_steps=10)
-    with pytest.raises(ValueError, match="average_steps = -1"):
-        LoreinConfig(average_steps=-1)
+def test_average_fraction_is_a_fraction_of_the_run() -> None:
+    assert LoreinConfig(iterations=300, average_fraction=0.5).average_steps == 150
+    assert LoreinConfig(iterations=7, average_fraction=0.5).average_steps == 4
+    with pytest.raises(ValueError, match="^average_fraction = 1.0: expected 0 or more and below 1$"):
+        LoreinConfig(average_fraction=1.0)
+    with pytest.raises(ValueError, match="average_fraction = -0.1"):
+        LoreinConfig(average_fraction=-0.1)
 
 
 def test_scratch_starts_skip_the_cg_start(sim: Simulation, monkeypatch: pytest.MonkeyPatch) -> None:

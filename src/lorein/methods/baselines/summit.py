@@ -59,7 +59,7 @@ class SummitConfig:
     lr: float = _default("lr")
     decay_every: int = _default("decay_every")
     wnnm_start: int = _default("wnnm_start")
-    average_steps: int = _default("average_steps")
+    average_fraction: float = _default("average_fraction")
     dc2: float = _default("dc2")
     wnnm: float = _default("wnnm")
     wnnm_maps: dict[str, float] = _default("wnnm_maps")

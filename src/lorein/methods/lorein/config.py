@@ -107,10 +107,12 @@ class LoreinConfig:
         Epochs between learning-rate halvings.
     wnnm_start
         Epoch at which WNNM switches on (block matching is computed then).
-    average_steps
-        The last ``average_steps`` epochs' parameters are averaged into the returned fields
-        (tail averaging, :class:`~lorein.numerics.optimisation.LoopConfig`); 0 returns the last
-        iterate, as the paper does.
+    average_fraction
+        Fraction of the run, at its end, whose parameters are averaged into the returned fields
+        (tail averaging, :class:`~lorein.numerics.optimisation.LoopConfig`): the mean over the
+        last ``round(average_fraction * iterations)`` epochs' steps; 0 returns the last iterate,
+        as the paper does. A fraction, so that a run given another length keeps averaging
+        iterates of its own late phase.
     batching
         ``"volume"``: every step evaluates the whole volume (k-space Gram form); ``"planes"``:
         each step evaluates one slab of readout (x) planes in hybrid ``(x, ky, kz)`` space and
@@ -183,7 +185,7 @@ class LoreinConfig:
     lr: float = 1e-3
     decay_every: int = 300
     wnnm_start: int = 500
-    average_steps: int = 0
+    average_fraction: float = 0.0
     dc1: float = 1.0
     dc2: float = 1.0
     prior: float = 1.0
@@ -212,12 +214,16 @@ class LoreinConfig:
         default_factory=lambda: {"T1": 1.0, "T2": 0.08, "T2star": 0.05}
     )
 
+    @property
+    def average_steps(self) -> int:
+        """Epochs at the end of the run whose parameters are averaged (0: none)."""
+        return round(self.average_fraction * self.iterations)
+
     def __post_init__(self) -> None:
         validate(self)
-        if not 0 <= self.average_steps < max(self.iterations, 1):
+        if not 0 <= self.average_fraction < 1:
             raise ValueError(
-                f"average_steps = {self.average_steps}: expected 0 or more and fewer than "
-                f"iterations ({self.iterations})"
+                f"average_fraction = {self.average_fraction}: expected 0 or more and below 1"
             )
         if self.planes_per_batch < 1:
             raise ValueError(f"planes_per_batch = {self.planes_per_batch}: expected at least 1")

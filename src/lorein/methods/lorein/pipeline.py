@@ -167,7 +167,8 @@ def optimise(setup: Setup, context: RunContext) -> Optimisation:
         setup.net, setup.prepared.model, setup.losses, config, schedule, setup.batches
     )
     n = schedule.steps_per_epoch
-    average_from = n * (config.iterations - config.average_steps) if config.average_steps else None
+    average = config.average_steps
+    average_from = n * (config.iterations - average) if average else None
     loop = LoopConfig(
         iterations=schedule.iterations,
         lr=config.lr,
