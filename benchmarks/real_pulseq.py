@@ -24,8 +24,8 @@ the oracle floor. It scores every map against the reference inside the phantom: 
 [1/s], B0 [Hz] and M0 after a least-squares scale (per method, inside the mask), as mean absolute
 difference, RMSE and median difference (M0 relative to the reference's mean). The mask is the
 fully sampled first-echo magnitude image (the data, no reconstruction) above 30 % of its 99th
-percentile, eroded by 3 voxels (the readout's ringing and the partial volume at the rods' edges), and where
-the reference has a fit at all (its calibration support).
+percentile, eroded by 3 voxels (the readout's ringing and the partial volume at the rods'
+edges), and where the reference has a fit at all (its calibration support).
 
 The noise of the reference fit is estimated twice: (a) thermal, the complex noise of the fully
 sampled image outside the object (dilated by 10 voxels), propagated through the same voxel fit by
