@@ -266,7 +266,7 @@ def test_import_pulseq_twix_then_undersample(
     )
     command = ["import", str(raw), "-o", str(problem), "--sidecar", str(sidecar)]
     assert main([*command, "--signal-model", "vfa_megre"]) == 0
-    assert "matrix [8, 4, 1], 1 coils, 3 contrasts, R = 1.00" in capsys.readouterr().out
+    assert "matrix [8, 4, 1], 1 coil, 3 contrasts, R = 1.00" in capsys.readouterr().out
     assert main(["undersample", str(problem), "-o", str(kept), "--R", "3", "--seed", "2"]) == 0
     back = read_problem(kept)
     assert back.acceleration == pytest.approx(3.0)

@@ -103,9 +103,10 @@ def run(args: argparse.Namespace) -> None:
         imported = read_ismrmrd(args.raw, **options)
     problem = imported.problem
     write_problem(args.output, problem, attrs=attrs | imported.provenance())
+    coils = f"{problem.n_coils} coil" + ("s" if problem.n_coils != 1 else "")
     print(
         f"wrote {args.output}: {problem.signal_model}, matrix {list(problem.matrix)}, "
-        f"{problem.n_coils} coils, {problem.n_contrasts} contrasts, R = {problem.acceleration:.2f}"
+        f"{coils}, {problem.n_contrasts} contrasts, R = {problem.acceleration:.2f}"
     )
 
 

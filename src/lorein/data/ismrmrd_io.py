@@ -61,7 +61,7 @@ from lorein import __version__
 from lorein.data.problem import REQUIRED_COLUMNS, Problem, ProblemFileError, Truth, validate_problem
 from lorein.physics.contrasts import ContrastTable
 from lorein.physics.fft import centered_fft, centered_ifft
-from lorein.physics.models.registry import SIGNAL_MODELS
+from lorein.physics.models.registry import MODEL_CLASSES, SIGNAL_MODELS
 
 DATASET = "dataset"
 """Name of the ISMRMRD group inside the HDF5 file (the library's default)."""
@@ -69,18 +69,25 @@ DATASET = "dataset"
 ROW_COUNTERS = ("repetition", "set", "segment", "contrast")
 """ISMRMRD counters that index contrast rows, outermost first."""
 
+
+def _needing(column: str) -> str:
+    """The registered signal models whose contrast table needs ``column``, comma-separated."""
+    return ", ".join(name for name, cls in MODEL_CLASSES.items() if column in cls.required_columns)
+
+
 SIDECAR_KEYS: dict[str, str] = {
-    "signal_model": 'signal model, e.g. "vfa_megre" (else the raw file\'s lorein.signal_model)',
+    "signal_model": f"signal model, one of {', '.join(SIGNAL_MODELS)} (docs/SIGNAL_MODELS.md; "
+    "else the raw file's lorein.signal_model)",
     "flip_angle_deg": "flip angle [deg]: one value, one per contrast row or one per value of a "
     "counter (else the header's)",
     "echo_time_ms": "echo time [ms]: one value, one per contrast row or per counter value (else "
     "the header's)",
     "repetition_time_ms": "repetition time [ms]: one value, one per contrast row or per counter "
     "value (else the header's)",
-    "prep_time_ms": "t2ir_gre: T2-preparation time tau [ms]: one value, one per contrast row or "
-    "per counter value",
-    "segment": "t2ir_gre: readout index n after the inversion (from 1): one value, one per "
-    "contrast row or per counter value",
+    "prep_time_ms": f"models with a prep_time column ({_needing('prep_time')}): "
+    "T2-preparation time tau [ms]: one value, one per contrast row or per counter value",
+    "segment": f"models with a segment column ({_needing('segment')}): readout index n after "
+    "the inversion (from 1): one value, one per contrast row or per counter value",
     "counters": 'table: which counter each value list runs over, e.g. {flip_angle_deg = "set", '
     'echo_time_ms = "contrast"}; counters repetition, set, segment, contrast, or "row" (one '
     "per contrast row); default: the list's length decides",
@@ -1253,7 +1260,7 @@ def import_ismrmrd(
     path
         ISMRMRD HDF5 file (group ``dataset``).
     signal_model
-        A name of :data:`~lorein.physics.contrasts.SIGNAL_MODELS`; default the sidecar's
+        A name of :data:`~lorein.physics.models.registry.SIGNAL_MODELS`; default the sidecar's
         ``signal_model``, then the file's ``lorein.signal_model`` user parameter.
     sidecar
         Parsed TOML sidecar: keys :data:`SIDECAR_KEYS`; ``flip_angle_deg`` [deg],
