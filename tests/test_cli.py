@@ -522,7 +522,7 @@ def test_a_second_run_into_a_folder_fails_at_once_and_the_results_stay(
 @pytest.mark.parametrize(
     ("args", "text", "expected"),
     [
-        (["--method", "lrt", "--iterations", "-5"], None, "iterations = -5: expected 0 or more"),
+        (["--method", "lrt", "--iterations", "-5"], None, "iterations = -5: expected at least 0"),
         ([], "[fit]\ncoil_compression = 99\n", "coil_compression = 99: expected 1 to"),
         ([], "[fit]\ncoil_compression = 0\n", "coil_compression = 0: expected 1 to"),
     ],

@@ -71,15 +71,12 @@ def load_config(
 
 
 def check_config_fits(config: Any, problem: Problem, config_path: Path | None) -> None:
-    """Refuse, in one line, settings that no run of ``problem`` can use.
-
-    ``iterations`` must not be negative (0 runs the warm-up alone), and ``coil_compression``
-    must lie between 1 and the problem's number of coils.
+    """Refuse, in one line, settings that no run of ``problem`` can use: ``coil_compression``
+    must lie between 1 and the problem's number of coils. (Ranges that hold for every problem,
+    ``iterations >= 0`` or ``lr > 0``, are checked where the configuration is read:
+    :mod:`lorein.settings`.)
     """
     where = f"{config_path} " if config_path is not None else ""
-    iterations = getattr(config, "iterations", 0)
-    if iterations < 0:
-        raise ValueError(f"{where}iterations = {iterations}: expected 0 or more")
     virtual = getattr(config, "coil_compression", None)
     if virtual is not None and not 1 <= virtual <= problem.n_coils:
         raise ValueError(
