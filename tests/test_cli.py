@@ -524,7 +524,7 @@ def test_a_second_run_into_a_folder_fails_at_once_and_the_results_stay(
     [
         (["--method", "lrt", "--iterations", "-5"], None, "iterations = -5: expected at least 0"),
         ([], "[fit]\ncoil_compression = 99\n", "coil_compression = 99: expected 1 to"),
-        ([], "[fit]\ncoil_compression = 0\n", "coil_compression = 0: expected 1 to"),
+        ([], "[fit]\ncoil_compression = 0\n", "coil_compression = 0: expected at least 1"),
     ],
 )
 def test_settings_no_run_can_use_are_refused_before_anything_is_written(

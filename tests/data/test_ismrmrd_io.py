@@ -341,7 +341,7 @@ def test_sidecar_overrides_file_values(tmp_path: Path) -> None:
         ({"echo_time": [1.0]}, r"sidecar: expected keys among .*found unknown echo_time"),
         ({"echo_time_ms": [1.0, 2.0]}, r"sidecar\[echo_time_ms\]: .*per contrast \(4\), found 2"),
         ({"flip_angle_deg": "ten"}, r"sidecar\[flip_angle_deg\]: expected a number or a list"),
-        ({"signal_model": "mese"}, r"signal_model: expected one of"),
+        ({"signal_model": "mese"}, r"sidecar\[signal_model\]: expected one of"),
     ],
 )
 def test_bad_sidecar(tmp_path: Path, sidecar: dict[str, object], expected: str) -> None:

@@ -16,10 +16,10 @@ Subparsers = argparse._SubParsersAction
 """The ``lorein`` parser's collection of command parsers."""
 
 ERROR_STATUS = 2
+"""Exit status of every error: usage, configuration, input files, known run-time failures."""
 
 INTERRUPT_STATUS = 130
 """Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
-"""Exit status of every error: usage, configuration, input files, known run-time failures."""
 
 
 @dataclass
@@ -137,7 +137,10 @@ def exit_status(run: Callable[[], None]) -> int:
 
     Errors the user can act on (a value, a file, memory, a known run-time failure, with a hint)
     are one line; ``SystemExit`` (``--help``, ``--version``, a usage error already printed) gives
-    its own status; any other exception propagates with its traceback.
+    its own status; any other exception propagates with its traceback. Errors of the HDF5
+    library while reading a user's file are such values already
+    (:class:`~lorein.data.hdf5_input.ProblemFileError`, naming the file and the field), so a
+    ``KeyError``, ``TypeError`` or other ``RuntimeError`` here is a bug and keeps its traceback.
     """
     try:
         run()
@@ -150,7 +153,7 @@ def exit_status(run: Callable[[], None]) -> int:
             file=sys.stderr,
         )
         return INTERRUPT_STATUS
-    except (ValueError, OSError, KeyError, MemoryError) as err:
+    except (ValueError, OSError, MemoryError) as err:
         print(f"lorein: error: {_one_line(err)}", file=sys.stderr)
         return ERROR_STATUS
     except RuntimeError as err:

@@ -32,14 +32,16 @@ Mapping
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import uuid
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import h5py
 import ismrmrd
@@ -48,9 +50,20 @@ import scipy.linalg
 import torch
 from ismrmrd import xsd
 from ismrmrd.hdf5 import acquisition_dtype, acquisition_header_dtype
+from xsdata.exceptions import ConverterWarning
 
 from lorein import __version__
-from lorein.data.problem import REQUIRED_COLUMNS, Problem, ProblemFileError, Truth, validate_problem
+from lorein.data.hdf5_input import dataset_size, get, open_file, read_dataset, reading
+from lorein.data.hdf5_input import fail as _fail
+from lorein.data.problem import (
+    REQUIRED_COLUMNS,
+    SI_UNITS,
+    UNITS,
+    Problem,
+    Truth,
+    sequence_range_error,
+    validate_problem,
+)
 from lorein.physics.contrasts import SIGNAL_MODELS, ContrastTable
 from lorein.physics.fft import centered_fft, centered_ifft
 
@@ -86,6 +99,7 @@ TRUTH_UNITS = {
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS (its own inverse)
 _MAX_COUNTER = 65535  # ISMRMRD counters are uint16
 _READ_CHUNK = 4096  # acquisitions read per HDF5 call
+_ARRAY_BYTES = 256  # memory of one (empty) numpy array of a variable-length field
 
 # flags of acquisitions that carry no imaging data for this problem
 _SKIPPED_FLAGS = (
@@ -102,65 +116,72 @@ _SKIPPED_FLAGS = (
 
 @dataclass(frozen=True)
 class _Column:
-    """Where one contrast-table column is found and how it converts to SI units."""
+    """Where one contrast-table column is found, and in which unit."""
 
     sidecar_key: str
-    sidecar_scale: float  # sidecar unit -> SI
+    unit: str | None  # of the sidecar key and the header field (ms, deg; a key of UNITS)
     user_parameter: str  # lorein.* user parameter (SI)
     header_field: str | None  # sequenceParameters list
-    header_scale: float  # header unit -> SI
     example: str  # sidecar example in error messages
 
 
 _COLUMN_SOURCES = {
     "flip_angle": _Column(
         sidecar_key="flip_angle_deg",
-        sidecar_scale=math.pi / 180,
+        unit="deg",
         user_parameter="lorein.flip_angle_rad",
         header_field="flipAngle_deg",
-        header_scale=math.pi / 180,
         example="flip_angle_deg = [5.0, 10.0, 20.0]",
     ),
     "echo_time": _Column(
         sidecar_key="echo_time_ms",
-        sidecar_scale=1e-3,
+        unit="ms",
         user_parameter="lorein.echo_time_s",
         header_field="TE",
-        header_scale=1e-3,
         example="echo_time_ms = [2.15, 5.2, 8.25]",
     ),
     "repetition_time": _Column(
         sidecar_key="repetition_time_ms",
-        sidecar_scale=1e-3,
+        unit="ms",
         user_parameter="lorein.repetition_time_s",
         header_field="TR",
-        header_scale=1e-3,
         example="repetition_time_ms = 46.0",
     ),
     "prep_time": _Column(
         sidecar_key="prep_time_ms",
-        sidecar_scale=1e-3,
+        unit="ms",
         user_parameter="lorein.prep_time_s",
         header_field=None,
-        header_scale=1.0,
         example="prep_time_ms = [25.0, 50.0, 70.0]",
     ),
     "segment": _Column(
         sidecar_key="segment",
-        sidecar_scale=1.0,
+        unit=None,
         user_parameter="lorein.segment",
         header_field=None,
-        header_scale=1.0,
         example="segment = [1, 2, 3]",
     ),
 }
 
+
+@dataclass(frozen=True)
+class _Sidecar:
+    """Sequence parameters given beside the raw file, and where each was given."""
+
+    values: dict[str, Any]
+    origin: Mapping[str, str]  # key -> the file (and table) that gave it
+    raw: str  # the raw file, named for a key of unknown origin
+
+    def place(self, key: str) -> tuple[str, str]:
+        """``(source, field)`` naming ``key`` in messages: the sidecar file and the key, or the
+        raw file and ``sidecar[key]``."""
+        if key in self.origin:
+            return self.origin[key], key
+        return self.raw, f"sidecar[{key}]"
+
+
 # counters that index contrast rows, outermost first
 _ROW_COUNTERS = ("repetition", "set", "segment", "contrast")
-
-
-def _fail(source: str, where: str, message: str) -> NoReturn:
-    raise ProblemFileError(source, where, message)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -512,33 +533,26 @@ def noise_whitening_matrix(noise: np.ndarray) -> np.ndarray:
     return scipy.linalg.solve_triangular(lower, np.eye(n_coils), lower=True)
 
 
-def _check_sidecar(sidecar: Mapping[str, Any] | None, source: str) -> dict[str, Any]:
-    if sidecar is None:
-        return {}
-    unknown = sorted(set(sidecar) - set(SIDECAR_KEYS))
+def _check_sidecar(
+    sidecar: Mapping[str, Any] | None, origin: Mapping[str, str] | None, source: str
+) -> _Sidecar:
+    checked = _Sidecar(dict(sidecar or {}), dict(origin or {}), source)
+    unknown = sorted(set(checked.values) - set(SIDECAR_KEYS))
     if unknown:
+        where = checked.place(unknown[0])
         _fail(
-            source,
-            "sidecar",
+            where[0],
+            "sidecar" if where[0] == source else unknown[0],
             f"expected keys among {', '.join(SIDECAR_KEYS)}, found unknown {', '.join(unknown)}",
         )
-    return dict(sidecar)
+    return checked
 
 
 def _open_header(path: str | os.PathLike[str], source: str) -> xsd.ismrmrdHeader:
-    """Open the file with the ISMRMRD library, check its layout and parse the XML header."""
-    p = Path(path)
-    if not p.is_file():
-        found = "a directory" if p.is_dir() else "no such file"
-        _fail(source, "/", f"expected an ISMRMRD HDF5 file, found {found}; check the path")
-    try:
-        dset = ismrmrd.Dataset(str(p), DATASET, create_if_needed=False, mode="r")
-    except OSError as e:
-        _fail(source, "/", f"expected an HDF5 file, found one HDF5 cannot open ({e})")
-    with dset:
-        try:
-            names = set(dset.list())
-        except LookupError:
+    """Check the file's ISMRMRD layout and parse its XML header (read with bounded memory)."""
+    with open_file(path, source, "an ISMRMRD HDF5 file") as f:
+        group = get(f, DATASET, source, f"/{DATASET}")
+        if not isinstance(group, h5py.Group):
             _fail(
                 source,
                 f"/{DATASET}",
@@ -546,13 +560,42 @@ def _open_header(path: str | os.PathLike[str], source: str) -> xsd.ismrmrdHeader
                 f"ISMRMRD dataset (convert scanner raw data with e.g. siemens_to_ismrmrd)",
             )
         for name, what in (("xml", "the XML header"), ("data", "acquisitions")):
-            if name not in names:
+            if get(group, name, source, f"/{DATASET}/{name}") is None:
                 _fail(source, f"/{DATASET}/{name}", f"expected {what}, found none")
-        xml = dset.read_xml_header()
+        xml = read_dataset(group, "xml", source, f"/{DATASET}/xml").reshape(-1)
+    if xml.size == 0 or not isinstance(xml[0], bytes | str):
+        found = "no element" if xml.size == 0 else f"{xml.dtype} data"
+        _fail(source, f"/{DATASET}/xml", f"expected the XML header as text, found {found}")
     try:
-        return xsd.CreateFromDocument(xml)
-    except (ValueError, TypeError) as e:  # xsdata: ParserError (a ValueError), missing fields
-        _fail(source, f"/{DATASET}/xml", f"expected a valid ISMRMRD header, found: {e}")
+        with _strict_xsdata() as logged:
+            header = xsd.CreateFromDocument(xml[0])
+    except (ValueError, TypeError, SyntaxError, ConverterWarning) as e:  # ParserError: ValueError
+        logged = [str(e)]
+    if logged:
+        text = " ".join(logged[0].split())
+        _fail(source, f"/{DATASET}/xml", f"expected a valid ISMRMRD header, found: {text}")
+    return header
+
+
+@contextmanager
+def _strict_xsdata() -> Iterator[list[str]]:
+    """Parse with xsdata strictly: a value it cannot convert (``TE = "2u.5"``, which it would
+    keep as text) raises its ``ConverterWarning``; what it logs (an element it could not place)
+    is collected in the list yielded instead of printed."""
+    logged: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    log = logging.getLogger("xsdata")
+    propagate = log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ConverterWarning)
+            yield logged
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
 
 
 @dataclass(frozen=True)
@@ -567,17 +610,35 @@ class _Raw:
 def _read_acquisitions(path: str | os.PathLike[str], n_samples: int, source: str) -> _Raw:
     """Read every acquisition header, then the data of imaging and noise acquisitions."""
     where = f"/{DATASET}/data"
-    with h5py.File(path, "r") as f:
-        data = f[DATASET]["data"]
-        try:
+    with open_file(path, source, "an ISMRMRD HDF5 file") as f:
+        data = get(f, f"{DATASET}/data", source, where)
+        if not isinstance(data, h5py.Dataset):
+            _fail(source, where, "expected a dataset of acquisitions, found a group")
+        with reading(source, where):
+            dtype = data.dtype
+        if dtype.names is None or not {"head", "data"} <= set(dtype.names):
+            _fail(source, where, f"expected ISMRMRD acquisition records, found {dtype}")
+        with reading(source, where, dataset_size(data, source, where)):
             heads = data.fields("head")[()]
+        try:
             flags = heads["flags"]
             active = heads["active_channels"].astype(np.int64)
             total = heads["number_of_samples"].astype(np.int64)
             pre = heads["discard_pre"].astype(np.int64)
             post = heads["discard_post"].astype(np.int64)
         except (KeyError, ValueError) as e:
-            _fail(source, where, f"expected ISMRMRD acquisition records, found {data.dtype} ({e})")
+            _fail(source, where, f"expected ISMRMRD acquisition records, found {dtype} ({e})")
+        # samples are variable-length arrays: the heads declare their sizes, the file holds them
+        sample_bytes = 8 * active * total
+        file_size = os.path.getsize(path)
+        if sample_bytes.sum() > file_size:
+            _fail(
+                source,
+                where,
+                f"expected samples the file can hold ({file_size} bytes), found heads declaring "
+                f"{sample_bytes.sum()} bytes (active_channels x number_of_samples): truncated "
+                "or damaged",
+            )
         noise = (flags & _bit(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)) != 0
         skipped = np.zeros(len(heads), dtype=bool)
         for flag in _SKIPPED_FLAGS:
@@ -603,7 +664,9 @@ def _read_acquisitions(path: str | os.PathLike[str], n_samples: int, source: str
         wanted = imaging | noise
         samples = data.fields("data")
         for lo in range(0, len(heads), _READ_CHUNK):
-            block = samples[lo : lo + _READ_CHUNK]
+            declared = int(sample_bytes[lo : lo + _READ_CHUNK].sum()) + _READ_CHUNK * _ARRAY_BYTES
+            with reading(source, where, declared):
+                block = samples[lo : lo + _READ_CHUNK]
             for i in np.flatnonzero(wanted[lo : lo + _READ_CHUNK]) + lo:
                 values = block[i - lo]
                 if values.size != 2 * active[i] * total[i]:
@@ -720,44 +783,58 @@ def _user_parameters(header: xsd.ismrmrdHeader) -> tuple[dict[str, list[float]],
     return numbers, strings
 
 
-def _sidecar_values(value: Any, key: str, n_rows: int, source: str) -> np.ndarray:
+def _sidecar_values(sidecar: _Sidecar, key: str, n_rows: int) -> np.ndarray:
     """A sidecar entry (number or list) as ``[n_rows]`` float64."""
+    value = sidecar.values[key]
     items = value if isinstance(value, list | tuple) else [value]
     if not items or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
-        _fail(source, f"sidecar[{key}]", f"expected a number or a list of numbers, found {value!r}")
+        _fail(*sidecar.place(key), f"expected a number or a list of numbers, found {value!r}")
     if len(items) not in (1, n_rows):
         _fail(
-            source,
-            f"sidecar[{key}]",
+            *sidecar.place(key),
             f"expected one value or one per contrast ({n_rows}), found {len(items)}",
         )
     return np.broadcast_to(np.asarray(items, dtype=np.float64), (n_rows,))
 
 
+def _in_si(name: str, values: np.ndarray, unit: str | None, place: tuple[str, str]) -> np.ndarray:
+    """Column ``name``'s values given in ``unit`` (None: a count), in SI units, after checking
+    that they are plausible (:data:`~lorein.data.problem.SEQUENCE_RANGES`); ``place`` is the
+    ``(source, field)`` named when they are not."""
+    if unit is None:
+        return values
+    implausible = sequence_range_error(name, values, unit)
+    if implausible is not None:
+        _fail(*place, implausible)
+    return values * UNITS[unit][1]
+
+
 def _resolve_column(
     name: str,
-    sidecar: Mapping[str, Any],
+    sidecar: _Sidecar,
     user: Mapping[str, list[float]],
     sequence: xsd.sequenceParametersType | None,
     contrast_of_row: np.ndarray,
     source: str,
 ) -> np.ndarray:
-    """One contrast-table column ``[n_rows]`` float64 in SI units, from the first source found."""
+    """One contrast-table column ``[n_rows]`` float64 in SI units, from the first source found,
+    its values checked for plausibility in the unit that source gives them."""
     spec = _COLUMN_SOURCES[name]
     n_rows = len(contrast_of_row)
-    if spec.sidecar_key in sidecar:
-        values = _sidecar_values(sidecar[spec.sidecar_key], spec.sidecar_key, n_rows, source)
-        return values * spec.sidecar_scale
+    if spec.sidecar_key in sidecar.values:
+        values = _sidecar_values(sidecar, spec.sidecar_key, n_rows)
+        return _in_si(name, values, spec.unit, sidecar.place(spec.sidecar_key))
     if spec.user_parameter in user:
         values = np.asarray(user[spec.user_parameter], dtype=np.float64)
+        where = f"/{DATASET}/xml userParameters/{spec.user_parameter}"
         if len(values) != n_rows:
             _fail(
                 source,
-                f"/{DATASET}/xml userParameters/{spec.user_parameter}",
+                where,
                 f"expected one value per contrast ({n_rows}), found {len(values)}; give "
                 f"{spec.sidecar_key} in the TOML sidecar, e.g. {spec.example}",
             )
-        return values
+        return _in_si(name, values, SI_UNITS.get(name), (source, where))
     hint = (
         f"give {spec.sidecar_key} in the TOML sidecar as one value per contrast ({n_rows}) or "
         f"one value for all, e.g. {spec.example}"
@@ -765,15 +842,18 @@ def _resolve_column(
     header_values: list[float] = []
     if sequence is not None and spec.header_field is not None:
         header_values = getattr(sequence, spec.header_field)
+    where = f"/{DATASET}/xml sequenceParameters/{spec.header_field}"
     if header_values:
-        values = np.asarray(header_values, dtype=np.float64)
+        values = _in_si(
+            name, np.asarray(header_values, dtype=np.float64), spec.unit, (source, where)
+        )
         if len(values) == 1:
-            return np.full(n_rows, values[0] * spec.header_scale)
+            return np.full(n_rows, values[0])
         if len(values) > contrast_of_row.max():
-            return values[contrast_of_row] * spec.header_scale
+            return values[contrast_of_row]
         _fail(
             source,
-            f"/{DATASET}/xml sequenceParameters/{spec.header_field}",
+            where,
             f"expected {name} as one value or one per contrast counter "
             f"({contrast_of_row.max() + 1}), found {len(values)}; {hint}",
         )
@@ -790,9 +870,10 @@ def _resolve_column(
 
 
 def _signal_model(
-    argument: str | None, sidecar: Mapping[str, Any], strings: Mapping[str, str], source: str
+    argument: str | None, sidecar: _Sidecar, strings: Mapping[str, str], source: str
 ) -> str:
-    model = argument or sidecar.get("signal_model") or strings.get(SIGNAL_MODEL_PARAMETER)
+    given = sidecar.values.get("signal_model")
+    model = argument or given or strings.get(SIGNAL_MODEL_PARAMETER)
     if model is None:
         _fail(
             source,
@@ -801,7 +882,9 @@ def _signal_model(
             "'t2ir_gre', or give signal_model = \"vfa_megre\" in the TOML sidecar",
         )
     if model not in SIGNAL_MODELS:
-        _fail(source, "signal_model", f"expected one of {SIGNAL_MODELS}, found {model!r}")
+        from_sidecar = given is not None and not argument
+        place = sidecar.place("signal_model") if from_sidecar else (source, "signal_model")
+        _fail(*place, f"expected one of {SIGNAL_MODELS}, found {model!r}")
     return model
 
 
@@ -864,6 +947,7 @@ def import_ismrmrd(
     *,
     signal_model: str | None = None,
     sidecar: Mapping[str, Any] | None = None,
+    sidecar_origin: Mapping[str, str] | None = None,
     remove_oversampling: bool = True,
     noise_prewhitening: bool = True,
 ) -> Problem:
@@ -887,7 +971,12 @@ def import_ismrmrd(
         Parsed TOML sidecar: keys :data:`SIDECAR_KEYS`; ``flip_angle_deg`` [deg],
         ``echo_time_ms``, ``repetition_time_ms``, ``prep_time_ms`` [ms], ``segment`` (from 1),
         each one number for all contrasts or a list with one per contrast row. A sidecar value
-        overrides the file's.
+        overrides the file's. Each value must be plausible
+        (:data:`~lorein.data.problem.SEQUENCE_RANGES`: a TE in seconds under ``echo_time_ms``
+        or a flip angle in radians under ``flip_angle_deg`` is refused), as must the file's own.
+    sidecar_origin
+        Where each sidecar key was given (``"seq.toml"``, ``"study.toml [import]"``), named
+        with the key in errors; a key without one is named ``PATH: sidecar[KEY]``.
     remove_oversampling
         When the encoded readout is longer than ``reconSpace`` x (e.g. 2x oversampling), go to
         image space along x (centred orthonormal FFT), keep the central ``reconSpace`` x
@@ -913,7 +1002,7 @@ def import_ismrmrd(
         problem-file contract.
     """
     source = str(path)
-    sidecar = _check_sidecar(sidecar, source)
+    given = _check_sidecar(sidecar, sidecar_origin, source)
     header = _open_header(path, source)
     if not header.encoding:
         _fail(source, f"/{DATASET}/xml encoding", "expected one encoding, found none")
@@ -938,7 +1027,7 @@ def import_ismrmrd(
 
     raw = _read_acquisitions(path, encoded.x, source)
     numbers, strings = _user_parameters(header)
-    model = _signal_model(signal_model, sidecar, strings, source)
+    model = _signal_model(signal_model, given, strings, source)
     limits = encoding.encodingLimits
     idx = raw.heads["idx"]
     ky = _centred_index(
@@ -952,13 +1041,13 @@ def import_ismrmrd(
     contrast_of_row = np.arange(n_rows) % sizes["contrast"]
     columns = {
         name: _resolve_column(
-            name, sidecar, numbers, header.sequenceParameters, contrast_of_row, source
+            name, given, numbers, header.sequenceParameters, contrast_of_row, source
         )
         for name in REQUIRED_COLUMNS[model]
     }
     segment = columns.get("segment")
     if segment is not None and not np.array_equal(segment, np.round(segment)):
-        _fail(source, "segment", f"expected whole readout numbers, found {segment.tolist()}")
+        _fail(*given.place("segment"), f"expected whole readout numbers, found {segment.tolist()}")
     table = ContrastTable(
         **{
             name: torch.from_numpy(
