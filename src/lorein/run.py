@@ -49,14 +49,15 @@ def load_config(
     The file's hyper-parameters are its ``[METHOD]`` table or, without one, its keys outside the
     command tables (:func:`lorein.config.method_table`); nested tables (hash encodings) name only
     what they change. A key the configuration does not have, or a value of the wrong type, is a
-    one-line error naming the file, the table and the key (:func:`lorein.settings.merge`).
+    one-line error naming the file, the table and the key (:func:`lorein.settings.merge`);
+    ``overrides`` (the flags of ``lorein recon``) are named ``command line``.
     """
     if problem is None:
         config = method.config_class()
     else:
         config = method.default_config(problem, torch.device(device))
     names = sorted(f.name for f in dataclasses.fields(config))
-    sources = [(overrides or {}, "overrides")]
+    sources = [(overrides or {}, "command line")]
     if path is not None:
         sources.insert(0, method_table(read_toml(path), path, method.name, METHODS))
     for given, where in sources:
@@ -191,6 +192,8 @@ def run(
         )
     identity = run_identity(method.name, problem, config, seed)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: expected an output folder (-o), found a file")
     with output_lock(out):
         recover_output(out)
         checkpoint = out / CHECKPOINT

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lorein import __version__
 from lorein.cli.common import Command, Subparsers, add_command, config_help, require
+from lorein.settings import AtLeast
 
 
 def add_parser(sub: Subparsers) -> Command:
@@ -32,6 +33,7 @@ def add_parser(sub: Subparsers) -> Command:
     sim.option(
         "--R",
         type=float,
+        at_least=AtLeast(1.0),
         help="(config) acceleration factor (paper eq. 19: samples of the full k-space of all "
         "contrasts / acquired samples), e.g. 27; required",
     )
@@ -39,6 +41,7 @@ def add_parser(sub: Subparsers) -> Command:
         "--seed",
         type=int,
         default=0,
+        at_least=AtLeast(0),
         help="(config) seed of anatomy, sampling and noise (default: 0)",
     )
     sim.option(

@@ -146,9 +146,10 @@ def open_file(path: str | os.PathLike[str], source: str, what: str) -> h5py.File
 
 
 def get(parent: h5py.Group, name: str, source: str, where: str) -> Any:
-    """``parent.get(name)`` (a group, a dataset or None) inside :func:`reading`."""
+    """The group or dataset ``name`` of ``parent``, or None when there is none; a damaged link
+    is an error (``parent.get`` would take it for a missing one)."""
     with reading(source, where):
-        return parent.get(name)
+        return parent[name] if name in parent else None
 
 
 def read_dataset(

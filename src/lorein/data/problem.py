@@ -446,17 +446,6 @@ def _check_contrasts(columns: Mapping[str, np.ndarray], signal_model: str, sourc
         elif col.min() <= 0:
             _fail(source, where, f"expected positive times [s], found min {col.min():g}")
 
-    te, tr = columns["echo_time"], columns["repetition_time"]
-    late = np.flatnonzero(te >= tr)
-    if late.size:
-        i = int(late[0])
-        _fail(
-            source,
-            "/contrasts/echo_time",
-            f"expected echo_time < repetition_time, found {te[i]:g} s >= {tr[i]:g} s "
-            f"at contrast {i}",
-        )
-
     fa, where = columns["flip_angle"], "/contrasts/flip_angle"
     if fa.max() > 2 * np.pi:
         _fail(source, where, f"expected radians, found max {fa.max():g} (looks like degrees)")
@@ -473,6 +462,17 @@ def _check_contrasts(columns: Mapping[str, np.ndarray], signal_model: str, sourc
             implausible = sequence_range_error(name, columns[name], SI_UNITS[name])
             if implausible is not None:
                 _fail(source, f"/contrasts/{name}", implausible)
+
+    te, tr = columns["echo_time"], columns["repetition_time"]
+    late = np.flatnonzero(te >= tr)
+    if late.size:
+        i = int(late[0])
+        _fail(
+            source,
+            "/contrasts/echo_time",
+            f"expected echo_time < repetition_time, found {te[i]:g} s >= {tr[i]:g} s "
+            f"at contrast {i}",
+        )
 
     if "segment" in columns and columns["segment"].min() < 1:
         _fail(
