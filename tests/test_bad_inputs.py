@@ -530,6 +530,9 @@ CASES: dict[str, Case] = {
     # recon of a bad problem: nothing created
     "recon of NaN k-space": _recon_of(_replace("kspace/data", _with(np.nan)), "/kspace/data"),
     "recon of all-zero k-space": _zero_kspace,
+    "recon of k-space x 1e30": _recon_of(
+        _replace("kspace/data", lambda v: v * 1e30), "/kspace/data"
+    ),
     "recon of a truncated flip table": _recon_of(
         _replace("contrasts/flip_angle", lambda v: v[:-1]), "/contrasts/flip_angle"
     ),
@@ -565,6 +568,7 @@ CASES: dict[str, Case] = {
     "--bogus": _recon("--bogus", names=("--bogus",)),
     "-o is a file": _output_is_a_file,
     "--snr -1": _simulate("--preset", "sim1-small", "--R", "27", "--snr", "-1", names=("snr",)),
+    "--snr 0": _simulate("--preset", "sim1-small", "--R", "27", "--snr", "0", names=("snr",)),
     "--snr nan": _simulate("--preset", "sim1-small", "--R", "27", "--snr", "nan", names=("snr",)),
     "--R 0": _simulate("--preset", "sim1-small", "--R", "0", names=("--R",)),
     "--R missing": _simulate("--preset", "sim1-small", names=("--R",)),
