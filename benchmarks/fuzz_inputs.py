@@ -8,7 +8,7 @@ The corruptions and the reading are those of tests/data/test_fuzz_inputs.py
 (:mod:`tests.data.fuzz`: small valid files changed by random h5py and byte edits, each read in a
 worker killed after ``--limit-s`` seconds), here with ``--examples`` per reader drawn from
 ``--seed`` instead of the test's few hundred derandomized ones, and without stopping at a
-failure: every outcome is counted (``ok``, one-line error, traceback, hang), with the slowest
+failure: every outcome is counted (``ok``, one-line error, traceback, crash, hang), with the slowest
 read. The first failures are printed; ``--report`` writes the table to docs/BENCHMARKS.md.
 """
 
@@ -84,14 +84,16 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         "themselves, ISMRMRD heads and XML edited), each read in a worker killed after the time "
         "limit. Expected: only `ok` and one-line errors naming the file.",
         "",
-        "| reader | examples | ok | one-line error | traceback | hang | slowest read | wall |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| reader | examples | ok | one-line error | traceback | crash | hang | slowest read "
+        "| wall |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for kind, r in results.items():
         o = r["outcomes"]
         lines.append(
             f"| {READER_NAMES[kind]} | {r['examples']} | {o['ok']} | {o['error']} | "
-            f"{o['traceback']} | {o['hang']} | {r['slowest_s']:.2f} s | {r['wall_s']:.0f} s |"
+            f"{o['traceback']} | {o['crash']} | {o['hang']} | {r['slowest_s']:.2f} s | "
+            f"{r['wall_s']:.0f} s |"
         )
     lines += ["", f"Machine: {machine()}."]
     return "\n".join(lines)

@@ -161,6 +161,16 @@ def _vlen_length_bomb(data: bytes) -> bytes:
     return data[:at] + struct.pack("<I", 0xFFFFFFF0) + data[at + 4 :]
 
 
+def _vlen_class_damaged(data: bytes) -> bytes:
+    """The problem file with the class bits of the ``signal_model`` attribute's variable-length
+    string type overwritten (found by benchmarks/fuzz_inputs.py): reading it kills the process
+    with SIGSEGV inside HDF5 2.0."""
+    message = b"signal_model\x00\x00\x00\x00\x19\x01\x01\x00"
+    assert data.count(message) == 1
+    at = data.index(message) + len(message) - 3
+    return data[:at] + b"\x4c\xdb" + data[at + 2 :]
+
+
 def _group_tree_damaged(data: bytes) -> bytes:
     """The problem file with the address of the root group's B-tree (its links), in the
     superblock and in the root's symbol-table message, pointing far beyond the file's end."""
@@ -179,6 +189,15 @@ def _external_ky(f: h5py.File) -> None:
     f.create_dataset(
         "kspace/ky", shape=(n_lines,), dtype="<i4", external=[(str(other), 0, 4 * n_lines)]
     )
+
+
+def _external_link_ky(f: h5py.File) -> None:
+    """``/kspace/ky`` an external link to a dataset of another HDF5 file of the machine."""
+    other = Path(f.filename).with_name("elsewhere.h5")
+    with h5py.File(other, "w") as g:
+        g["ky"] = f["kspace/ky"][()]
+    del f["kspace/ky"]
+    f["kspace/ky"] = h5py.ExternalLink(str(other), "/ky")
 
 
 def _config(text: str, method: str = "lorein", *extra: str) -> Case:
@@ -474,6 +493,7 @@ CASES: dict[str, Case] = {
     "truncated recon": _bytes(lambda b: b[: len(b) // 2], "/", command="recon"),
     "vlen length of 4 GiB in /@format": _bytes(_vlen_length_bomb, "/@format"),
     "root B-tree address damaged (h5py RuntimeError)": _bytes(_group_tree_damaged, "/geometry"),
+    "string type that crashes HDF5 (SIGSEGV)": _bytes(_vlen_class_damaged, "/@signal_model"),
     # the problem file: its attributes
     "format": _info(_attr("/", "format", "other"), "/@format"),
     "format_version 2": _info(_attr("/", "format_version", 2), "/@format_version"),
@@ -499,6 +519,7 @@ CASES: dict[str, Case] = {
     "ky outside the grid": _info(_replace("kspace/ky", _with(99)), "/kspace/ky"),
     "ky float": _info(_replace("kspace/ky", lambda v: v.astype(np.float32)), "/kspace/ky"),
     "ky in another file": _info(_external_ky, "/kspace/ky"),
+    "ky linked to another file": _info(_external_link_ky, "/kspace/ky"),
     "kz one short": _info(_replace("kspace/kz", lambda v: v[:-1]), "/kspace/kz"),
     "contrast outside the table": _info(_replace("kspace/contrast", _with(60)), "/kspace/contrast"),
     "coils of another shape": _info(

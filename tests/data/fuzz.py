@@ -8,8 +8,8 @@ dataset declaring a huge shape, a dataset replaced by a group or a link to itsel
 deleted, an ISMRMRD acquisition head or XML header changed) and then byte-level ones (bytes
 overwritten, the file truncated). :class:`Reader` reads the corrupted file in a forked worker
 and classifies the outcome: ``ok``, ``error`` (the one-line :class:`ProblemFileError` naming
-the file), ``traceback`` (anything else, with its text) or ``hang`` (the worker ran past the time
-limit and was killed).
+the file), ``traceback`` (anything else, with its text), ``crash`` (the worker died of a signal)
+or ``hang`` (the worker ran past the time limit and was killed).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -310,7 +311,8 @@ def _outcome(kind: str, path: str) -> tuple[str, str]:
 
 @dataclass
 class Outcome:
-    """How one read ended: ``ok``, ``error``, ``traceback`` or ``hang``; its text; seconds."""
+    """How one read ended: ``ok``, ``error``, ``traceback``, ``crash`` or ``hang``; its text;
+    seconds."""
 
     kind: str
     text: str
@@ -318,25 +320,42 @@ class Outcome:
 
 
 class Reader:
-    """Reads files in a forked worker process, one at a time, each within ``limit_s`` seconds;
-    a worker that runs past it is killed (a ``hang``) and replaced."""
+    """Reads files in a forked worker process, one at a time, each within ``limit_s`` seconds:
+    a worker that runs past it is killed (a ``hang``), one that dies is a ``crash``; either is
+    replaced by a new worker."""
 
     def __init__(self, limit_s: float) -> None:
         self.limit_s = limit_s
         self._context = multiprocessing.get_context("fork")
-        self._pool = self._context.Pool(1)
+        self._start()
+
+    def _start(self) -> None:
+        self._connection, theirs = self._context.Pipe()
+        self._worker = self._context.Process(target=_serve, args=(theirs,), daemon=True)
+        self._worker.start()
+        theirs.close()
 
     def read(self, kind: str, path: Path) -> Outcome:
         start = time.perf_counter()
-        pending = self._pool.apply_async(_outcome, (kind, str(path)))
-        try:
-            result, text = pending.get(timeout=self.limit_s)
-        except multiprocessing.TimeoutError:
-            self._pool.terminate()
-            self._pool = self._context.Pool(1)
-            result, text = "hang", f"no answer within {self.limit_s} s"
+        self._connection.send((kind, str(path)))
+        ready = wait([self._connection, self._worker.sentinel], timeout=self.limit_s)
+        if self._connection in ready:
+            result, text = self._connection.recv()
+        else:  # the worker serves until killed: its end is a crash, no answer a hang
+            died = self._worker.sentinel in ready
+            self.close()
+            result = "crash" if died else "hang"
+            text = "the worker died" if died else f"no answer within {self.limit_s} s"
+            self._start()
         return Outcome(result, text, time.perf_counter() - start)
 
     def close(self) -> None:
-        self._pool.terminate()
-        self._pool.join()
+        self._worker.kill()
+        self._worker.join()
+        self._connection.close()
+
+
+def _serve(connection: Connection) -> None:
+    """The worker: read each ``(kind, path)`` received, send back its outcome."""
+    while True:
+        connection.send(_outcome(*connection.recv()))

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.data.fuzz import Reader, corrupt, corruptions, valid_files
 
-EXAMPLES = {"problem": 200, "raw": 150}
+EXAMPLES = {"problem": 150, "raw": 120}
 """Examples per reader in the test suite (deterministic: hypothesis derandomized)."""
 
 LIMIT_S = 10.0

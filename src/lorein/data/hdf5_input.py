@@ -16,15 +16,28 @@ one ``f.attrs["format"]``). Three rules bound every read of such a file:
 3. Before a dataset is read, :func:`read_dataset` checks what it declares: storage inside the
    file (no external files, which would read other files of the machine, no virtual datasets),
    and a size the file can hold.
+4. The library itself can crash on a damaged file (HDF5 2.0 dies of SIGSEGV reading a
+   variable-length string whose global-heap reference is damaged) or loop. So before a file is
+   opened, :func:`open_file` walks it in a forked process (:func:`probe`): every object, every
+   attribute, every dataset up to :data:`PROBE_BYTES`; a crash or a walk longer than
+   :data:`PROBE_SECONDS` is a one-line error naming the field being read, and the reads that
+   follow, which the walk has already made once, are safe. Larger datasets are only
+   size-checked and read under the memory bound. (Linux and macOS; without ``os.fork`` the walk
+   is skipped.)
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import resource
+import select
+import signal
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import h5py
@@ -40,6 +53,13 @@ only filter h5py always has, compresses at most about 1032:1."""
 
 HDF5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, MemoryError)
 """What h5py raises for a damaged file (and an allocation refused under the limit)."""
+
+PROBE_BYTES = 16 * 2**20
+"""Datasets up to this size are read by the walk of :func:`probe` (all of a problem file's but
+its k-space and coils at realistic sizes)."""
+
+PROBE_SECONDS = 60.0
+"""Longest walk of :func:`probe` (milliseconds for a valid file)."""
 
 
 class ProblemFileError(ValueError):
@@ -137,6 +157,7 @@ def open_file(path: str | os.PathLike[str], source: str, what: str) -> h5py.File
         fail(source, "/", f"expected {what}, found no such file")
     if os.path.isdir(path):
         fail(source, "/", f"expected {what}, found a directory")
+    probe(path, source)
     try:
         with _memory_limit(MEMORY_MARGIN):
             return h5py.File(path, "r")
@@ -145,11 +166,135 @@ def open_file(path: str | os.PathLike[str], source: str, what: str) -> h5py.File
         fail(source, "/", f"expected an HDF5 file, found one HDF5 cannot open ({text})")
 
 
+@dataclass(frozen=True)
+class Forked:
+    """How a call run by :func:`run_forked` ended.
+
+    Attributes
+    ----------
+    ending
+        ``"returned"``, ``"raised"``, ``"crashed"`` (killed by a signal) or ``"timed out"``.
+    lines
+        What the call reported, line by line.
+    signal
+        The signal that killed it (``"crashed"``), else None.
+    """
+
+    ending: str
+    lines: list[str]
+    signal: int | None = None
+
+
+def run_forked(work: Callable[[Callable[[str], None]], None], timeout_s: float) -> Forked:
+    """Run ``work(report)`` in a forked child process, ``report(line)`` sending lines back.
+
+    The child exits as soon as ``work`` returns or raises (``os._exit``: no cleanup of the
+    parent's state); past ``timeout_s`` it is killed.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_end)
+        faulthandler.disable()  # a crash is the parent's to report
+        code = 1
+        try:
+            work(lambda line: os.write(write_end, line.encode() + b"\n"))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    received = bytearray()
+    deadline = time.monotonic() + timeout_s
+    status = None
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            if select.select([read_end], [], [], remaining)[0]:
+                chunk = os.read(read_end, 65536)
+                if not chunk:  # the child has exited
+                    status = os.waitpid(pid, 0)[1]
+                    break
+                received += chunk
+    finally:
+        if status is None:  # timed out, or this process was interrupted
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(read_end)
+    lines = received.decode(errors="replace").splitlines()
+    if status is None:
+        return Forked("timed out", lines)
+    if os.WIFSIGNALED(status):
+        return Forked("crashed", lines, os.WTERMSIG(status))
+    return Forked("returned" if os.WEXITSTATUS(status) == 0 else "raised", lines)
+
+
+def probe(path: str | os.PathLike[str], source: str) -> None:
+    """Walk the HDF5 file ``path`` in a forked process, as rule 4 of the module says.
+
+    Raises
+    ------
+    ProblemFileError
+        The library crashed, or the walk ran past :data:`PROBE_SECONDS`, naming the field being
+        read. Errors the library raises are left to the reads that follow.
+    """
+    if not hasattr(os, "fork"):
+        return
+    ended = run_forked(lambda report: _walk(path, report), PROBE_SECONDS)
+    where = ended.lines[-1] if ended.lines else "/"
+    if ended.ending == "crashed":
+        name = signal.Signals(ended.signal).name if ended.signal else "a signal"
+        fail(
+            source,
+            where,
+            f"expected a readable HDF5 item, found one that crashes the HDF5 "
+            f"library ({name}): damaged",
+        )
+    if ended.ending == "timed out":
+        fail(source, where, f"expected a read within {PROBE_SECONDS:g} s, found none: damaged")
+
+
+def _walk(path: str | os.PathLike[str], report: Callable[[str], None]) -> None:
+    """Read every object, attribute and small dataset of ``path`` (memory bounded), reporting
+    each field before reading it."""
+    report("/")
+    with _memory_limit(MEMORY_MARGIN + PROBE_BYTES), h5py.File(path, "r") as f:
+
+        def visit(name: str, obj: Any) -> None:
+            where = f"/{name}" if name else ""
+            for attribute in list(obj.attrs):
+                report(f"{where or '/'}@{attribute}")
+                obj.attrs[attribute]
+            if isinstance(obj, h5py.Dataset):
+                report(where)
+                if obj.external is None and not obj.is_virtual:
+                    declared = int(np.prod(obj.shape, dtype=np.float64)) * obj.dtype.itemsize
+                    if declared <= PROBE_BYTES:
+                        obj[()]
+
+        visit("", f)
+        f.visititems(visit)
+
+
 def get(parent: h5py.Group, name: str, source: str, where: str) -> Any:
-    """The group or dataset ``name`` of ``parent``, or None when there is none; a damaged link
-    is an error (``parent.get`` would take it for a missing one)."""
+    """The group or dataset ``name`` of ``parent``, or None when there is none.
+
+    A damaged link is an error (``parent.get`` would take it for a missing one), and so is an
+    external link on the way: it would read another file of the machine.
+    """
     with reading(source, where):
-        return parent[name] if name in parent else None
+        group = parent
+        for part in name.split("/"):
+            if part not in group:
+                return None
+            link = group.get(part, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                fail(
+                    source,
+                    where,
+                    f"expected an item of the file itself, found an external link to "
+                    f"{link.filename}:{link.path}",
+                )
+            group = group[part]
+        return group
 
 
 def read_dataset(

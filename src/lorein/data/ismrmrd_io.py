@@ -548,21 +548,20 @@ def _check_sidecar(
     return checked
 
 
-def _open_header(path: str | os.PathLike[str], source: str) -> xsd.ismrmrdHeader:
+def _read_header(f: h5py.File, source: str) -> xsd.ismrmrdHeader:
     """Check the file's ISMRMRD layout and parse its XML header (read with bounded memory)."""
-    with open_file(path, source, "an ISMRMRD HDF5 file") as f:
-        group = get(f, DATASET, source, f"/{DATASET}")
-        if not isinstance(group, h5py.Group):
-            _fail(
-                source,
-                f"/{DATASET}",
-                f"expected the ISMRMRD group '{DATASET}', found none: this HDF5 file is not an "
-                f"ISMRMRD dataset (convert scanner raw data with e.g. siemens_to_ismrmrd)",
-            )
-        for name, what in (("xml", "the XML header"), ("data", "acquisitions")):
-            if get(group, name, source, f"/{DATASET}/{name}") is None:
-                _fail(source, f"/{DATASET}/{name}", f"expected {what}, found none")
-        xml = read_dataset(group, "xml", source, f"/{DATASET}/xml").reshape(-1)
+    group = get(f, DATASET, source, f"/{DATASET}")
+    if not isinstance(group, h5py.Group):
+        _fail(
+            source,
+            f"/{DATASET}",
+            f"expected the ISMRMRD group '{DATASET}', found none: this HDF5 file is not an "
+            f"ISMRMRD dataset (convert scanner raw data with e.g. siemens_to_ismrmrd)",
+        )
+    for name, what in (("xml", "the XML header"), ("data", "acquisitions")):
+        if get(group, name, source, f"/{DATASET}/{name}") is None:
+            _fail(source, f"/{DATASET}/{name}", f"expected {what}, found none")
+    xml = read_dataset(group, "xml", source, f"/{DATASET}/xml").reshape(-1)
     if xml.size == 0 or not isinstance(xml[0], bytes | str):
         found = "no element" if xml.size == 0 else f"{xml.dtype} data"
         _fail(source, f"/{DATASET}/xml", f"expected the XML header as text, found {found}")
@@ -607,81 +606,108 @@ class _Raw:
     noise: list[tuple[np.ndarray, float]]  # ([n_coils, n] samples, sample_time_us) per scan
 
 
-def _read_acquisitions(path: str | os.PathLike[str], n_samples: int, source: str) -> _Raw:
+def _encoding(
+    header: xsd.ismrmrdHeader, source: str
+) -> tuple[xsd.encodingType, tuple[float, float, float]]:
+    """The header's (first) encoding, Cartesian with a positive matrix and field of view, and its
+    voxel size [mm]."""
+    if not header.encoding:
+        _fail(source, f"/{DATASET}/xml encoding", "expected one encoding, found none")
+    encoding = header.encoding[0]
+    if encoding.trajectory != xsd.trajectoryType.CARTESIAN:
+        _fail(
+            source,
+            f"/{DATASET}/xml encoding/trajectory",
+            f"expected cartesian, found {encoding.trajectory.value}",
+        )
+    encoded = encoding.encodedSpace.matrixSize
+    fov = encoding.encodedSpace.fieldOfView_mm
+    n_encoded = (encoded.x, encoded.y, encoded.z)
+    if min(fov.x, fov.y, fov.z) <= 0 or min(n_encoded) < 1:
+        _fail(
+            source,
+            f"/{DATASET}/xml encoding/encodedSpace",
+            f"expected positive matrix and field of view [mm], found matrix {n_encoded}, "
+            f"fieldOfView_mm ({fov.x}, {fov.y}, {fov.z})",
+        )
+    voxel_size = (fov.x / encoded.x, fov.y / encoded.y, fov.z / encoded.z)
+    return encoding, voxel_size
+
+
+def _read_acquisitions(f: h5py.File, n_samples: int, source: str) -> _Raw:
     """Read every acquisition header, then the data of imaging and noise acquisitions."""
     where = f"/{DATASET}/data"
-    with open_file(path, source, "an ISMRMRD HDF5 file") as f:
-        data = get(f, f"{DATASET}/data", source, where)
-        if not isinstance(data, h5py.Dataset):
-            _fail(source, where, "expected a dataset of acquisitions, found a group")
-        with reading(source, where):
-            dtype = data.dtype
-        if dtype.names is None or not {"head", "data"} <= set(dtype.names):
-            _fail(source, where, f"expected ISMRMRD acquisition records, found {dtype}")
-        with reading(source, where, dataset_size(data, source, where)):
-            heads = data.fields("head")[()]
-        try:
-            flags = heads["flags"]
-            active = heads["active_channels"].astype(np.int64)
-            total = heads["number_of_samples"].astype(np.int64)
-            pre = heads["discard_pre"].astype(np.int64)
-            post = heads["discard_post"].astype(np.int64)
-        except (KeyError, ValueError) as e:
-            _fail(source, where, f"expected ISMRMRD acquisition records, found {dtype} ({e})")
-        # samples are variable-length arrays: the heads declare their sizes, the file holds them
-        sample_bytes = 8 * active * total
-        file_size = os.path.getsize(path)
-        if sample_bytes.sum() > file_size:
-            _fail(
-                source,
-                where,
-                f"expected samples the file can hold ({file_size} bytes), found heads declaring "
-                f"{sample_bytes.sum()} bytes (active_channels x number_of_samples): truncated "
-                "or damaged",
-            )
-        noise = (flags & _bit(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)) != 0
-        skipped = np.zeros(len(heads), dtype=bool)
-        for flag in _SKIPPED_FLAGS:
-            skipped |= (flags & _bit(flag)) != 0
-        imaging = ~noise & ~skipped
-        lines = np.flatnonzero(imaging)
-        if len(lines) == 0:
-            _fail(source, where, "expected imaging acquisitions, found none")
-        _check_lines(heads[lines], lines, n_samples, source)
-        n_coils = int(active[lines[0]])
-        if noise.any() and (active[noise] != n_coils).any():
-            bad = int(np.flatnonzero(noise & (active != n_coils))[0])
-            _fail(
-                source,
-                f"{where}[{bad}]",
-                f"expected noise scans with the {n_coils} channels of the imaging lines, "
-                f"found {active[bad]}",
-            )
-        row_of = np.full(len(heads), -1)
-        row_of[lines] = np.arange(len(lines))
-        kspace = np.empty((len(lines), n_coils, n_samples), dtype=np.complex64)
-        scans = []
-        wanted = imaging | noise
-        samples = data.fields("data")
-        for lo in range(0, len(heads), _READ_CHUNK):
-            declared = int(sample_bytes[lo : lo + _READ_CHUNK].sum()) + _READ_CHUNK * _ARRAY_BYTES
-            with reading(source, where, declared):
-                block = samples[lo : lo + _READ_CHUNK]
-            for i in np.flatnonzero(wanted[lo : lo + _READ_CHUNK]) + lo:
-                values = block[i - lo]
-                if values.size != 2 * active[i] * total[i]:
-                    _fail(
-                        source,
-                        f"{where}[{i}]",
-                        f"expected {2 * active[i] * total[i]} floats (channels x samples x 2), "
-                        f"found {values.size}",
-                    )
-                acq = values.view(np.complex64).reshape(active[i], total[i])
-                acq = acq[:, pre[i] : total[i] - post[i]]
-                if imaging[i]:
-                    kspace[row_of[i]] = acq
-                else:
-                    scans.append((acq, float(heads["sample_time_us"][i])))
+    data = get(f, f"{DATASET}/data", source, where)
+    if not isinstance(data, h5py.Dataset):
+        _fail(source, where, "expected a dataset of acquisitions, found a group")
+    with reading(source, where):
+        dtype = data.dtype
+    if dtype.names is None or not {"head", "data"} <= set(dtype.names):
+        _fail(source, where, f"expected ISMRMRD acquisition records, found {dtype}")
+    with reading(source, where, dataset_size(data, source, where)):
+        heads = data.fields("head")[()]
+    try:
+        flags = heads["flags"]
+        active = heads["active_channels"].astype(np.int64)
+        total = heads["number_of_samples"].astype(np.int64)
+        pre = heads["discard_pre"].astype(np.int64)
+        post = heads["discard_post"].astype(np.int64)
+    except (KeyError, ValueError) as e:
+        _fail(source, where, f"expected ISMRMRD acquisition records, found {dtype} ({e})")
+    # samples are variable-length arrays: the heads declare their sizes, the file holds them
+    sample_bytes = 8 * active * total
+    file_size = os.path.getsize(f.filename)
+    if sample_bytes.sum() > file_size:
+        _fail(
+            source,
+            where,
+            f"expected samples the file can hold ({file_size} bytes), found heads declaring "
+            f"{sample_bytes.sum()} bytes (active_channels x number_of_samples): truncated "
+            "or damaged",
+        )
+    noise = (flags & _bit(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)) != 0
+    skipped = np.zeros(len(heads), dtype=bool)
+    for flag in _SKIPPED_FLAGS:
+        skipped |= (flags & _bit(flag)) != 0
+    imaging = ~noise & ~skipped
+    lines = np.flatnonzero(imaging)
+    if len(lines) == 0:
+        _fail(source, where, "expected imaging acquisitions, found none")
+    _check_lines(heads[lines], lines, n_samples, source)
+    n_coils = int(active[lines[0]])
+    if noise.any() and (active[noise] != n_coils).any():
+        bad = int(np.flatnonzero(noise & (active != n_coils))[0])
+        _fail(
+            source,
+            f"{where}[{bad}]",
+            f"expected noise scans with the {n_coils} channels of the imaging lines, "
+            f"found {active[bad]}",
+        )
+    row_of = np.full(len(heads), -1)
+    row_of[lines] = np.arange(len(lines))
+    kspace = np.empty((len(lines), n_coils, n_samples), dtype=np.complex64)
+    scans = []
+    wanted = imaging | noise
+    samples = data.fields("data")
+    for lo in range(0, len(heads), _READ_CHUNK):
+        declared = int(sample_bytes[lo : lo + _READ_CHUNK].sum()) + _READ_CHUNK * _ARRAY_BYTES
+        with reading(source, where, declared):
+            block = samples[lo : lo + _READ_CHUNK]
+        for i in np.flatnonzero(wanted[lo : lo + _READ_CHUNK]) + lo:
+            values = block[i - lo]
+            if values.size != 2 * active[i] * total[i]:
+                _fail(
+                    source,
+                    f"{where}[{i}]",
+                    f"expected {2 * active[i] * total[i]} floats (channels x samples x 2), "
+                    f"found {values.size}",
+                )
+            acq = values.view(np.complex64).reshape(active[i], total[i])
+            acq = acq[:, pre[i] : total[i] - post[i]]
+            if imaging[i]:
+                kspace[row_of[i]] = acq
+            else:
+                scans.append((acq, float(heads["sample_time_us"][i])))
     return _Raw(heads=heads[lines], kspace=kspace, noise=scans)
 
 
@@ -1003,29 +1029,11 @@ def import_ismrmrd(
     """
     source = str(path)
     given = _check_sidecar(sidecar, sidecar_origin, source)
-    header = _open_header(path, source)
-    if not header.encoding:
-        _fail(source, f"/{DATASET}/xml encoding", "expected one encoding, found none")
-    encoding = header.encoding[0]
-    if encoding.trajectory != xsd.trajectoryType.CARTESIAN:
-        _fail(
-            source,
-            f"/{DATASET}/xml encoding/trajectory",
-            f"expected cartesian, found {encoding.trajectory.value}",
-        )
+    with open_file(path, source, "an ISMRMRD HDF5 file") as f:
+        header = _read_header(f, source)
+        encoding, voxel_size = _encoding(header, source)
+        raw = _read_acquisitions(f, encoding.encodedSpace.matrixSize.x, source)
     encoded = encoding.encodedSpace.matrixSize
-    fov = encoding.encodedSpace.fieldOfView_mm
-    n_encoded = (encoded.x, encoded.y, encoded.z)
-    if min(fov.x, fov.y, fov.z) <= 0 or min(n_encoded) < 1:
-        _fail(
-            source,
-            f"/{DATASET}/xml encoding/encodedSpace",
-            f"expected positive matrix and field of view [mm], found matrix {n_encoded}, "
-            f"fieldOfView_mm ({fov.x}, {fov.y}, {fov.z})",
-        )
-    voxel_size = (fov.x / encoded.x, fov.y / encoded.y, fov.z / encoded.z)
-
-    raw = _read_acquisitions(path, encoded.x, source)
     numbers, strings = _user_parameters(header)
     model = _signal_model(signal_model, given, strings, source)
     limits = encoding.encodingLimits
