@@ -2,9 +2,11 @@
 
 The file layout is the contract of DESIGN.md section 3 (``format = "lorein-problem"``,
 ``format_version = 1``), extended by adding only: the optional ``truth/purity``
-(:data:`PURITY`), which older files lack and still read. The same validation runs on every file
-that is read and on every :class:`Problem` before it is written, so a file written here always
-reads back.
+(:data:`PURITY`), which older files lack and still read. Its validation is stricter than the
+contract's text in one respect: the sequence parameters must lie in :data:`SEQUENCE_RANGES`
+(a value outside is a unit mix-up). The same validation runs on every file that is read and on
+every :class:`Problem` before it is written, so a file written here always reads back. Files are
+read through :mod:`lorein.data.hdf5_input` (bounded cost, one-line errors).
 
 Error messages are one line, ``SOURCE: FIELD: expected ..., found ...``, where FIELD is an HDF5 path
 (``/kspace/ky``) or an attribute (``/geometry@matrix``, ``/@format``).
