@@ -191,7 +191,7 @@ class LoreinConfig:
     dc2_path: Dc2Path = "exact"
     lrr_start: LrrStart = "cg"
     pmr_start: PmrStart = "cg"
-    cnn_channels: PositiveCount = 8
+    cnn_channels: Count = 8
     mode: Mode = "joint"
     batching: Batching = "volume"
     planes_per_batch: PositiveCount = 8
