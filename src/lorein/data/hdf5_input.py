@@ -5,7 +5,7 @@ A damaged or crafted HDF5 file can make the HDF5 library raise ``OSError``, ``Ru
 ``KeyError``, ``ValueError`` or ``TypeError`` from any call, and allocate whatever a corrupted
 length field declares: a variable-length string attribute whose 4-byte length is damaged makes
 the library allocate and touch up to 4 GiB before it notices the mismatch (15 s and 4.2 GB for
-one ``f.attrs["format"]``). Three rules bound every read of such a file:
+one ``f.attrs["format"]``), or crash. Four rules bound every read of such a file:
 
 1. The calls into h5py run inside :func:`reading`, which turns the library's exceptions into
    :class:`ProblemFileError` naming the file and the field. Only those calls: an error of the
