@@ -101,9 +101,9 @@ def _arrays(draw: st.DrawFn) -> np.ndarray:
     """A small random array: 0-3 axes of 0-6, any of :data:`_DTYPES`."""
     dtype = np.dtype(draw(st.sampled_from(_DTYPES)))
     shape = tuple(draw(st.lists(_sizes, max_size=3)))
-    raw = draw(st.binary(min_size=dtype.itemsize * int(np.prod(shape, dtype=np.int64))))
     size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-    return np.frombuffer(raw[:size], dtype=dtype).reshape(shape).copy()
+    raw = draw(st.binary(min_size=size, max_size=size))
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
 
 
 _values = st.one_of(
