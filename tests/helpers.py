@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
-from lorein.sim.presets import Preset
+from lorein.sim.presets import Preset, VfaProtocol
 
 
 def rng(seed: int = 0) -> torch.Generator:
@@ -52,6 +53,15 @@ TINY = Preset(
 )
 """A 24 x 24 x 4, 4-coil ``vfa_megre`` problem for end-to-end tests of reconstruction methods
 (simulate it with ``simulate(TINY, 8, seed=..., snr=..., progress=False)``)."""
+
+TINY_MEGRE = replace(
+    TINY,
+    name="tiny-megre",
+    signal_model="megre",
+    accelerations=(4,),
+    protocol=VfaProtocol((15.0,), 3.0, 4.0, 6, 40.0),
+)
+""":data:`TINY` as a single-flip-angle ``megre`` protocol: 6 echoes 3-23 ms, TR 40 ms, 15 deg."""
 
 
 TINY_HASH = {"n_levels": 4, "n_features": 2, "log2_table": 10, "n_min": 4, "growth": "auto"}

@@ -24,9 +24,10 @@ from lorein.methods.base import RunContext
 from lorein.numerics.checkpoint import save_checkpoint
 from lorein.numerics.optimisation import NonFiniteLossError
 from lorein.run import METHODS, load_config, run_identity
+from lorein.sim.presets import T2irProtocol
 from lorein.sim.simulate import simulate
 from tests.fake_cuda import fake_cuda
-from tests.helpers import TINY
+from tests.helpers import TINY, TINY_MEGRE
 from tests.numerics.test_checkpoint import crafted_checkpoint
 
 SHARED = """
@@ -124,6 +125,21 @@ def test_simulate_labels_the_simulation_and_paper_protocol_has_pure_voxels_only(
         assert (f["truth/purity"][()] == 1).all()
 
 
+def test_simulate_makes_2d_and_single_coil_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "2d.h5"
+    argv = ["simulate", "--preset", "sim1-small", "--R", "3", "--nz", "1", "--coils", "1"]
+    assert main([*argv, "-o", str(out)]) == 0
+    assert "56 x 56 x 1, 1 coil(s)" in capsys.readouterr().out
+    problem = read_problem(out)
+    assert problem.matrix == (56, 56, 1) and problem.n_coils == 1
+    assert bool((problem.kz == 0).all()) and abs(problem.acceleration / 3 - 1) < 0.02
+    assert main([*argv[:-1], "0", "-o", str(tmp_path / "no.h5")]) == 2
+    assert _one_line_error(capsys) == "lorein: error: coils = 0: expected 1 or more"
+    assert sorted(tmp_path.iterdir()) == [out]
+
+
 def test_eval_leads_with_the_pure_tissue_errors(
     problem_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -193,13 +209,81 @@ def test_import_table_holds_sidecar_keys_and_the_sidecar_overrides_it(
     assert np.allclose(read_problem(back).contrasts.echo_time, 4.5e-3)
 
 
+def test_import_per_counter_sidecar_info_table_and_undersample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's VFA multi-echo file: a sidecar with 4 flips and 8 TEs in the [import] table
+    and a [counters] subtable; info shows one row per contrast with its counters; undersample
+    writes a valid problem and refuses an undersampled input without writing."""
+    from tests.data.test_ismrmrd_io import VFA_FLIPS, VFA_TES, vfa_multi_echo
+
+    raw, problem, kept = tmp_path / "raw.h5", tmp_path / "p.h5", tmp_path / "kept.h5"
+    vfa_multi_echo(raw, TR=[25.0])
+    config = _write(
+        tmp_path / "c.toml",
+        f'[import]\nsignal_model = "vfa_megre"\nflip_angle_deg = {VFA_FLIPS}\n'
+        f'echo_time_ms = {VFA_TES}\n[import.counters]\nflip_angle_deg = "set"\n',
+    )
+    assert main(["import", str(raw), "-o", str(problem), "--config", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(problem)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("contrast table:")
+    assert lines[start + 1].split() == [
+        "row",
+        "set",
+        "contrast",
+        "TE",
+        "ms",
+        "TR",
+        "ms",
+        "flip",
+        "deg",
+        "lines",
+    ]
+    assert lines[start + 2 + 13].split() == ["13", "1", "5", "14.5", "25", "10", "3"]
+    assert len(lines) == start + 2 + 32  # all 32 rows (at most 40 without --all-contrasts)
+
+    bad = ["undersample", str(problem), "-o", str(kept), "--R", "2"]
+    assert main(bad) == 2  # ky 1 of 4 is missing: not fully sampled
+    assert "expected a fully sampled problem" in capsys.readouterr().err
+    assert not kept.exists()
+
+
+def test_import_pulseq_twix_then_undersample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tiny Siemens file of a Pulseq sequence (all echoes in Lin), echoes per excitation from
+    the sidecar, then R = 3 over its 3 echoes: a valid problem with every ky once."""
+    from tests.data.test_twix_io import pulseq_file
+
+    raw, problem, kept = tmp_path / "scan.dat", tmp_path / "p.h5", tmp_path / "kept.h5"
+    pulseq_file(raw)
+    sidecar = _write(
+        tmp_path / "seq.toml",
+        "echoes_per_excitation = 3\necho_time_ms = [2, 5, 8]\nrepetition_time_ms = 15\n"
+        "flip_angle_deg = 9\n",
+    )
+    command = ["import", str(raw), "-o", str(problem), "--sidecar", str(sidecar)]
+    assert main([*command, "--signal-model", "vfa_megre"]) == 0
+    assert "matrix [8, 4, 1], 1 coils, 3 contrasts, R = 1.00" in capsys.readouterr().out
+    assert main(["undersample", str(problem), "-o", str(kept), "--R", "3", "--seed", "2"]) == 0
+    back = read_problem(kept)
+    assert back.acceleration == pytest.approx(3.0)
+    assert torch.equal(torch.sort(back.ky).values, torch.arange(4))
+    assert main([*command, "--signal-model", "t1rho"]) == 2
+    assert "signal_model: expected one of" in capsys.readouterr().err
+    assert main([*command, "--seq", str(sidecar)]) == 2  # not a .seq file
+    assert "expected Pulseq format 1.4" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("command", "text", "expected"),
     [
         (
             ["simulate", "-o", "p.h5"],
             "[simulate]\nsede = 1\n",
-            "valid: R, device, pattern, preset, seed, snr",
+            "valid: R, coils, device, nz, pattern, preset, seed, snr",
         ),
         (["info", "p.h5"], "[info]\nverbose = true\n", "unknown key(s) verbose; valid: none"),
         (["eval", "out", "--truth", "p.h5"], "[eval]\nlabel = 3\n", "label = 3: expected a string"),
@@ -525,6 +609,14 @@ def test_a_second_run_into_a_folder_fails_at_once_and_the_results_stay(
         (["--method", "lrt", "--iterations", "-5"], None, "iterations = -5: expected at least 0"),
         ([], "[fit]\ncoil_compression = 99\n", "coil_compression = 99: expected 1 to"),
         ([], "[fit]\ncoil_compression = 0\n", "coil_compression = 0: expected at least 1"),
+        (["--method", "lrt"], "[lrt]\nrank = 61\n", "rank = 61: expected 1 to 60, the"),
+        (
+            ["--model-option", "estimate_inversion=true"],
+            None,
+            "p.h5: signal model vfa_megre has no option 'estimate_inversion'; its options: none",
+        ),
+        (["--model-option", "estimate_inversion"], None, "estimate_inversion: expected NAME=VALUE"),
+        ([], "[recon]\nmodel_options = 3\n", "[recon] model_options = 3: expected a table"),
     ],
 )
 def test_settings_no_run_can_use_are_refused_before_anything_is_written(
@@ -618,3 +710,41 @@ def test_ctrl_c_exits_130_in_one_line_saying_how_to_resume(
     assert main(argv) == 130
     err = _one_line_error(capsys)
     assert "interrupted" in err and "--resume" in err
+
+
+def test_megre_recon_writes_r2star_and_no_t1_and_t2ir_estimates_b_on_request(
+    tmp_path: Path,
+) -> None:
+    megre = tmp_path / "megre.h5"
+    sim = simulate(TINY_MEGRE, 4, seed=0, snr=math.inf, progress=False)
+    write_problem(megre, sim.problem, truth=sim.truth)
+    out = tmp_path / "megre"
+    assert main(["recon", str(megre), "-o", str(out), "--method", "fit", "--quiet"]) == 0
+    stems = sorted(p.name.removesuffix(".nii.gz") for p in (out / "nifti").glob("*.nii.gz"))
+    assert stems == ["B0map", "M0map", "R2starmap", "T2starmap"]
+    sidecar = json.loads((out / "nifti" / "R2starmap.json").read_text())
+    assert sidecar["Units"] == "1/s" and sidecar["MapName"] == "R2star"
+    r2star = nib.load(out / "nifti" / "R2starmap.nii.gz").get_fdata()
+    t2star = nib.load(out / "nifti" / "T2starmap.nii.gz").get_fdata()
+    fitted = t2star > 0
+    assert fitted.any() and np.allclose(r2star[fitted] * t2star[fitted], 1.0, rtol=1e-5)
+    assert main(["eval", str(out), "--truth", str(megre)]) == 0
+    assert set(json.loads((out / "eval.json").read_text())) == {"M0", "T2star", "B0"}
+
+    t2ir = tmp_path / "t2ir.h5"
+    preset = dataclasses.replace(
+        TINY, signal_model="t2ir_gre", shared_echo_lines=True, protocol=T2irProtocol(6)
+    )
+    sim = simulate(preset, 8, seed=0, snr=math.inf, progress=False)
+    write_problem(t2ir, sim.problem, truth=sim.truth)
+    config = _write(tmp_path / "b.toml", "[recon]\nmodel_options = { estimate_inversion = true }\n")
+    for name, argv in (("fixed", []), ("estimated", ["--config", str(config)])):
+        command = ["recon", str(t2ir), "-o", str(tmp_path / name), "--method", "fit", "--quiet"]
+        assert main([*command, *argv]) == 0
+    with h5py.File(tmp_path / "fixed" / "maps.h5") as fixed:
+        assert "B" not in fixed
+    with h5py.File(tmp_path / "estimated" / "maps.h5") as estimated:
+        b = estimated["B"][()][estimated["mask"][()] > 0]
+        assert ((b >= -1) & (b <= 0)).all() and b.std() > 0
+    report = json.loads((tmp_path / "estimated" / "report.json").read_text())
+    assert report["model_options"] == {"estimate_inversion": True}

@@ -66,7 +66,7 @@ def test_merge_keeps_what_the_table_does_not_name() -> None:
     assert (merged.iterations, merged.lr) == (7, 1.0)
     assert base.lr != 1.0  # the original is unchanged
     with pytest.raises(ValueError, match="here: unknown key"):
-        merge(base, {"rank": 3}, "here")
+        merge(base, {"pretrain": 3}, "here")
 
 
 @pytest.mark.parametrize(
@@ -81,6 +81,14 @@ def test_merge_keeps_what_the_table_does_not_name() -> None:
         ({"coil_compression": 0}, "coil_compression = 0: expected at least 1"),
         ({"wnnm_maps": {"T1": -2.0}}, "wnnm_maps.T1 = -2.0: expected a finite number at least 0"),
         ({"map_encoding": {"growth": 0.5}}, "growth = 0.5: expected a finite number at least 1"),
+        (
+            {"average_fraction": 1.0},
+            "average_fraction = 1.0: expected a finite number at least 0 and below 1",
+        ),
+        (
+            {"average_fraction": -0.1},
+            "average_fraction = -0.1: expected a finite number at least 0 and below 1",
+        ),
     ],
 )
 def test_ranges_are_checked_where_the_configuration_is_read(
@@ -90,5 +98,26 @@ def test_ranges_are_checked_where_the_configuration_is_read(
     with pytest.raises(ValueError, match="^" + re.escape(where)) as caught:
         merge(LoreinConfig(), table, where)
     assert message in str(caught.value) and "\n" not in str(caught.value)
-    edges = {"lr": 1e-9, "dc1": 0.0, "iterations": 0, "decay_every": 1, "coil_compression": 1}
+    edges = {
+        "lr": 1e-9,
+        "dc1": 0.0,
+        "iterations": 0,
+        "decay_every": 1,
+        "coil_compression": 1,
+        "average_fraction": 0.0,
+    }
     assert merge(LoreinConfig(), edges, where).iterations == 0  # the bounds themselves pass
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"rank": 0}, "rank = 0: expected at least 1"),
+        ({"average_fraction": 1}, "average_fraction = 1.0: expected a finite number at least 0"),
+    ],
+)
+def test_summit_settings_carry_lorein_ranges(table: dict, message: str) -> None:
+    with pytest.raises(ValueError, match="^here: ") as caught:
+        merge(SummitConfig(), table, "here")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert merge(SummitConfig(), {"rank": 1, "average_fraction": 0.99}, "here").rank == 1

@@ -31,7 +31,16 @@ from typing import Any, Literal
 
 from lorein.settings import typed
 
-COMMANDS = ("simulate", "info", "import", "export-ismrmrd", "recon", "eval", "compare")
+COMMANDS = (
+    "simulate",
+    "info",
+    "import",
+    "undersample",
+    "export-ismrmrd",
+    "recon",
+    "eval",
+    "compare",
+)
 """Commands with a table in a configuration file (``config`` itself has none)."""
 
 

@@ -15,6 +15,7 @@ import os
 import platform
 import resource
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from lorein.methods.base import Method, RunContext
 from lorein.methods.plausibility import suspect_reasons
 from lorein.methods.registry import METHODS, get_method
 from lorein.numerics.checkpoint import check_identity, read_checkpoint
+from lorein.physics.models.registry import checked_options
 from lorein.settings import merge
 
 
@@ -73,9 +75,9 @@ def load_config(
 
 def check_config_fits(config: Any, problem: Problem, config_path: Path | None) -> None:
     """Refuse, in one line, settings that no run of ``problem`` can use: ``coil_compression``
-    must lie between 1 and the problem's number of coils. (Ranges that hold for every problem,
-    ``iterations >= 0`` or ``lr > 0``, are checked where the configuration is read:
-    :mod:`lorein.settings`.)
+    must lie between 1 and the problem's number of coils, and a subspace ``rank`` between 1 and
+    its number of contrasts. (Ranges that hold for every problem, ``iterations >= 0`` or
+    ``lr > 0``, are checked where the configuration is read: :mod:`lorein.settings`.)
     """
     where = f"{config_path} " if config_path is not None else ""
     virtual = getattr(config, "coil_compression", None)
@@ -83,6 +85,12 @@ def check_config_fits(config: Any, problem: Problem, config_path: Path | None) -
         raise ValueError(
             f"{where}coil_compression = {virtual}: expected 1 to {problem.n_coils}, "
             f"the coils of {problem.source}"
+        )
+    rank = getattr(config, "rank", None)
+    if rank is not None and not 1 <= rank <= problem.n_contrasts:
+        raise ValueError(
+            f"{where}rank = {rank}: expected 1 to {problem.n_contrasts}, the contrasts of "
+            f"{problem.source}"
         )
 
 
@@ -118,13 +126,20 @@ def problem_digest(problem: Problem) -> str:
     return digest.hexdigest()
 
 
-def run_identity(method: str, problem: Problem, config: Any, seed: int) -> dict[str, Any]:
+def run_identity(
+    method: str,
+    problem: Problem,
+    config: Any,
+    seed: int,
+    model_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """What a checkpoint of this run records, as plain data (:mod:`lorein.numerics.checkpoint`).
 
     Returns
     -------
     ``problem`` (:func:`problem_digest`), ``method``, ``config`` (the configuration dataclass as
-    JSON-like data), ``seed`` and ``lorein_version``.
+    JSON-like data), ``seed``, ``model_options`` (the signal model's options) and
+    ``lorein_version``.
     """
     plain = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     return {
@@ -132,6 +147,7 @@ def run_identity(method: str, problem: Problem, config: Any, seed: int) -> dict[
         "method": method,
         "config": plain,
         "seed": seed,
+        "model_options": dict(model_options or {}),
         "lorein_version": __version__,
     }
 
@@ -159,8 +175,14 @@ def run(
     progress: bool = True,
     save_images: bool = False,
     keep_checkpoint: bool = False,
+    model_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Reconstruct ``problem_path`` with a method and write the output folder ``out``.
+
+    ``model_options`` are options of the problem's signal model (its class's ``options``, e.g.
+    ``{"estimate_inversion": True}`` for ``t2ir_gre``; strings are read as TOML values); an
+    option the model does not have is a one-line error naming the problem file and the options
+    it has.
 
     Checks everything that can fail early (problem file, configuration, device, memory) before
     creating ``out``, then holds ``out``'s lock (:func:`~lorein.data.output.output_lock`: a second
@@ -180,6 +202,7 @@ def run(
     """
     method = get_method(method_name)
     problem = read_problem(problem_path)
+    options = checked_options(problem.signal_model, model_options or {}, str(problem_path))
     dev = resolve_device(device)
     config = load_config(method, config_path, overrides, problem, dev)
     check_config_fits(config, problem, config_path)
@@ -190,7 +213,7 @@ def run(
             f"{have / 2**30:.1f} GiB are available on {dev}; use coil_compression in the config, "
             "a GPU, or a smaller matrix"
         )
-    identity = run_identity(method.name, problem, config, seed)
+    identity = run_identity(method.name, problem, config, seed, options)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: expected an output folder (-o), found a file")
@@ -201,7 +224,7 @@ def run(
             check_identity(
                 checkpoint, read_checkpoint(checkpoint, mmap=True).get("identity"), identity
             )
-        context = RunContext(dev, seed, checkpoint, resume, progress, identity)
+        context = RunContext(dev, seed, checkpoint, resume, progress, identity, options)
         maps, seconds = _reconstruct(method, problem, config, context, out)
         history = maps.extras.pop("history", [])
         reasons = suspect_reasons(maps)
@@ -211,6 +234,7 @@ def run(
             "method": method.name,
             "problem": str(problem_path),
             "config": dataclasses.asdict(config),
+            "model_options": options,
             "seed": seed,
             "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev)

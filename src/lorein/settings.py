@@ -3,8 +3,9 @@
 A setting's type is its dataclass annotation (``int``, ``float``, ``bool``, ``str``, a
 ``Literal`` of choices, ``X | None``, ``dict[str, float]``, ``list[int]`` or a nested frozen
 dataclass); a number may carry its range as ``Annotated[float, AtLeast(0)]`` (the aliases
-:data:`Positive`, :data:`NonNegative`, :data:`Count` and :data:`PositiveCount`), so that a value
-no run can use (``lr = -1``) is refused where the configuration is read, not in the run.
+:data:`Positive`, :data:`NonNegative`, :data:`Count`, :data:`PositiveCount` and
+:data:`Fraction`), so that a value no run can use (``lr = -1``) is refused where the
+configuration is read, not in the run.
 :func:`typed` checks one value against it, :func:`validate` every field of a configuration
 (its ``__post_init__`` calls it, so a configuration built in Python is checked as one read from
 TOML), and :func:`merge` lays a partial TOML table over a configuration: keys it
@@ -45,19 +46,30 @@ class AtLeast:
         Smallest value allowed (excluded when ``strict``); a real number must also be finite.
     strict
         Whether ``low`` itself is excluded.
+    below
+        When set, values must also lie below it (excluded).
     """
 
     low: float
     strict: bool = False
+    below: float | None = None
 
     def check(self, value: float, key: str) -> None:
         """Raise ``"KEY = VALUE: expected ..."`` unless ``value`` lies in the range."""
         inside = value > self.low if self.strict else value >= self.low
+        if self.below is not None:
+            inside = inside and value < self.below
         if not (inside and math.isfinite(value)):
-            low = int(self.low) if float(self.low).is_integer() else self.low
-            bound = f"above {low}" if self.strict else f"at least {low}"
+            bound = f"above {_number(self.low)}" if self.strict else f"at least {_number(self.low)}"
+            if self.below is not None:
+                bound += f" and below {_number(self.below)}"
             kind = "" if isinstance(value, int) else "a finite number "
             raise ValueError(f"{key} = {value!r}: expected {kind}{bound}")
+
+
+def _number(x: float) -> float | int:
+    """A bound as messages write it (1, not 1.0)."""
+    return int(x) if float(x).is_integer() else x
 
 
 Positive = Annotated[float, AtLeast(0.0, strict=True)]
@@ -71,6 +83,9 @@ Count = Annotated[int, AtLeast(0)]
 
 PositiveCount = Annotated[int, AtLeast(1)]
 """A size or number of steps of at least 1."""
+
+Fraction = Annotated[float, AtLeast(0.0, below=1.0)]
+"""A share of a whole: at least 0 and below 1."""
 
 
 def typed(value: Any, kind: Any, key: str) -> Any:

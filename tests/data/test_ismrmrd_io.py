@@ -21,6 +21,7 @@ from lorein.data.ismrmrd_io import (
     export_ismrmrd,
     import_ismrmrd,
     noise_whitening_matrix,
+    read_ismrmrd,
 )
 from lorein.data.problem import Problem, ProblemFileError, Truth, write_problem
 from lorein.physics.contrasts import ContrastTable
@@ -339,7 +340,18 @@ def test_sidecar_overrides_file_values(tmp_path: Path) -> None:
     ("sidecar", "expected"),
     [
         ({"echo_time": [1.0]}, r"sidecar: expected keys among .*found unknown echo_time"),
-        ({"echo_time_ms": [1.0, 2.0]}, r"sidecar\[echo_time_ms\]: .*per contrast \(4\), found 2"),
+        (
+            {"echo_time_ms": [1.0, 2.0]},
+            r"sidecar\[echo_time_ms\]: expected one value, one per contrast row \(4\) or one per "
+            r"value of a counter \(repetition 1, set 1, segment 1, contrast 4\), found 2$",
+        ),
+        ({"counters": {"echo_time": "set"}}, r"sidecar\[counters\]\[echo_time\]: expected a key"),
+        ({"counters": {"echo_time_ms": "eco"}}, r"\[echo_time_ms\]: expected one of repetition, "),
+        ({"counters": "set"}, r"sidecar\[counters\]: expected a table"),
+        (
+            {"echo_time_ms": [1.0, 2.0], "counters": {"echo_time_ms": "contrast"}},
+            r"expected one value or one per contrast \(4\), as sidecar\[counters\]\[echo_time_ms",
+        ),
         ({"flip_angle_deg": "ten"}, r"sidecar\[flip_angle_deg\]: expected a number or a list"),
         ({"signal_model": "mese"}, r"sidecar\[signal_model\]: expected one of"),
     ],
@@ -390,7 +402,7 @@ def test_missing_signal_model(tmp_path: Path) -> None:
     export_ismrmrd(make_problem("t2ir_gre"), path)
     edit_header(path, drop_user_parameters("lorein.signal_model"))
     with pytest.raises(
-        ProblemFileError, match=r"userParameters/lorein\.signal_model: .*'t2ir_gre'"
+        ProblemFileError, match=r"userParameters/lorein\.signal_model: .*--signal-model"
     ):
         import_ismrmrd(path)
     assert import_ismrmrd(path, sidecar={"signal_model": "t2ir_gre"}).signal_model == "t2ir_gre"
@@ -440,11 +452,11 @@ def test_counter_combinations_map_to_rows(tmp_path: Path) -> None:
     torch.testing.assert_close(back.contrasts.repetition_time, torch.full((6,), 0.02))
     assert back.voxel_size == (10.0, 10.0, 5.0)
 
-    edit_header(tmp_path / "raw.h5", lambda h: setattr(h.sequenceParameters, "TE", [2.0, 4.0]))
+    edit_header(tmp_path / "raw.h5", lambda h: setattr(h.sequenceParameters, "TE", [2.0, 4, 6, 8]))
     with pytest.raises(
         ProblemFileError,
-        match=r"sequenceParameters/TE: expected echo_time as one value or one per contrast "
-        r"counter \(3\), found 2; give echo_time_ms",
+        match=r"sequenceParameters/TE: expected one value, one per contrast row \(6\) or one per "
+        r"value of a counter \(repetition 1, set 2, segment 1, contrast 3\), found 4$",
     ):
         import_ismrmrd(tmp_path / "raw.h5", signal_model="vfa_megre", sidecar={"flip_angle_deg": 5})
 
@@ -767,3 +779,120 @@ def test_export_refusals(tmp_path: Path) -> None:
     with pytest.raises(ProblemFileError, match=r"calibration: expected a region"):
         export_ismrmrd(make_problem(), path, calibration=(NY + 1, 2))
     assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left
+
+
+# --------------------------------------------------------------------------------------------
+# value lists per counter (issue 22): VFA multi-echo with echoes in contrast, flips in set
+# --------------------------------------------------------------------------------------------
+
+VFA_FLIPS = [4.0, 10.0, 18.0, 30.0]  # deg, one per set
+VFA_TES = [2.0, 4.5, 7.0, 9.5, 12.0, 14.5, 17.0, 19.5]  # ms, one per contrast
+
+
+def vfa_multi_echo(path: Path, n_sets: int = 4, n_echoes: int = 8, **sequence: list[float]) -> None:
+    """A 2D single-coil VFA multi-echo file: every (set, contrast) pair has 3 lines whose
+    samples are the constant ``100 * set + contrast + 1``, so each line names its counters."""
+    nx, ny = 8, 4
+    acqs = [
+        acquisition(np.full((1, nx), 100 * s + c + 1.0), ky, 0, set=s, contrast=c)
+        for ky in (0, 2, 3)
+        for s in range(n_sets)
+        for c in range(n_echoes)
+    ]
+    write_raw(path, raw_header((nx, ny, 1), (80.0, 40.0, 3.0), **sequence), *acqs)
+
+
+def assert_pairing(back: Problem, flips: list[float], tes: list[float]) -> None:
+    """Each line's contrast row holds the flip angle of its set and the TE of its contrast."""
+    code = back.kspace[:, 0, 0].real.round().long() - 1
+    set_of, echo_of = code // 100, code % 100
+    flip = back.contrasts.flip_angle[back.contrast]
+    te = back.contrasts.echo_time[back.contrast]
+    torch.testing.assert_close(flip, torch.tensor(flips)[set_of] * math.pi / 180)
+    torch.testing.assert_close(te, torch.tensor(tes)[echo_of] * 1e-3)
+    assert back.n_contrasts == len(flips) * len(tes)
+    assert back.matrix == (8, 4, 1) and back.n_coils == 1
+
+
+def test_header_te_per_contrast_and_flip_per_set(tmp_path: Path) -> None:
+    """The issue's failing example: 8 TEs and 4 flip angles in the header."""
+    path = tmp_path / "vfa.h5"
+    vfa_multi_echo(path, TE=VFA_TES, TR=[25.0], flipAngle_deg=VFA_FLIPS)
+    imported = read_ismrmrd(path, signal_model="vfa_megre")
+    assert_pairing(imported.problem, VFA_FLIPS, VFA_TES)
+    varying = imported.counters.varying()
+    assert set(varying) == {"set", "contrast"}
+    row = np.arange(32)
+    np.testing.assert_array_equal(varying["set"], row // 8)
+    np.testing.assert_array_equal(varying["contrast"], row % 8)
+
+
+def test_sidecar_lists_per_counter(tmp_path: Path) -> None:
+    """The natural sidecar (4 flips, 8 TEs) pairs by counter size, with or without [counters]."""
+    path = tmp_path / "vfa.h5"
+    vfa_multi_echo(path, TR=[25.0])
+    sidecar = {"flip_angle_deg": VFA_FLIPS, "echo_time_ms": VFA_TES}
+    assert_pairing(
+        import_ismrmrd(path, signal_model="vfa_megre", sidecar=sidecar), *sidecar.values()
+    )
+    named = {**sidecar, "counters": {"flip_angle_deg": "set", "echo_time_ms": "contrast"}}
+    assert_pairing(import_ismrmrd(path, signal_model="vfa_megre", sidecar=named), *sidecar.values())
+    # one value per row, in the row order of the module docstring (set outer, contrast inner)
+    per_row = {
+        "flip_angle_deg": [f for f in VFA_FLIPS for _ in VFA_TES],
+        "echo_time_ms": VFA_TES * 4,
+        "counters": {"echo_time_ms": "row"},
+    }
+    assert_pairing(
+        import_ismrmrd(path, signal_model="vfa_megre", sidecar=per_row), *sidecar.values()
+    )
+
+
+def test_counter_named_in_sidecar_overrides_the_header_default(tmp_path: Path) -> None:
+    """Flip angles in the contrast counter and echoes in set: [counters] says so."""
+    path = tmp_path / "swapped.h5"
+    vfa_multi_echo(path, n_sets=3, n_echoes=4, TE=[3.0, 6.0, 9.0], flipAngle_deg=[5, 10, 15, 20])
+    sidecar = {
+        "repetition_time_ms": 30.0,
+        "counters": {"echo_time_ms": "set", "flip_angle_deg": "contrast"},
+    }
+    back = import_ismrmrd(path, signal_model="vfa_megre", sidecar=sidecar)
+    code = back.kspace[:, 0, 0].real.round().long() - 1
+    torch.testing.assert_close(
+        back.contrasts.echo_time[back.contrast], torch.tensor([3.0, 6, 9])[code // 100] * 1e-3
+    )
+    torch.testing.assert_close(
+        back.contrasts.flip_angle[back.contrast],
+        torch.tensor([5.0, 10, 15, 20])[code % 100] * math.pi / 180,
+    )
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "expected"),
+    [
+        (
+            {"flip_angle_deg": [5.0, 10, 15]},
+            r"^\S+: sidecar\[flip_angle_deg\]: expected one value, one per contrast row \(16\) or "
+            r"one per value of a counter \(repetition 1, set 4, segment 1, contrast 4\), found 3$",
+        ),
+        (
+            {"flip_angle_deg": [5.0, 10, 15, 20]},
+            r"sidecar\[flip_angle_deg\]: found 4 values, as many as the values of counters set "
+            r'and contrast; say which in the sidecar, e.g. \[counters\] flip_angle_deg = "set"$',
+        ),
+    ],
+)
+def test_value_list_fitting_no_counter_or_several(
+    tmp_path: Path, sidecar: dict[str, object], expected: str
+) -> None:
+    path = tmp_path / "square.h5"
+    vfa_multi_echo(path, n_sets=4, n_echoes=4, TE=[2.0, 4, 6, 8], TR=[25.0])
+    with pytest.raises(ProblemFileError, match=expected) as err:
+        import_ismrmrd(path, signal_model="vfa_megre", sidecar=sidecar)
+    assert "\n" not in str(err.value)
+    # the header's TE runs over contrast (its ISMRMRD meaning) although set has 4 values too
+    back = import_ismrmrd(path, signal_model="vfa_megre", sidecar={"flip_angle_deg": 12.0})
+    code = back.kspace[:, 0, 0].real.round().long() - 1
+    torch.testing.assert_close(
+        back.contrasts.echo_time[back.contrast], torch.tensor([2.0, 4, 6, 8])[code % 100] * 1e-3
+    )

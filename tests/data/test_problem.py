@@ -442,7 +442,7 @@ OBJECT_CASES: list[tuple[str, Callable[[Problem], Problem], str]] = [
     (
         "signal model",
         lambda p: dataclasses.replace(p, signal_model="mp2rage"),
-        r"/@signal_model: expected one of 'vfa_megre', 't2ir_gre', found 'mp2rage'",
+        r"/@signal_model: expected one of 'vfa_megre', 't2ir_gre', 'megre', found 'mp2rage'",
     ),
     (
         "matrix nx",
@@ -573,7 +573,7 @@ FILE_CASES: list[tuple[str, Mutation, str]] = [
     (
         "signal model unknown",
         _edit_attr("/", "signal_model", lambda _: "mp2rage"),
-        r"/@signal_model: expected one of 'vfa_megre', 't2ir_gre', found 'mp2rage'",
+        r"/@signal_model: expected one of 'vfa_megre', 't2ir_gre', 'megre', found 'mp2rage'",
     ),
     ("signal model missing", _delete_attr("/", "signal_model"), r"/@signal_model: expected an"),
     # missing groups and datasets

@@ -101,6 +101,18 @@ def test_interior_mask_matches_a_neighbour_loop() -> None:
     assert bool(got[2:4, 3:6, 7:9].all()) and not bool(got[2, 4, 9])  # box 2, its face
 
 
+def test_interior_of_a_single_slice_asks_its_in_plane_neighbours() -> None:
+    """nz = 1: the 8 in-plane neighbours decide (a slice has none in z); each slice of a thicker
+    volume is never interior alone, its faces in z being unknown."""
+    labels = torch.zeros(1, 9, 10, dtype=torch.int64)
+    labels[0, 1:8, 1:6] = 1
+    mask = (labels > 0).to(torch.uint8)
+    expected = torch.zeros_like(labels, dtype=torch.bool)
+    expected[0, 2:7, 2:5] = True  # box 1 without its rim
+    assert torch.equal(interior_mask(labels, mask), expected)
+    assert not interior_mask(labels.expand(2, 9, 10), mask.expand(2, 9, 10)).any()
+
+
 def test_pure_mask_keeps_mask_voxels_at_or_above_the_threshold() -> None:
     _, mask = _maps()
     purity = torch.rand(3, 10, 12, generator=rng(1))

@@ -33,3 +33,16 @@ def test_espirit_coils_cover_the_brain_of_a_fully_sampled_problem() -> None:
     coils = espirit_coils(sim.problem)
     covered = coils.abs().pow(2).sum(0) > 0.5
     assert not (sim.truth.mask.bool() & ~covered).any()
+
+
+def test_a_single_coil_is_one_inside_the_support() -> None:
+    """One channel has no sensitivity to estimate: 1 inside the calibration support, 0 outside;
+    the support covers the brain of a 2D (one-slice) undersampled problem."""
+    tiny_2d = TINY.resized(nz=1, n_coils=1)
+    sim = simulate(tiny_2d, 3, seed=0, snr=40.0, progress=False)
+    coils = espirit_coils(sim.problem)
+    support = estimate_from_calibration(sim.problem, sim.problem.kspace).support
+    assert coils.shape == (1, 1, 24, 24) and coils.dtype == torch.complex64
+    assert torch.equal(coils[0], support.to(torch.complex64))
+    assert not (sim.truth.mask.bool() & ~support).any()
+    assert support.sum() < support.numel()

@@ -135,3 +135,45 @@ def test_before_step_runs_once_per_step_and_resume_keeps_the_trajectory(tmp_path
     torch.manual_seed(0)
     Optimisation(without, closure_for(without), cfg, progress=False).run()
     assert not torch.allclose(without.x, straight.x)  # the hook did act
+
+
+def test_tail_average_is_the_mean_of_the_iterates_it_covers() -> None:
+    torch.manual_seed(0)
+    plain = Quadratic()
+    iterates: list[torch.Tensor] = []
+    closure = closure_for(plain)
+
+    def recording(it: int) -> dict[str, torch.Tensor]:
+        if it > 30:  # the parameters after step it - 1
+            iterates.append(plain.x.detach().clone())
+        return closure(it)
+
+    Optimisation(plain, recording, LoopConfig(iterations=50, lr=0.2), progress=False).run()
+    iterates.append(plain.x.detach().clone())  # after the last step
+    torch.manual_seed(0)
+    averaged = Quadratic()
+    cfg = LoopConfig(iterations=50, lr=0.2, average_from=30)
+    opt = Optimisation(averaged, closure_for(averaged), cfg, progress=False)
+    opt.run()
+    assert opt.state.averaged == 20 == len(iterates)
+    assert torch.allclose(averaged.x, torch.stack(iterates).mean(0), atol=1e-6)
+    assert not torch.allclose(averaged.x, plain.x, atol=1e-6)  # the noise moved the iterates
+
+
+def test_resume_inside_the_averaged_tail_gives_the_same_average(tmp_path: Path) -> None:
+    cfg = LoopConfig(iterations=40, lr=0.05, average_from=20)
+    torch.manual_seed(0)
+    straight = Quadratic()
+    Optimisation(straight, closure_for(straight), cfg, progress=False).run()
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt.pt"
+    first = Quadratic()
+    short = LoopConfig(iterations=27, lr=0.05, average_from=20)
+    Optimisation(first, closure_for(first), short, ckpt, progress=False).run()
+    torch.manual_seed(123)
+    resumed = Quadratic()
+    opt = Optimisation(resumed, closure_for(resumed), cfg, ckpt, progress=False)
+    opt.run(resume=True)
+    assert opt.state.averaged == 20
+    assert torch.equal(resumed.x, straight.x)

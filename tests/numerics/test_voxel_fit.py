@@ -12,10 +12,11 @@ from lorein.numerics.sense import sense_images, zero_filled_images
 from lorein.numerics.voxel_fit import FitBounds, fit_maps
 from lorein.physics.coils import rss_normalise, simulate_coils
 from lorein.physics.contrasts import ContrastTable
+from lorein.physics.models.base import SignalModel
+from lorein.physics.models.registry import signal_model
 from lorein.physics.operators import EncodingOperator
 from lorein.physics.sampling import sample_lines
-from lorein.physics.signal_models import SignalModel, signal_model
-from lorein.sim.presets import vfa_megre_table
+from lorein.sim.presets import get_preset, vfa_megre_table
 from tests.helpers import randn_complex, rng
 
 SHAPE = (4, 6, 5)  # nz, ny, nx
@@ -59,6 +60,7 @@ def small_t2ir_table() -> ContrastTable:
 MODELS = {
     "vfa_megre": lambda: signal_model("vfa_megre", vfa_megre_table()),
     "t2ir_gre": lambda: signal_model("t2ir_gre", small_t2ir_table()),
+    "megre": lambda: signal_model("megre", get_preset("megre-small").contrast_table()),
 }
 
 
@@ -150,13 +152,16 @@ def test_noisy_fit_is_accurate_unbiased_and_beats_the_initialisation(name: str) 
     assert fit_cost.sum() < initial_cost.sum()
     errors = relative_errors(maps, truth, model)
     initial_errors = relative_errors(initial, truth, model)
-    # reached (vfa_megre / t2ir_gre): rms T1 0.8 % / 0.4 %, T2* 1.0 % / 0.8 %, B0 0.04 Hz
+    # reached (vfa_megre / t2ir_gre): rms T1 0.8 % / 0.4 %, T2* 1.0 % / 0.8 %, B0 0.04 Hz;
+    # megre (8 contrasts against 60 and 80): rms M0 1.1 %, T2* 2.5 %, B0 0.11 Hz
     for p in ("M0", "T1", "T2", "T2star"):
         if p in errors:
             rms = errors[p].square().mean().sqrt()
             assert rms < 0.03, p
             assert errors[p].mean().abs() < 0.3 * rms + 1e-3, p  # no bias beyond its spread
-    assert errors["T1"].square().mean() < initial_errors["T1"].square().mean()
+    # the dictionary's grid limits T1; megre's one atom leaves the echo analysis's T2*
+    refined = "T1" if "T1" in errors else "T2star"
+    assert errors[refined].square().mean() < initial_errors[refined].square().mean()
     assert errors["B0"].abs().max() < 1.0
     assert errors["phase0"].abs().max() < 0.05
 

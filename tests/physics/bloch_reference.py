@@ -5,7 +5,7 @@ numpy float64, vectorised over ``P`` voxels; the magnetisation is ``m`` of shape
 affine step ``m <- A m + b`` with the relaxation matrix ``diag(E2, E2, E1)`` followed by the
 off-resonance rotation about z, and spoiling zeroes the transverse magnetisation.
 
-Conventions (matching ``lorein.physics.signal_models``): excitation about +y so that a
+Conventions (matching ``lorein.physics.models``): excitation about +y so that a
 longitudinal ``Mz`` becomes ``Mx = Mz sin a`` (a positive real signal at TE = 0); off-resonance
 ``df`` [Hz] rotates ``Mx + i My`` by ``exp(+i 2 pi df t)``. The contrast-table builders at the end
 describe the sim1 / sim2 protocols of the paper.

@@ -264,3 +264,24 @@ def test_impossible_requests_raise(kwargs: dict[str, object], message: str) -> N
         (args if key in args else options)[key] = value
     with pytest.raises(ValueError, match=message):
         sample_lines(args["ny"], args["nz"], args["readout"], args["R"], **options)
+
+
+@pytest.mark.parametrize("pattern", ["vd-random", "poisson"])
+def test_a_single_slice_is_undersampled_along_ky_alone(pattern: str) -> None:
+    """nz = 1 (2D): every line at kz = 0, each contrast about ny / R of the ky lines, the
+    calibration lines in the union, the centre sampled more often than the edges."""
+    ny, R = 64, 3
+    readout = torch.arange(12)
+    sampling = sample_lines(ny, 1, readout, R, pattern=pattern, calib=(12, 1), seed=3)
+    assert sampling.shape == (ny, 1) and bool((sampling.kz == 0).all())
+    assert abs(sampling.acceleration() / R - 1) <= 0.02
+    per_contrast = sampling.mask()[:, 0, :]  # [T, ny]
+    assert per_contrast.max() == 1
+    lines = per_contrast.sum(1)
+    assert int(lines.max() - lines.min()) <= 1 and abs(float(lines.mean()) - ny / R) <= 1
+    assert bool(sampling.union()[0, ny // 2 - 6 : ny // 2 + 6].all())
+    density = per_contrast.mean(0)
+    assert (
+        density[ny // 2 - 8 : ny // 2 + 8].mean()
+        > 2 * torch.cat([density[:8], density[-8:]]).mean()
+    )

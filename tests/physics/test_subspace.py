@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorein.physics.signal_models import SignalModel, T2irGre, VfaMegre
+from lorein.physics.models.base import SignalModel
+from lorein.physics.models.t2ir_gre import T2irGre
+from lorein.physics.models.vfa_megre import VfaMegre
 from lorein.physics.subspace import (
     DictionaryRanges,
     Subspace,

@@ -10,10 +10,10 @@ import torch
 from lorein.eval.metrics import capped
 from lorein.numerics.sense import zero_filled_images
 from lorein.numerics.voxel_fit import fit_maps
+from lorein.physics.models.registry import signal_model
 from lorein.physics.operators import EncodingOperator
-from lorein.physics.signal_models import signal_model
 from lorein.sim.phantom import AIR
-from lorein.sim.presets import PRESETS, Preset, get_preset
+from lorein.sim.presets import PRESETS, Preset, T2irProtocol, VfaProtocol, get_preset
 from lorein.sim.simulate import band_limit, simulate
 from tests.fake_cuda import fake_cuda
 from tests.helpers import TINY
@@ -30,6 +30,7 @@ def tiny(shared: bool = False, oversampling: int = 2, model: str = "vfa_megre") 
         calibration=(6, 2),
         shared_echo_lines=shared,
         oversampling=oversampling,
+        protocol=T2irProtocol() if model == "t2ir_gre" else VfaProtocol(),
     )
 
 
@@ -126,6 +127,22 @@ def test_presets_follow_the_paper() -> None:
         assert a.accelerations == b.accelerations
         torch.testing.assert_close(a.contrast_table().echo_time, b.contrast_table().echo_time)
         assert all(abs(fa - fb) < 1 for fa, fb in zip(a.fov, b.fov, strict=True))
+
+
+def test_resized_preset_is_the_central_slice_with_its_own_coil_array() -> None:
+    """``--nz 1 --coils 1``: the slab's central slice (same truth there), phase-encoded along y
+    alone, one unit-magnitude channel; the calibration region shrinks to the slice."""
+    flat = TINY.resized(nz=1, n_coils=1)
+    assert (flat.matrix, flat.n_coils, flat.calibration) == ((24, 24, 1), 1, (8, 1))
+    assert flat.voxel_size == TINY.voxel_size and TINY.resized() == TINY
+    sim, slab = (simulate(p, 3, seed=1, progress=False) for p in (flat, TINY))
+    assert torch.equal(sim.truth.T1[0], slab.truth.T1[TINY.matrix[2] // 2])
+    assert tuple(sim.problem.kspace.shape[1:]) == (1, 24) and bool((sim.problem.kz == 0).all())
+    assert sim.truth.coils.shape == (1, 1, 24, 24)
+    torch.testing.assert_close(sim.truth.coils.abs(), torch.ones(1, 1, 24, 24))
+    for bad in ({"nz": 0}, {"n_coils": -1}):
+        with pytest.raises(ValueError, match="expected 1 or more"):
+            TINY.resized(**bad)
 
 
 def per_slice_fit_errors(preset: Preset, seed: int) -> dict[str, torch.Tensor]:

@@ -1,5 +1,5 @@
-"""Command-line interface ``lorein``: simulate, info, import, export-ismrmrd, recon, eval, compare,
-config; one module per command, each adding its parser and running it.
+"""Command-line interface ``lorein``: simulate, info, import, undersample, export-ismrmrd, recon,
+eval, compare, config; one module per command, each adding its parser and running it.
 
 Every command takes ``--config FILE.toml``; the command's table in that file sets its options, and
 flags on the command line override the file (:mod:`lorein.config`). Every error is one line on
@@ -12,12 +12,12 @@ import argparse
 from collections.abc import Sequence
 
 from lorein import __version__
-from lorein.cli import compare, config, export, import_, info, recon, simulate
+from lorein.cli import compare, config, export, import_, info, recon, simulate, undersample
 from lorein.cli import eval as evaluate
 from lorein.cli.common import Command, Parser, exit_status
 from lorein.config import read_toml
 
-COMMAND_MODULES = (simulate, info, import_, export, recon, evaluate, compare)
+COMMAND_MODULES = (simulate, info, import_, undersample, export, recon, evaluate, compare)
 """Modules of the commands that read a ``--config`` table, in the order of ``lorein --help``."""
 
 

@@ -107,7 +107,8 @@ def _notes(truth: Truth) -> list[str]:
     interior = interior_voxels(truth)
     if interior is not None:
         notes.append(
-            f"interior: the same errors in the {int(interior.sum())} voxels whose 26 neighbours "
+            f"interior: the same errors in the {int(interior.sum())} voxels whose "
+            f"{26 if truth.mask.shape[0] > 1 else 8} neighbours "
             "share their tissue label (no partial-volume floor)"
         )
     tissue = without_csf_voxels(truth)

@@ -1,4 +1,4 @@
-"""``lorein import``: convert ISMRMRD raw data into a problem file."""
+"""``lorein import``: convert raw data (ISMRMRD or Siemens twix) into a problem file."""
 
 from __future__ import annotations
 
@@ -15,25 +15,40 @@ def add_parser(sub: Subparsers) -> Command:
         sub,
         "import",
         run,
-        "convert ISMRMRD raw data into a problem file",
-        "Read Cartesian 3D multi-contrast ISMRMRD raw data (kspace_encode_step_1/2 -> ky/kz; "
-        "contrast, set, repetition, segment -> rows of the contrast table; TR, TE [ms] and flip "
-        "angle [deg] from the XML header) and write a problem file in SI units. Sequence "
-        "parameters the header lacks come from a TOML sidecar, or the [import] table of "
+        "convert raw data (ISMRMRD .h5 or Siemens .dat) into a problem file",
+        "Read Cartesian multi-contrast raw data, 3D or 2D (one slice): an ISMRMRD file "
+        "(kspace_encode_step_1/2 -> ky/kz; contrast, set, repetition, segment -> rows of the "
+        "contrast table; TE per contrast, flip angle per set, TR from the XML header) or a "
+        "Siemens twix file (counters as siemens_to_ismrmrd maps them; Pulseq acquisitions "
+        "with --seq or echoes_per_excitation) and write a problem file in SI units. Sequence "
+        "parameters the file lacks come from a TOML sidecar, or the [import] table of "
         "--config, with keys signal_model, flip_angle_deg, echo_time_ms, repetition_time_ms, "
-        "prep_time_ms and segment, each one value or one per contrast.",
+        "prep_time_ms, segment (each one value, one per contrast row, or one per value of a "
+        "counter), counters (which counter each list runs over) and echoes_per_excitation.",
         config_help("import", "; the table may also hold the --sidecar keys"),
     )
-    imp.parser.add_argument("raw", type=Path, help="ISMRMRD raw-data file (.h5)")
+    imp.parser.add_argument(
+        "raw", type=Path, help="raw data: ISMRMRD (.h5, HDF5) or Siemens twix (.dat)"
+    )
     imp.parser.add_argument(
         "-o", "--output", type=Path, required=True, help="problem file to write (.h5)"
     )
     imp.parser.add_argument(
         "--signal-model",
-        choices=("vfa_megre", "t2ir_gre"),
         default=None,
-        help="vfa_megre (variable-flip-angle multi-echo GRE) or t2ir_gre (T2-prepared "
-        "inversion-recovery GRE); default: the sidecar's, then the raw file's",
+        metavar="NAME",
+        help="vfa_megre (variable-flip-angle multi-echo GRE), t2ir_gre (T2-prepared "
+        "inversion-recovery GRE), megre (single-flip-angle multi-echo GRE) or another model of "
+        "docs/SIGNAL_MODELS.md (a wrong name lists them); default: the sidecar's, then the raw "
+        "file's",
+    )
+    imp.parser.add_argument(
+        "--seq",
+        type=Path,
+        default=None,
+        metavar="FILE.seq",
+        help="Siemens files of Pulseq sequences: the .seq file they were acquired with (echo "
+        "order, phase encoding, matrix, field of view, TE, TR, flip angle)",
     )
     imp.parser.add_argument(
         "--sidecar",
@@ -62,8 +77,11 @@ def add_parser(sub: Subparsers) -> Command:
 
 def run(args: argparse.Namespace) -> None:
     """Import the raw data, sequence parameters from the config table and the sidecar."""
-    from lorein.data.ismrmrd_io import import_ismrmrd
+    import h5py
+
+    from lorein.data.ismrmrd_io import read_ismrmrd
     from lorein.data.problem import write_problem
+    from lorein.data.twix_io import read_twix
 
     sidecar = dict(args.extra)
     origin = dict.fromkeys(sidecar, f"{args.config} [import]")
@@ -71,15 +89,24 @@ def run(args: argparse.Namespace) -> None:
         given = read_toml(args.sidecar, "sidecar file")
         sidecar.update(given)
         origin.update(dict.fromkeys(given, str(args.sidecar)))
-    problem = import_ismrmrd(
-        args.raw,
+    options = dict(
         signal_model=args.signal_model,
         sidecar=sidecar,
         sidecar_origin=origin,
         remove_oversampling=not args.keep_oversampling,
         noise_prewhitening=args.prewhitening,
     )
-    write_problem(args.output, problem, attrs={"imported_from": str(args.raw)})
+    attrs = {"imported_from": str(args.raw)}
+    if args.raw.is_file() and not h5py.is_hdf5(args.raw):
+        imported = read_twix(args.raw, seq=args.seq, **options)
+        if args.seq is not None:
+            attrs["pulseq_sequence"] = str(args.seq)
+    elif args.seq is not None:
+        raise ValueError(f"--seq: expected a Siemens raw file (.dat), found {args.raw} (HDF5)")
+    else:
+        imported = read_ismrmrd(args.raw, **options)
+    problem = imported.problem
+    write_problem(args.output, problem, attrs=attrs | imported.provenance())
     print(
         f"wrote {args.output}: {problem.signal_model}, matrix {list(problem.matrix)}, "
         f"{problem.n_coils} coils, {problem.n_contrasts} contrasts, R = {problem.acceleration:.2f}"
@@ -88,6 +115,6 @@ def run(args: argparse.Namespace) -> None:
 
 def _sidecar_keys() -> dict[str, str]:
     """Sequence-parameter keys of an ``[import]`` table and of a ``--sidecar`` file."""
-    from lorein.data.ismrmrd_io import SIDECAR_KEYS
+    from lorein.data.twix_io import TWIX_SIDECAR_KEYS
 
-    return SIDECAR_KEYS
+    return TWIX_SIDECAR_KEYS

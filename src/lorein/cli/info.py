@@ -15,6 +15,18 @@ DISPLAY_UNITS = {
 }
 """Contrast columns shown in CLI units: (factor from SI, unit)."""
 
+TABLE_HEADINGS = {
+    "echo_time": "TE ms",
+    "repetition_time": "TR ms",
+    "flip_angle": "flip deg",
+    "prep_time": "prep ms",
+    "segment": "segment",
+}
+"""Contrast-table columns of ``lorein info``, in display order, with their headings."""
+
+ROWS_SHOWN = 40
+"""Contrast-table rows printed without ``--all-contrasts``."""
+
 
 def add_parser(sub: Subparsers) -> Command:
     """Add the ``info`` command, which has no settings."""
@@ -24,20 +36,34 @@ def add_parser(sub: Subparsers) -> Command:
         run,
         "summarise a problem file: matrix, coils, contrasts, R, sequence parameters",
         "Print a problem file's signal model, matrix, voxel size, coils, contrasts, acquired "
-        "lines, acceleration R and the range of each sequence parameter (times in ms, flip "
-        "angles in degrees).",
+        "lines, acceleration R and the range of each sequence parameter, then the contrast "
+        "table: one row per contrast with the raw-data counters it came from (files written "
+        "by lorein import), TE, TR, flip angle, T2-preparation time, readout number and "
+        "acquired lines (times in ms, flip angles in degrees).",
         "TOML file shared with the other commands (info has no settings: its [info] table, if "
         "any, must be empty)",
     )
     info.parser.add_argument("problem", type=Path, help="problem file (.h5)")
+    info.parser.add_argument(
+        "--all-contrasts",
+        action="store_true",
+        help=f"print every row of the contrast table (default: the first {ROWS_SHOWN})",
+    )
     return info
 
 
 def run(args: argparse.Namespace) -> None:
     """Print the problem file's summary, one aligned ``key  value`` line per item."""
+    from lorein.data.ismrmrd_io import COUNTER_ATTR_PREFIX, ROW_COUNTERS
     from lorein.data.problem import problem_summary
 
     summary = problem_summary(args.problem)
+    attrs = summary["attrs"]
+    counters = {
+        name: attrs.pop(f"{COUNTER_ATTR_PREFIX}{name}")
+        for name in ROW_COUNTERS
+        if f"{COUNTER_ATTR_PREFIX}{name}" in attrs
+    }
     ranges = summary.pop("contrast_ranges", {})
     for name, (lo, hi) in ranges.items():
         factor, unit = DISPLAY_UNITS.get(name, (1.0, ""))
@@ -46,6 +72,52 @@ def run(args: argparse.Namespace) -> None:
     width = max(len(k) for k in summary)
     for key, value in summary.items():
         print(f"{key:<{width}}  {_format_value(value)}")
+    shown = None if args.all_contrasts else ROWS_SHOWN
+    for line in contrast_table(args.problem, counters, shown):
+        print(line)
+
+
+def contrast_table(
+    path: Path, counters: dict[str, list[int]], shown: int | None = None
+) -> list[str]:
+    """Lines of the contrast table: one row per contrast (``row``), aligned columns.
+
+    Parameters
+    ----------
+    path
+        A validated problem file.
+    counters
+        Raw-data counter name -> its value in each contrast row (the file's ``counter_<name>``
+        attributes), shown before the sequence parameters.
+    shown
+        Rows printed (None: all); a last line says how many were left out.
+    """
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "r") as f:
+        columns = {n: f[f"contrasts/{n}"][()] for n in TABLE_HEADINGS if n in f["contrasts"]}
+        rows = f["kspace/contrast"][()]
+    n_contrasts = len(next(iter(columns.values())))
+    lines = np.bincount(rows, minlength=n_contrasts)
+    headings = ["row", *counters, *(TABLE_HEADINGS[n] for n in columns), "lines"]
+    cells = []
+    for t in range(n_contrasts if shown is None else min(shown, n_contrasts)):
+        row = [str(t), *(str(v[t]) for v in counters.values())]
+        for name, column in columns.items():
+            factor, _ = DISPLAY_UNITS.get(name, (1.0, ""))
+            value = column[t] * factor
+            row.append(str(int(value)) if name == "segment" else f"{value:.4g}")
+        cells.append([*row, str(lines[t])])
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headings)]
+    out = [
+        "contrast table:",
+        "  " + "  ".join(h.rjust(w) for h, w in zip(headings, widths, strict=True)),
+    ]
+    out += ["  " + "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    if len(cells) < n_contrasts:
+        out.append(f"  ... {n_contrasts - len(cells)} more rows (--all-contrasts prints them)")
+    return out
 
 
 def _format_value(value: object) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from lorein.cli.common import Command, Subparsers, add_command, config_help
 from lorein.settings import AtLeast
@@ -17,7 +18,8 @@ def add_parser(sub: Subparsers) -> Command:
         "recon",
         run,
         "reconstruct quantitative maps from a problem file",
-        "Reconstruct M0, T1, T2 (t2ir_gre), T2* and B0 maps and write OUT/maps.h5, "
+        "Reconstruct the maps of the problem's signal model (vfa_megre: M0, T1, T2*, B0; "
+        "t2ir_gre: also T2; megre: apparent M0, T2*, R2*, B0) and write OUT/maps.h5, "
         "OUT/nifti/*.nii.gz with JSON sidecars, and OUT/report.json. A checkpoint is kept in "
         "OUT/checkpoint.pt; --resume continues a stopped run.",
         config_help(
@@ -71,6 +73,16 @@ def add_parser(sub: Subparsers) -> Command:
         default=False,
         help="(config) no progress bar (default: off)",
     )
+    rec.parser.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an option of the problem's signal model, e.g. estimate_inversion=true (t2ir_gre: "
+        "estimate the inversion efficiency B as a map); repeatable, over the [recon] table's "
+        "model_options (docs/SIGNAL_MODELS.md lists each model's options)",
+    )
+    rec.extra_keys = _model_options_key
     rec.option(
         "--save-images",
         action=argparse.BooleanOptionalAction,
@@ -79,6 +91,31 @@ def add_parser(sub: Subparsers) -> Command:
         "weighted_phase.nii.gz (4D, one volume per contrast; default: off)",
     )
     return rec
+
+
+def _model_options_key() -> dict[str, str]:
+    return {
+        "model_options": "options of the problem's signal model, e.g. { estimate_inversion = "
+        "true } for t2ir_gre (docs/SIGNAL_MODELS.md)"
+    }
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The signal-model options of the ``[recon]`` table's ``model_options``, then of each
+    ``--model-option NAME=VALUE`` (values are read as TOML by the run)."""
+    options = args.extra.get("model_options", {})
+    if not isinstance(options, dict):
+        raise ValueError(
+            f"{args.config} [recon] model_options = {options!r}: expected a table, e.g. "
+            "{ estimate_inversion = true }"
+        )
+    options = dict(options)
+    for item in args.model_option:
+        name, equals, value = item.partition("=")
+        if not equals or not name.strip():
+            raise ValueError(f"--model-option {item}: expected NAME=VALUE")
+        options[name.strip()] = value.strip()
+    return options
 
 
 def run(args: argparse.Namespace) -> None:
@@ -99,6 +136,7 @@ def run(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         save_images=args.save_images,
         keep_checkpoint=args.keep_checkpoint,
+        model_options=model_options(args),
     )
     print(
         f"wrote {args.output}: {report['method']}, {report['iterations']} iterations, "

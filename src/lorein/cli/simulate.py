@@ -38,6 +38,20 @@ def add_parser(sub: Subparsers) -> Command:
         "contrasts / acquired samples), e.g. 27; required",
     )
     sim.option(
+        "--nz",
+        type=int,
+        default=None,
+        help="(config) slices: the central NZ slices of the preset's slab at its voxel size; 1 "
+        "simulates a 2D acquisition of one slice, phase-encoded along y alone (default: the "
+        "preset's)",
+    )
+    sim.option(
+        "--coils",
+        type=int,
+        default=None,
+        help="(config) receive coils (1: a single channel; default: the preset's)",
+    )
+    sim.option(
         "--seed",
         type=int,
         default=0,
@@ -85,7 +99,7 @@ def run(args: argparse.Namespace) -> None:
     from lorein.sim.simulate import simulate
 
     require(args, "preset", "R")
-    preset = get_preset(args.preset)
+    preset = get_preset(args.preset).resized(args.nz, args.coils)
     device = resolve_device(args.device)
     sim = simulate(
         preset,
@@ -106,8 +120,10 @@ def run(args: argparse.Namespace) -> None:
         **sim.attrs(),
     }
     write_problem(args.output, sim.problem, truth=sim.truth, attrs=attrs)
+    nx, ny, nz = preset.matrix
     print(
-        f"wrote {args.output}: {preset.name} ({sim.simulation}), "
+        f"wrote {args.output}: {preset.name} {nx} x {ny} x {nz}, {preset.n_coils} coil(s) "
+        f"({sim.simulation}), "
         f"R = {sim.problem.acceleration:.2f} "
         f"(requested {args.R:g}), {sim.problem.n_lines} lines, {sim.seconds:.1f} s"
     )

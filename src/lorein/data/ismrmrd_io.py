@@ -1,8 +1,11 @@
 """ISMRMRD raw data <-> :class:`~lorein.data.problem.Problem`.
 
 :func:`export_ismrmrd` writes a problem as an ISMRMRD dataset (group ``dataset``: XML header plus
-one acquisition per readout line); :func:`import_ismrmrd` reads 3D Cartesian ISMRMRD raw data
-(ours or a scanner's) into a validated problem.
+one acquisition per readout line); :func:`import_ismrmrd` reads Cartesian ISMRMRD raw data
+(ours or a scanner's; 3D, or 2D with one slice) into a validated problem. The import is split so
+that other raw formats reuse it: a reader turns its file into an ISMRMRD header and ISMRMRD
+acquisition records (:func:`collect_lines`), and :func:`problem_from_lines` builds the problem
+(:mod:`lorein.data.twix_io` reads Siemens files this way).
 
 Mapping
 -------
@@ -10,9 +13,9 @@ Mapping
   ``encodingLimits`` centre lands on ``n // 2`` (our k-space centre). Readout samples keep their
   order; the readout centre is sample ``n // 2`` (``center_sample``). Data are ``[coils, nx]``.
 * Contrast rows: on import every combination of the counters ``repetition``, ``set``,
-  ``segment`` and ``contrast`` is one row of the contrast table, numbered
-  ``row = ((repetition * n_set + set) * n_segment + segment) * n_contrast + contrast``, where
-  each counter runs over ``0 .. max(encodingLimits maximum, largest value found)``; rows
+  ``segment`` and ``contrast`` (:data:`ROW_COUNTERS`) is one row of the contrast table,
+  numbered ``row = ((repetition * n_set + set) * n_segment + segment) * n_contrast + contrast``,
+  where each counter runs over ``0 .. max(encodingLimits maximum, largest value found)``; rows
   without lines are kept (empty contrasts). ``average`` repeats and calibration-only lines
   (``ACQ_IS_PARALLEL_CALIBRATION``) are kept as further rows of their contrast. More than one
   ``slice`` or ``phase`` value is refused. The export writes our contrast index into
@@ -20,9 +23,14 @@ Mapping
 * Sequence parameters, per column, first found wins: the TOML ``sidecar`` (an explicit choice
   overrides the file), the ``lorein.*`` user parameters our export writes (one entry per row,
   exact SI values), the header's ``sequenceParameters`` (``TE``, ``TR`` [ms], ``flipAngle_deg``
-  [deg]: one value for all rows, or a list indexed by the ``contrast`` counter). ``prep_time``
-  and ``segment`` exist only in the first two. ``TI`` has no column in the problem contract and
-  is not read.
+  [deg]). ``prep_time`` and ``segment`` exist only in the first two. ``TI`` has no column in the
+  problem contract and is not read.
+* Value lists (sidecar or header) become one value per row (:func:`_per_row`): one value is
+  broadcast; a list named in the sidecar's ``counters`` table runs over that counter's values;
+  otherwise a list with one value per row is taken as is, the header's ``TE`` runs over
+  ``contrast`` and ``flipAngle_deg`` over ``set`` when their lengths are those counters'
+  sizes, and any list runs over the one counter with as many values as it has. A length that
+  fits no counter, or several, is an error naming the counters and their sizes.
 * Geometry: ISMRMRD positions and direction cosines are in the patient LPS system; the problem's
   affine is RAS, so x and y change sign. ``position`` is the world position of voxel
   ``(nx // 2, ny // 2, nz // 2)`` (the centre of the centred FFT); voxel x, y, z increase along
@@ -37,7 +45,7 @@ import math
 import os
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,19 +72,31 @@ from lorein.data.problem import (
     sequence_range_error,
     validate_problem,
 )
-from lorein.physics.contrasts import SIGNAL_MODELS, ContrastTable
+from lorein.physics.contrasts import ContrastTable
 from lorein.physics.fft import centered_fft, centered_ifft
+from lorein.physics.models.registry import SIGNAL_MODELS
 
 DATASET = "dataset"
 """Name of the ISMRMRD group inside the HDF5 file (the library's default)."""
 
+ROW_COUNTERS = ("repetition", "set", "segment", "contrast")
+"""ISMRMRD counters that index contrast rows, outermost first."""
+
 SIDECAR_KEYS: dict[str, str] = {
-    "signal_model": '"vfa_megre" or "t2ir_gre" (else the raw file\'s lorein.signal_model)',
-    "flip_angle_deg": "flip angle [deg]: one value or one per contrast (else the header's)",
-    "echo_time_ms": "echo time [ms]: one value or one per contrast (else the header's)",
-    "repetition_time_ms": "repetition time [ms]: one value or one per contrast (else the header's)",
-    "prep_time_ms": "t2ir_gre: T2-preparation time tau [ms], one value or one per contrast",
-    "segment": "t2ir_gre: readout index n after the inversion (from 1), one per contrast",
+    "signal_model": 'signal model, e.g. "vfa_megre" (else the raw file\'s lorein.signal_model)',
+    "flip_angle_deg": "flip angle [deg]: one value, one per contrast row or one per value of a "
+    "counter (else the header's)",
+    "echo_time_ms": "echo time [ms]: one value, one per contrast row or per counter value (else "
+    "the header's)",
+    "repetition_time_ms": "repetition time [ms]: one value, one per contrast row or per counter "
+    "value (else the header's)",
+    "prep_time_ms": "t2ir_gre: T2-preparation time tau [ms]: one value, one per contrast row or "
+    "per counter value",
+    "segment": "t2ir_gre: readout index n after the inversion (from 1): one value, one per "
+    "contrast row or per counter value",
+    "counters": 'table: which counter each value list runs over, e.g. {flip_angle_deg = "set", '
+    'echo_time_ms = "contrast"}; counters repetition, set, segment, contrast, or "row" (one '
+    "per contrast row); default: the list's length decides",
 }
 """Keys accepted in the TOML sidecar of :func:`import_ismrmrd`, with what they give."""
 
@@ -122,6 +142,7 @@ class _Column:
     unit: str | None  # of the sidecar key and the header field (ms, deg; a key of UNITS)
     user_parameter: str  # lorein.* user parameter (SI)
     header_field: str | None  # sequenceParameters list
+    header_counter: str | None  # counter a header list runs over when its length fits
     example: str  # sidecar example in error messages
 
 
@@ -131,6 +152,7 @@ _COLUMN_SOURCES = {
         unit="deg",
         user_parameter="lorein.flip_angle_rad",
         header_field="flipAngle_deg",
+        header_counter="set",
         example="flip_angle_deg = [5.0, 10.0, 20.0]",
     ),
     "echo_time": _Column(
@@ -138,6 +160,7 @@ _COLUMN_SOURCES = {
         unit="ms",
         user_parameter="lorein.echo_time_s",
         header_field="TE",
+        header_counter="contrast",
         example="echo_time_ms = [2.15, 5.2, 8.25]",
     ),
     "repetition_time": _Column(
@@ -145,6 +168,7 @@ _COLUMN_SOURCES = {
         unit="ms",
         user_parameter="lorein.repetition_time_s",
         header_field="TR",
+        header_counter=None,
         example="repetition_time_ms = 46.0",
     ),
     "prep_time": _Column(
@@ -152,6 +176,7 @@ _COLUMN_SOURCES = {
         unit="ms",
         user_parameter="lorein.prep_time_s",
         header_field=None,
+        header_counter=None,
         example="prep_time_ms = [25.0, 50.0, 70.0]",
     ),
     "segment": _Column(
@@ -159,29 +184,36 @@ _COLUMN_SOURCES = {
         unit=None,
         user_parameter="lorein.segment",
         header_field=None,
+        header_counter=None,
         example="segment = [1, 2, 3]",
     ),
 }
 
 
 @dataclass(frozen=True)
-class _Sidecar:
-    """Sequence parameters given beside the raw file, and where each was given."""
+class Sidecar:
+    """Sequence parameters given beside a raw file, and where each was given.
+
+    Attributes
+    ----------
+    values
+        The sidecar's keys and values (:data:`SIDECAR_KEYS`).
+    origin
+        Key -> the file (and table) that gave it, e.g. ``"seq.toml"``, ``"study.toml [import]"``.
+    raw
+        The raw file, named for a key of unknown origin.
+    """
 
     values: dict[str, Any]
-    origin: Mapping[str, str]  # key -> the file (and table) that gave it
-    raw: str  # the raw file, named for a key of unknown origin
+    origin: Mapping[str, str]
+    raw: str
 
-    def place(self, key: str) -> tuple[str, str]:
-        """``(source, field)`` naming ``key`` in messages: the sidecar file and the key, or the
-        raw file and ``sidecar[key]``."""
+    def place(self, key: str, item: str | None = None) -> tuple[str, str]:
+        """``(source, field)`` naming ``key`` (or its table's entry ``item``) in messages: the
+        sidecar file and the key, or the raw file and ``sidecar[key]``."""
         if key in self.origin:
-            return self.origin[key], key
-        return self.raw, f"sidecar[{key}]"
-
-
-# counters that index contrast rows, outermost first
-_ROW_COUNTERS = ("repetition", "set", "segment", "contrast")
+            return self.origin[key], key if item is None else f"{key}.{item}"
+        return self.raw, f"sidecar[{key}]" + ("" if item is None else f"[{item}]")
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -535,8 +567,9 @@ def noise_whitening_matrix(noise: np.ndarray) -> np.ndarray:
 
 def _check_sidecar(
     sidecar: Mapping[str, Any] | None, origin: Mapping[str, str] | None, source: str
-) -> _Sidecar:
-    checked = _Sidecar(dict(sidecar or {}), dict(origin or {}), source)
+) -> Sidecar:
+    """The sidecar's keys, and its ``counters`` table: value keys -> counter names."""
+    checked = Sidecar(dict(sidecar or {}), dict(origin or {}), source)
     unknown = sorted(set(checked.values) - set(SIDECAR_KEYS))
     if unknown:
         where = checked.place(unknown[0])
@@ -545,6 +578,24 @@ def _check_sidecar(
             "sidecar" if where[0] == source else unknown[0],
             f"expected keys among {', '.join(SIDECAR_KEYS)}, found unknown {', '.join(unknown)}",
         )
+    counters = checked.values.get("counters", {})
+    if not isinstance(counters, Mapping):
+        _fail(
+            *checked.place("counters"),
+            f'expected a table such as {{flip_angle_deg = "set"}}, found {counters!r}',
+        )
+    value_keys = [c.sidecar_key for c in _COLUMN_SOURCES.values()]
+    for key, counter in counters.items():
+        if key not in value_keys:
+            _fail(
+                *checked.place("counters", key),
+                f"expected a key among {', '.join(value_keys)}, found {key!r}",
+            )
+        if counter not in (*ROW_COUNTERS, "row"):
+            _fail(
+                *checked.place("counters", key),
+                f"expected one of {', '.join(ROW_COUNTERS)} or row, found {counter!r}",
+            )
     return checked
 
 
@@ -598,73 +649,76 @@ def _strict_xsdata() -> Iterator[list[str]]:
 
 
 @dataclass(frozen=True)
-class _Raw:
-    """Acquisitions read from the file, readout discards removed."""
+class RawFields:
+    """How error messages name the parts of a raw-data file.
 
-    heads: np.ndarray  # [n_lines] acquisition headers of the imaging lines
-    kspace: np.ndarray  # [n_lines, n_coils, n_samples] complex64
-    noise: list[tuple[np.ndarray, float]]  # ([n_coils, n] samples, sample_time_us) per scan
+    Attributes
+    ----------
+    header
+        The header holding encoding and sequence parameters (``/dataset/xml`` in ISMRMRD).
+    data
+        The acquisitions, indexed ``[i]`` in messages (``/dataset/data`` in ISMRMRD).
+    """
 
-
-def _encoding(
-    header: xsd.ismrmrdHeader, source: str
-) -> tuple[xsd.encodingType, tuple[float, float, float]]:
-    """The header's (first) encoding, Cartesian with a positive matrix and field of view, and its
-    voxel size [mm]."""
-    if not header.encoding:
-        _fail(source, f"/{DATASET}/xml encoding", "expected one encoding, found none")
-    encoding = header.encoding[0]
-    if encoding.trajectory != xsd.trajectoryType.CARTESIAN:
-        _fail(
-            source,
-            f"/{DATASET}/xml encoding/trajectory",
-            f"expected cartesian, found {encoding.trajectory.value}",
-        )
-    encoded = encoding.encodedSpace.matrixSize
-    fov = encoding.encodedSpace.fieldOfView_mm
-    n_encoded = (encoded.x, encoded.y, encoded.z)
-    if min(fov.x, fov.y, fov.z) <= 0 or min(n_encoded) < 1:
-        _fail(
-            source,
-            f"/{DATASET}/xml encoding/encodedSpace",
-            f"expected positive matrix and field of view [mm], found matrix {n_encoded}, "
-            f"fieldOfView_mm ({fov.x}, {fov.y}, {fov.z})",
-        )
-    voxel_size = (fov.x / encoded.x, fov.y / encoded.y, fov.z / encoded.z)
-    return encoding, voxel_size
+    header: str
+    data: str
 
 
-def _read_acquisitions(f: h5py.File, n_samples: int, source: str) -> _Raw:
-    """Read every acquisition header, then the data of imaging and noise acquisitions."""
-    where = f"/{DATASET}/data"
-    data = get(f, f"{DATASET}/data", source, where)
-    if not isinstance(data, h5py.Dataset):
-        _fail(source, where, "expected a dataset of acquisitions, found a group")
-    with reading(source, where):
-        dtype = data.dtype
-    if dtype.names is None or not {"head", "data"} <= set(dtype.names):
-        _fail(source, where, f"expected ISMRMRD acquisition records, found {dtype}")
-    with reading(source, where, dataset_size(data, source, where)):
-        heads = data.fields("head")[()]
-    try:
-        flags = heads["flags"]
-        active = heads["active_channels"].astype(np.int64)
-        total = heads["number_of_samples"].astype(np.int64)
-        pre = heads["discard_pre"].astype(np.int64)
-        post = heads["discard_post"].astype(np.int64)
-    except (KeyError, ValueError) as e:
-        _fail(source, where, f"expected ISMRMRD acquisition records, found {dtype} ({e})")
-    # samples are variable-length arrays: the heads declare their sizes, the file holds them
-    sample_bytes = 8 * active * total
-    file_size = os.path.getsize(f.filename)
-    if sample_bytes.sum() > file_size:
-        _fail(
-            source,
-            where,
-            f"expected samples the file can hold ({file_size} bytes), found heads declaring "
-            f"{sample_bytes.sum()} bytes (active_channels x number_of_samples): truncated "
-            "or damaged",
-        )
+ISMRMRD_FIELDS = RawFields(header=f"/{DATASET}/xml", data=f"/{DATASET}/data")
+"""Field names of an ISMRMRD file."""
+
+
+@dataclass(frozen=True)
+class RawLines:
+    """Acquisitions of a raw-data file as ISMRMRD records, readout discards removed.
+
+    Attributes
+    ----------
+    heads
+        ``[n_lines]`` ISMRMRD acquisition headers (``acquisition_header_dtype``) of the imaging
+        lines, in file order.
+    kspace
+        ``[n_lines, n_coils, n_samples]`` complex64 readouts.
+    noise
+        Noise scans: ``([n_coils, n] samples, sample_time_us)`` each.
+    """
+
+    heads: np.ndarray
+    kspace: np.ndarray
+    noise: list[tuple[np.ndarray, float]]
+
+
+def collect_lines(
+    heads: np.ndarray,
+    read: Callable[[np.ndarray], Iterator[tuple[int, np.ndarray]]],
+    n_samples: int,
+    source: str,
+    fields: RawFields,
+) -> RawLines:
+    """Sort acquisitions into imaging lines and noise scans, check them and read their samples.
+
+    Imaging lines are all acquisitions except noise scans (``ACQ_IS_NOISE_MEASUREMENT``) and
+    the flags of data without imaging lines (navigators, phase correction, feedback, dummy
+    scans, ...); calibration lines are imaging lines.
+
+    Parameters
+    ----------
+    heads
+        ``[n_acquisitions]`` ISMRMRD acquisition headers of the file.
+    read
+        Called once with the indices of the acquisitions wanted (increasing); yields
+        ``(index, samples)`` for each, samples complex ``[active_channels, number_of_samples]``.
+    n_samples
+        Encoded readout length (after ``discard_pre`` / ``discard_post``).
+    source, fields
+        Names for error messages.
+    """
+    where = fields.data
+    flags = heads["flags"]
+    active = heads["active_channels"].astype(np.int64)
+    total = heads["number_of_samples"].astype(np.int64)
+    pre = heads["discard_pre"].astype(np.int64)
+    post = heads["discard_post"].astype(np.int64)
     noise = (flags & _bit(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)) != 0
     skipped = np.zeros(len(heads), dtype=bool)
     for flag in _SKIPPED_FLAGS:
@@ -673,7 +727,7 @@ def _read_acquisitions(f: h5py.File, n_samples: int, source: str) -> _Raw:
     lines = np.flatnonzero(imaging)
     if len(lines) == 0:
         _fail(source, where, "expected imaging acquisitions, found none")
-    _check_lines(heads[lines], lines, n_samples, source)
+    _check_lines(heads[lines], lines, n_samples, source, fields)
     n_coils = int(active[lines[0]])
     if noise.any() and (active[noise] != n_coils).any():
         bad = int(np.flatnonzero(noise & (active != n_coils))[0])
@@ -687,33 +741,73 @@ def _read_acquisitions(f: h5py.File, n_samples: int, source: str) -> _Raw:
     row_of[lines] = np.arange(len(lines))
     kspace = np.empty((len(lines), n_coils, n_samples), dtype=np.complex64)
     scans = []
-    wanted = imaging | noise
+    for i, acq in read(np.flatnonzero(imaging | noise)):
+        kept = acq[:, pre[i] : total[i] - post[i]]
+        if imaging[i]:
+            kspace[row_of[i]] = kept
+        else:
+            scans.append((kept, float(heads["sample_time_us"][i])))
+    return RawLines(heads=heads[lines], kspace=kspace, noise=scans)
+
+
+def _read_acquisitions(f: h5py.File, n_samples: int, source: str) -> RawLines:
+    """Read every acquisition header, then the data of imaging and noise acquisitions (each
+    read bounded by the sizes the headers declare, which the file must be able to hold)."""
+    where = ISMRMRD_FIELDS.data
+    data = get(f, f"{DATASET}/data", source, where)
+    if not isinstance(data, h5py.Dataset):
+        _fail(source, where, "expected a dataset of acquisitions, found a group")
+    with reading(source, where):
+        dtype = data.dtype
+    if dtype.names is None or not {"head", "data"} <= set(dtype.names):
+        _fail(source, where, f"expected ISMRMRD acquisition records, found {dtype}")
+    with reading(source, where, dataset_size(data, source, where)):
+        heads = data.fields("head")[()]
+    try:
+        active = heads["active_channels"].astype(np.int64)
+        total = heads["number_of_samples"].astype(np.int64)
+        for name in ("flags", "discard_pre", "discard_post"):
+            heads[name]
+    except (KeyError, ValueError) as e:
+        _fail(source, where, f"expected ISMRMRD acquisition records, found {dtype} ({e})")
+    # samples are variable-length arrays: the heads declare their sizes, the file holds them
+    sample_bytes = 8 * active * total
+    file_size = os.path.getsize(f.filename)
+    if sample_bytes.sum() > file_size:
+        _fail(
+            source,
+            where,
+            f"expected samples the file can hold ({file_size} bytes), found heads declaring "
+            f"{sample_bytes.sum()} bytes (active_channels x number_of_samples): truncated "
+            "or damaged",
+        )
     samples = data.fields("data")
-    for lo in range(0, len(heads), _READ_CHUNK):
-        declared = int(sample_bytes[lo : lo + _READ_CHUNK].sum()) + _READ_CHUNK * _ARRAY_BYTES
-        with reading(source, where, declared):
-            block = samples[lo : lo + _READ_CHUNK]
-        for i in np.flatnonzero(wanted[lo : lo + _READ_CHUNK]) + lo:
-            values = block[i - lo]
-            if values.size != 2 * active[i] * total[i]:
-                _fail(
-                    source,
-                    f"{where}[{i}]",
-                    f"expected {2 * active[i] * total[i]} floats (channels x samples x 2), "
-                    f"found {values.size}",
-                )
-            acq = values.view(np.complex64).reshape(active[i], total[i])
-            acq = acq[:, pre[i] : total[i] - post[i]]
-            if imaging[i]:
-                kspace[row_of[i]] = acq
-            else:
-                scans.append((acq, float(heads["sample_time_us"][i])))
-    return _Raw(heads=heads[lines], kspace=kspace, noise=scans)
+
+    def read(wanted: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        for lo in range(0, len(heads), _READ_CHUNK):
+            chunk = wanted[(wanted >= lo) & (wanted < lo + _READ_CHUNK)]
+            declared = int(sample_bytes[lo : lo + _READ_CHUNK].sum()) + _READ_CHUNK * _ARRAY_BYTES
+            with reading(source, where, declared):
+                block = samples[lo : lo + _READ_CHUNK]
+            for i in chunk:
+                values = block[i - lo]
+                if values.size != 2 * active[i] * total[i]:
+                    _fail(
+                        source,
+                        f"{where}[{i}]",
+                        f"expected {2 * active[i] * total[i]} floats (channels x samples x "
+                        f"2), found {values.size}",
+                    )
+                yield int(i), values.view(np.complex64).reshape(active[i], total[i])
+
+    return collect_lines(heads, read, n_samples, source, ISMRMRD_FIELDS)
 
 
-def _check_lines(heads: np.ndarray, index: np.ndarray, n_samples: int, source: str) -> None:
+def _check_lines(
+    heads: np.ndarray, index: np.ndarray, n_samples: int, source: str, fields: RawFields
+) -> None:
     """Refuse imaging lines (``heads``, acquisitions ``index``) this importer cannot map."""
-    where = f"/{DATASET}/data"
+    where = fields.data
     pre = heads["discard_pre"].astype(np.int64)
     kept = heads["number_of_samples"].astype(np.int64) - pre - heads["discard_post"]
     center = heads["center_sample"].astype(np.int64)
@@ -761,13 +855,18 @@ def _check_lines(heads: np.ndarray, index: np.ndarray, n_samples: int, source: s
             _fail(
                 source,
                 f"{where} idx.{counter}",
-                f"expected one {counter} (3D, one image per contrast), found values "
+                f"expected one {counter} (one image volume per contrast), found values "
                 f"{values.tolist()}",
             )
 
 
 def _centred_index(
-    steps: np.ndarray, n: int, limit: xsd.limitType | None, name: str, source: str
+    steps: np.ndarray,
+    n: int,
+    limit: xsd.limitType | None,
+    name: str,
+    source: str,
+    fields: RawFields,
 ) -> np.ndarray:
     """Encoding steps -> 0-based grid index with the k-space centre at ``n // 2``."""
     center = n // 2 if limit is None else limit.center
@@ -775,25 +874,56 @@ def _centred_index(
     if index.min() < 0 or index.max() >= n:
         _fail(
             source,
-            f"/{DATASET}/data idx.kspace_encode_{name}",
+            f"{fields.data} idx.kspace_encode_{name}",
             f"expected steps in [{center - n // 2}, {center - n // 2 + n}) (encoded matrix {n}, "
             f"centre {center}), found {steps.min()} .. {steps.max()}",
         )
     return index
 
 
+@dataclass(frozen=True)
+class ContrastCounters:
+    """The counter values of each contrast row.
+
+    Rows enumerate every combination of :data:`ROW_COUNTERS`, the last one fastest:
+    ``row = ((repetition * n_set + set) * n_segment + segment) * n_contrast + contrast``.
+
+    Attributes
+    ----------
+    sizes
+        Counter name -> number of values (``0 .. size - 1``), in :data:`ROW_COUNTERS` order.
+    """
+
+    sizes: dict[str, int]
+
+    @property
+    def n_rows(self) -> int:
+        """Number of contrast rows (the product of the sizes)."""
+        return math.prod(self.sizes.values())
+
+    def values(self, counter: str) -> np.ndarray:
+        """``[n_rows]`` int64: the value of ``counter`` in each row."""
+        names = list(self.sizes)
+        index = np.unravel_index(np.arange(self.n_rows), tuple(self.sizes.values()))
+        return index[names.index(counter)].astype(np.int64)
+
+    def varying(self) -> dict[str, np.ndarray]:
+        """The value per row of each counter with more than one value, by name."""
+        return {c: self.values(c) for c, n in self.sizes.items() if n > 1}
+
+
 def _contrast_rows(
     heads: np.ndarray, limits: xsd.encodingLimitsType
-) -> tuple[np.ndarray, dict[str, int]]:
-    """Row of each line and the size of each counter (see the module docstring)."""
+) -> tuple[np.ndarray, ContrastCounters]:
+    """Row of each line and the counters of the rows (see the module docstring)."""
     row = np.zeros(len(heads), dtype=np.int64)
     sizes = {}
-    for counter in _ROW_COUNTERS:
+    for counter in ROW_COUNTERS:
         values = heads["idx"][counter].astype(np.int64)
         limit = getattr(limits, counter)
         sizes[counter] = max(int(values.max()) + 1, 0 if limit is None else limit.maximum + 1)
         row = row * sizes[counter] + values
-    return row, sizes
+    return row, ContrastCounters(sizes)
 
 
 def _user_parameters(header: xsd.ismrmrdHeader) -> tuple[dict[str, list[float]], dict[str, str]]:
@@ -809,18 +939,64 @@ def _user_parameters(header: xsd.ismrmrdHeader) -> tuple[dict[str, list[float]],
     return numbers, strings
 
 
-def _sidecar_values(sidecar: _Sidecar, key: str, n_rows: int) -> np.ndarray:
-    """A sidecar entry (number or list) as ``[n_rows]`` float64."""
+def _sidecar_numbers(sidecar: Sidecar, key: str) -> np.ndarray:
+    """A sidecar entry (number or list of numbers) as ``[n]`` float64."""
     value = sidecar.values[key]
     items = value if isinstance(value, list | tuple) else [value]
     if not items or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
         _fail(*sidecar.place(key), f"expected a number or a list of numbers, found {value!r}")
-    if len(items) not in (1, n_rows):
+    return np.asarray(items, dtype=np.float64)
+
+
+def _per_row(
+    values: np.ndarray,
+    counters: ContrastCounters,
+    counter: str | None,
+    preferred: str | None,
+    place: tuple[str, str],
+    key: str,
+) -> np.ndarray:
+    """A value list as one value per contrast row ``[n_rows]``.
+
+    One value is broadcast. With ``counter`` (the sidecar's ``[counters]`` choice) the list
+    runs over that counter's values (or over the rows, ``"row"``). Otherwise a list with one
+    value per row is taken as is, then a list as long as the ``preferred`` counter runs over
+    it, then over the one counter of that size; several counters of that size are ambiguous.
+    ``place`` is the ``(source, field)`` named in errors.
+    """
+    n, n_rows = len(values), counters.n_rows
+    sizes = ", ".join(f"{c} {s}" for c, s in counters.sizes.items())
+    if counter is not None:
+        size = n_rows if counter == "row" else counters.sizes[counter]
+        if n not in (1, size):
+            what = f"per contrast row ({n_rows})" if counter == "row" else f"per {counter} ({size})"
+            _fail(
+                *place,
+                f"expected one value or one {what}, as sidecar[counters][{key}] says, found {n}",
+            )
+        if n == 1:
+            return np.full(n_rows, values[0])
+        return values if counter == "row" else values[counters.values(counter)]
+    if n == 1:
+        return np.full(n_rows, values[0])
+    if n == n_rows:
+        return values
+    if preferred is not None and counters.sizes[preferred] == n:
+        return values[counters.values(preferred)]
+    matches = [c for c, size in counters.sizes.items() if size == n]
+    if len(matches) == 1:
+        return values[counters.values(matches[0])]
+    if matches:
         _fail(
-            *sidecar.place(key),
-            f"expected one value or one per contrast ({n_rows}), found {len(items)}",
+            *place,
+            f"found {n} values, as many as the values of counters {' and '.join(matches)}; "
+            f'say which in the sidecar, e.g. [counters] {key} = "{matches[0]}"',
         )
-    return np.broadcast_to(np.asarray(items, dtype=np.float64), (n_rows,))
+    _fail(
+        *place,
+        f"expected one value, one per contrast row ({n_rows}) or one per value of a counter "
+        f"({sizes}), found {n}",
+    )
 
 
 def _in_si(name: str, values: np.ndarray, unit: str | None, place: tuple[str, str]) -> np.ndarray:
@@ -837,52 +1013,42 @@ def _in_si(name: str, values: np.ndarray, unit: str | None, place: tuple[str, st
 
 def _resolve_column(
     name: str,
-    sidecar: _Sidecar,
+    sidecar: Sidecar,
     user: Mapping[str, list[float]],
     sequence: xsd.sequenceParametersType | None,
-    contrast_of_row: np.ndarray,
+    counters: ContrastCounters,
     source: str,
+    fields: RawFields,
 ) -> np.ndarray:
     """One contrast-table column ``[n_rows]`` float64 in SI units, from the first source found,
     its values checked for plausibility in the unit that source gives them."""
     spec = _COLUMN_SOURCES[name]
-    n_rows = len(contrast_of_row)
-    if spec.sidecar_key in sidecar.values:
-        values = _sidecar_values(sidecar, spec.sidecar_key, n_rows)
-        return _in_si(name, values, spec.unit, sidecar.place(spec.sidecar_key))
+    key = spec.sidecar_key
+    n_rows = counters.n_rows
+    counter = sidecar.values.get("counters", {}).get(key)
+    if key in sidecar.values:
+        place = sidecar.place(key)
+        values = _per_row(_sidecar_numbers(sidecar, key), counters, counter, None, place, key)
+        return _in_si(name, values, spec.unit, place)
     if spec.user_parameter in user:
         values = np.asarray(user[spec.user_parameter], dtype=np.float64)
-        where = f"/{DATASET}/xml userParameters/{spec.user_parameter}"
+        where = f"{fields.header} userParameters/{spec.user_parameter}"
         if len(values) != n_rows:
             _fail(
                 source,
                 where,
                 f"expected one value per contrast ({n_rows}), found {len(values)}; give "
-                f"{spec.sidecar_key} in the TOML sidecar, e.g. {spec.example}",
+                f"{key} in the TOML sidecar, e.g. {spec.example}",
             )
         return _in_si(name, values, SI_UNITS.get(name), (source, where))
-    hint = (
-        f"give {spec.sidecar_key} in the TOML sidecar as one value per contrast ({n_rows}) or "
-        f"one value for all, e.g. {spec.example}"
-    )
     header_values: list[float] = []
     if sequence is not None and spec.header_field is not None:
         header_values = getattr(sequence, spec.header_field)
-    where = f"/{DATASET}/xml sequenceParameters/{spec.header_field}"
     if header_values:
-        values = _in_si(
-            name, np.asarray(header_values, dtype=np.float64), spec.unit, (source, where)
-        )
-        if len(values) == 1:
-            return np.full(n_rows, values[0])
-        if len(values) > contrast_of_row.max():
-            return values[contrast_of_row]
-        _fail(
-            source,
-            where,
-            f"expected {name} as one value or one per contrast counter "
-            f"({contrast_of_row.max() + 1}), found {len(values)}; {hint}",
-        )
+        values = np.asarray(header_values, dtype=np.float64)
+        place = (source, f"{fields.header} sequenceParameters/{spec.header_field}")
+        values = _per_row(values, counters, counter, spec.header_counter, place, key)
+        return _in_si(name, values, spec.unit, place)
     field = (
         f"sequenceParameters/{spec.header_field}"
         if spec.header_field
@@ -890,31 +1056,38 @@ def _resolve_column(
     )
     _fail(
         source,
-        f"/{DATASET}/xml {field}",
-        f"expected {name} of {n_rows} contrasts, found none; {hint}",
+        f"{fields.header} {field}",
+        f"expected {name} of {n_rows} contrasts, found none; give {key} in the TOML sidecar "
+        f"as one value, one per contrast row ({n_rows}) or one per value of a counter, e.g. "
+        f"{spec.example}",
     )
 
 
 def _signal_model(
-    argument: str | None, sidecar: _Sidecar, strings: Mapping[str, str], source: str
+    argument: str | None,
+    sidecar: Sidecar,
+    strings: Mapping[str, str],
+    source: str,
+    fields: RawFields,
 ) -> str:
     given = sidecar.values.get("signal_model")
     model = argument or given or strings.get(SIGNAL_MODEL_PARAMETER)
+    known = ", ".join(SIGNAL_MODELS)
     if model is None:
         _fail(
             source,
-            f"/{DATASET}/xml userParameters/{SIGNAL_MODEL_PARAMETER}",
-            "expected the signal model, found none; pass signal_model='vfa_megre' or "
-            "'t2ir_gre', or give signal_model = \"vfa_megre\" in the TOML sidecar",
+            f"{fields.header} userParameters/{SIGNAL_MODEL_PARAMETER}",
+            f"expected the signal model, found none; pass --signal-model (one of {known}) or "
+            f'give signal_model = "{SIGNAL_MODELS[0]}" in the TOML sidecar',
         )
     if model not in SIGNAL_MODELS:
         from_sidecar = given is not None and not argument
         place = sidecar.place("signal_model") if from_sidecar else (source, "signal_model")
-        _fail(*place, f"expected one of {SIGNAL_MODELS}, found {model!r}")
+        _fail(*place, f"expected one of {known}, found {model!r}")
     return model
 
 
-def _prewhiten(raw: _Raw, source: str) -> np.ndarray:
+def _prewhiten(raw: RawLines, source: str, fields: RawFields) -> np.ndarray:
     """Whiten the coil data with the noise scans, scaled to the imaging dwell time."""
     dwell = np.unique(raw.heads["sample_time_us"])
     imaging_dwell = float(dwell[0]) if len(dwell) == 1 else 0.0
@@ -928,9 +1101,10 @@ def _prewhiten(raw: _Raw, source: str) -> np.ndarray:
     except ValueError as e:
         _fail(
             source,
-            f"/{DATASET}/data (noise acquisitions)",
+            f"{fields.data} (noise acquisitions)",
             f"expected noise scans with a positive definite covariance: {e}; "
-            "pass noise_prewhitening=False to import without whitening",
+            "pass noise_prewhitening=False (lorein import --no-prewhitening) to import without "
+            "whitening",
         )
     whitened = np.einsum("ij,ljx->lix", w, raw.kspace.astype(np.complex128))
     return whitened.astype(np.complex64)
@@ -944,7 +1118,7 @@ def _remove_oversampling(kspace: np.ndarray, nx: int) -> np.ndarray:
     return centered_fft(image[..., start : start + nx], dim=(-1,)).numpy()
 
 
-def _geometry_from_heads(heads: np.ndarray, source: str) -> _Geometry:
+def _geometry_from_heads(heads: np.ndarray, source: str, fields: RawFields) -> _Geometry:
     """Geometry of the first imaging line; unset (zero) directions default to the LPS axes."""
     first = heads[0]
     directions = np.stack([first[k] for k in ("read_dir", "phase_dir", "slice_dir")])
@@ -960,11 +1134,188 @@ def _geometry_from_heads(heads: np.ndarray, source: str) -> _Geometry:
     if not norms.all():
         _fail(
             source,
-            f"/{DATASET}/data[0] read_dir/phase_dir/slice_dir",
+            f"{fields.data}[0] read_dir/phase_dir/slice_dir",
             f"expected unit direction cosines, found {directions.tolist()}",
         )
     return _Geometry(
         position=first["position"].astype(np.float64), directions=directions / norms[:, None]
+    )
+
+
+def encoded_space(
+    header: xsd.ismrmrdHeader, source: str, fields: RawFields
+) -> tuple[xsd.encodingType, tuple[float, float, float]]:
+    """The header's one Cartesian encoding and its voxel size [mm] (field of view / matrix)."""
+    if not header.encoding:
+        _fail(source, f"{fields.header} encoding", "expected one encoding, found none")
+    encoding = header.encoding[0]
+    if encoding.trajectory != xsd.trajectoryType.CARTESIAN:
+        _fail(
+            source,
+            f"{fields.header} encoding/trajectory",
+            f"expected cartesian, found {encoding.trajectory.value}",
+        )
+    encoded = encoding.encodedSpace.matrixSize
+    fov = encoding.encodedSpace.fieldOfView_mm
+    n_encoded = (encoded.x, encoded.y, encoded.z)
+    if min(fov.x, fov.y, fov.z) <= 0 or min(n_encoded) < 1:
+        _fail(
+            source,
+            f"{fields.header} encoding/encodedSpace",
+            f"expected positive matrix and field of view [mm], found matrix {n_encoded}, "
+            f"fieldOfView_mm ({fov.x}, {fov.y}, {fov.z})",
+        )
+    return encoding, (fov.x / encoded.x, fov.y / encoded.y, fov.z / encoded.z)
+
+
+@dataclass(frozen=True)
+class ImportedProblem:
+    """An imported problem and the raw-data counters of its contrast rows.
+
+    Attributes
+    ----------
+    problem
+        The validated problem.
+    counters
+        Counter values of each contrast row (:class:`ContrastCounters`).
+    """
+
+    problem: Problem
+    counters: ContrastCounters
+
+    def provenance(self) -> dict[str, np.ndarray]:
+        """Root attributes ``counter_<name>`` (int32 ``[n_contrasts]``) of the counters that
+        vary, for the problem file; ``lorein info`` shows them in the contrast table."""
+        return {
+            f"{COUNTER_ATTR_PREFIX}{name}": v.astype(np.int32)
+            for name, v in self.counters.varying().items()
+        }
+
+
+COUNTER_ATTR_PREFIX = "counter_"
+"""Problem-file root attributes ``counter_<name>``: the raw-data counter value of each contrast
+row (int32 ``[n_contrasts]``), written by ``lorein import`` for the counters that vary."""
+
+
+def problem_from_lines(
+    header: xsd.ismrmrdHeader,
+    raw: RawLines,
+    *,
+    source: str,
+    fields: RawFields = ISMRMRD_FIELDS,
+    signal_model: str | None = None,
+    sidecar: Mapping[str, Any] | None = None,
+    sidecar_origin: Mapping[str, str] | None = None,
+    remove_oversampling: bool = True,
+    noise_prewhitening: bool = True,
+) -> ImportedProblem:
+    """Build a validated problem from an ISMRMRD header and the file's imaging lines.
+
+    Shared by every raw-data reader (ISMRMRD, Siemens twix): counters map to ky, kz and
+    contrast rows as in the module docstring, sequence parameters come from the sidecar, the
+    ``lorein.*`` user parameters or ``sequenceParameters``, noise scans whiten the coils,
+    readout oversampling is removed and the geometry becomes the RAS affine. Every sequence
+    parameter, wherever it comes from, must be plausible
+    (:data:`~lorein.data.problem.SEQUENCE_RANGES`). Arguments as in :func:`import_ismrmrd`;
+    ``raw`` holds the lines (:func:`collect_lines`), ``fields`` names the file's parts in error
+    messages.
+
+    Returns
+    -------
+    The problem and the counter values of its contrast rows.
+    """
+    given = _check_sidecar(sidecar, sidecar_origin, source)
+    encoding, voxel_size = encoded_space(header, source, fields)
+    encoded = encoding.encodedSpace.matrixSize
+    numbers, strings = _user_parameters(header)
+    model = _signal_model(signal_model, given, strings, source, fields)
+    limits = encoding.encodingLimits
+    idx = raw.heads["idx"]
+    ky = _centred_index(
+        idx["kspace_encode_step_1"],
+        encoded.y,
+        limits.kspace_encoding_step_1,
+        "step_1",
+        source,
+        fields,
+    )
+    kz = _centred_index(
+        idx["kspace_encode_step_2"],
+        encoded.z,
+        limits.kspace_encoding_step_2,
+        "step_2",
+        source,
+        fields,
+    )
+    contrast, counters = _contrast_rows(raw.heads, limits)
+    columns = {
+        name: _resolve_column(
+            name, given, numbers, header.sequenceParameters, counters, source, fields
+        )
+        for name in REQUIRED_COLUMNS[model]
+    }
+    segment = columns.get("segment")
+    if segment is not None and not np.array_equal(segment, np.round(segment)):
+        _fail(*given.place("segment"), f"expected whole readout numbers, found {segment.tolist()}")
+    table = ContrastTable(
+        **{
+            name: torch.from_numpy(
+                np.round(c).astype(np.int64) if name == "segment" else c.astype(np.float32)
+            )
+            for name, c in columns.items()
+        }
+    )
+
+    kspace = raw.kspace
+    if noise_prewhitening and raw.noise:
+        kspace = _prewhiten(raw, source, fields)
+    nx = encoded.x
+    recon_nx = encoding.reconSpace.matrixSize.x
+    if remove_oversampling and recon_nx < nx:
+        kspace, nx = _remove_oversampling(kspace, recon_nx), recon_nx
+    matrix = (nx, encoded.y, encoded.z)
+    geometry = _geometry_from_heads(raw.heads, source, fields)
+    problem = Problem(
+        signal_model=model,
+        kspace=torch.from_numpy(np.ascontiguousarray(kspace, dtype=np.complex64)),
+        ky=torch.from_numpy(ky),
+        kz=torch.from_numpy(kz),
+        contrast=torch.from_numpy(contrast),
+        contrasts=table,
+        matrix=matrix,
+        voxel_size=voxel_size,
+        affine=_affine_from_geometry(geometry, matrix, voxel_size),
+        source=source,
+    )
+    validate_problem(problem)
+    return ImportedProblem(problem, counters)
+
+
+def read_ismrmrd(
+    path: str | os.PathLike[str],
+    *,
+    signal_model: str | None = None,
+    sidecar: Mapping[str, Any] | None = None,
+    sidecar_origin: Mapping[str, str] | None = None,
+    remove_oversampling: bool = True,
+    noise_prewhitening: bool = True,
+) -> ImportedProblem:
+    """:func:`import_ismrmrd`, with the counter values of the contrast rows."""
+    source = str(path)
+    _check_sidecar(sidecar, sidecar_origin, source)
+    with open_file(path, source, "an ISMRMRD HDF5 file") as f:
+        header = _read_header(f, source)
+        encoding, _ = encoded_space(header, source, ISMRMRD_FIELDS)
+        raw = _read_acquisitions(f, encoding.encodedSpace.matrixSize.x, source)
+    return problem_from_lines(
+        header,
+        raw,
+        source=source,
+        signal_model=signal_model,
+        sidecar=sidecar,
+        sidecar_origin=sidecar_origin,
+        remove_oversampling=remove_oversampling,
+        noise_prewhitening=noise_prewhitening,
     )
 
 
@@ -977,7 +1328,7 @@ def import_ismrmrd(
     remove_oversampling: bool = True,
     noise_prewhitening: bool = True,
 ) -> Problem:
-    """Read 3D Cartesian ISMRMRD raw data as a validated problem.
+    """Read Cartesian ISMRMRD raw data (3D, or 2D: one slice) as a validated problem.
 
     Imaging lines are all acquisitions except noise scans (``ACQ_IS_NOISE_MEASUREMENT``) and
     navigator, phase-correction, feedback, dummy-scan, surface-coil-correction and
@@ -991,15 +1342,17 @@ def import_ismrmrd(
     path
         ISMRMRD HDF5 file (group ``dataset``).
     signal_model
-        ``"vfa_megre"`` or ``"t2ir_gre"``; default the sidecar's ``signal_model``, then the
-        file's ``lorein.signal_model`` user parameter.
+        A name of :data:`~lorein.physics.contrasts.SIGNAL_MODELS`; default the sidecar's
+        ``signal_model``, then the file's ``lorein.signal_model`` user parameter.
     sidecar
         Parsed TOML sidecar: keys :data:`SIDECAR_KEYS`; ``flip_angle_deg`` [deg],
         ``echo_time_ms``, ``repetition_time_ms``, ``prep_time_ms`` [ms], ``segment`` (from 1),
-        each one number for all contrasts or a list with one per contrast row. A sidecar value
-        overrides the file's. Each value must be plausible
-        (:data:`~lorein.data.problem.SEQUENCE_RANGES`: a TE in seconds under ``echo_time_ms``
-        or a flip angle in radians under ``flip_angle_deg`` is refused), as must the file's own.
+        each one number for all contrasts, a list with one per contrast row, or a list with
+        one per value of a counter (the ``counters`` table names it, else the list's length:
+        the one counter with that many values). A sidecar value overrides the file's. Each
+        value must be plausible (:data:`~lorein.data.problem.SEQUENCE_RANGES`: a TE in seconds
+        under ``echo_time_ms`` or a flip angle in radians under ``flip_angle_deg`` is refused),
+        as must the file's own.
     sidecar_origin
         Where each sidecar key was given (``"seq.toml"``, ``"study.toml [import]"``), named
         with the key in errors; a key without one is named ``PATH: sidecar[KEY]``.
@@ -1024,67 +1377,14 @@ def import_ismrmrd(
         One line naming the file, the field, what was expected and how to fix it: missing file,
         HDF5 file without the ISMRMRD group, unparsable header, non-Cartesian or unsupported
         lines (partial echo, reversed, several slices), a sequence parameter found nowhere
-        (give it in the sidecar), singular noise covariance, or a result that breaks the
-        problem-file contract.
+        (give it in the sidecar), a value list whose length fits no counter, singular noise
+        covariance, or a result that breaks the problem-file contract.
     """
-    source = str(path)
-    given = _check_sidecar(sidecar, sidecar_origin, source)
-    with open_file(path, source, "an ISMRMRD HDF5 file") as f:
-        header = _read_header(f, source)
-        encoding, voxel_size = _encoding(header, source)
-        raw = _read_acquisitions(f, encoding.encodedSpace.matrixSize.x, source)
-    encoded = encoding.encodedSpace.matrixSize
-    numbers, strings = _user_parameters(header)
-    model = _signal_model(signal_model, given, strings, source)
-    limits = encoding.encodingLimits
-    idx = raw.heads["idx"]
-    ky = _centred_index(
-        idx["kspace_encode_step_1"], encoded.y, limits.kspace_encoding_step_1, "step_1", source
-    )
-    kz = _centred_index(
-        idx["kspace_encode_step_2"], encoded.z, limits.kspace_encoding_step_2, "step_2", source
-    )
-    contrast, sizes = _contrast_rows(raw.heads, limits)
-    n_rows = math.prod(sizes.values())
-    contrast_of_row = np.arange(n_rows) % sizes["contrast"]
-    columns = {
-        name: _resolve_column(
-            name, given, numbers, header.sequenceParameters, contrast_of_row, source
-        )
-        for name in REQUIRED_COLUMNS[model]
-    }
-    segment = columns.get("segment")
-    if segment is not None and not np.array_equal(segment, np.round(segment)):
-        _fail(*given.place("segment"), f"expected whole readout numbers, found {segment.tolist()}")
-    table = ContrastTable(
-        **{
-            name: torch.from_numpy(
-                np.round(c).astype(np.int64) if name == "segment" else c.astype(np.float32)
-            )
-            for name, c in columns.items()
-        }
-    )
-
-    kspace = raw.kspace
-    if noise_prewhitening and raw.noise:
-        kspace = _prewhiten(raw, source)
-    nx = encoded.x
-    recon_nx = encoding.reconSpace.matrixSize.x
-    if remove_oversampling and recon_nx < nx:
-        kspace, nx = _remove_oversampling(kspace, recon_nx), recon_nx
-    matrix = (nx, encoded.y, encoded.z)
-    geometry = _geometry_from_heads(raw.heads, source)
-    problem = Problem(
-        signal_model=model,
-        kspace=torch.from_numpy(np.ascontiguousarray(kspace, dtype=np.complex64)),
-        ky=torch.from_numpy(ky),
-        kz=torch.from_numpy(kz),
-        contrast=torch.from_numpy(contrast),
-        contrasts=table,
-        matrix=matrix,
-        voxel_size=voxel_size,
-        affine=_affine_from_geometry(geometry, matrix, voxel_size),
-        source=source,
-    )
-    validate_problem(problem)
-    return problem
+    return read_ismrmrd(
+        path,
+        signal_model=signal_model,
+        sidecar=sidecar,
+        sidecar_origin=sidecar_origin,
+        remove_oversampling=remove_oversampling,
+        noise_prewhitening=noise_prewhitening,
+    ).problem

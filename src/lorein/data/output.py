@@ -3,10 +3,12 @@
 Layout of ``OUT/``:
 
 - ``maps.h5``: float32 ``[nz, ny, nx]`` datasets named as in the problem file's ``truth/`` group
-  (SI units), plus ``mask`` when the method estimated one.
+  (SI units), the signal model's derived maps (``R2star`` [1/s] for ``megre``), plus ``mask``
+  when the method estimated one.
 - ``nifti/``: ``T1map.nii.gz``, ``T2map.nii.gz``, ``T2starmap.nii.gz``, ``M0map.nii.gz``,
-  ``B0map.nii.gz`` (float32, seconds / Hz / arbitrary units, affine from the problem) each with a
-  JSON sidecar naming its units.
+  ``B0map.nii.gz`` and, for ``megre``, ``R2starmap.nii.gz`` (float32, seconds / Hz / 1/s /
+  arbitrary units, affine from the problem; :data:`NIFTI_NAMES`), those the method wrote, each
+  with a JSON sidecar naming its units.
 - ``nifti/weighted_mag.nii.gz``, ``nifti/weighted_phase.nii.gz`` (only with ``lorein recon
   --save-images``, for methods that return weighted images): the reconstructed contrast-weighted
   images, float32 ``[nx, ny, nz, T]`` (the maps' orientation and affine, one volume per row of the
@@ -51,15 +53,12 @@ import torch
 
 from lorein import __version__
 from lorein.physics.contrasts import ContrastTable
+from lorein.physics.models.base import MAPS
 
 NIFTI_NAMES: dict[str, tuple[str, str]] = {
-    "T1": ("T1map", "s"),
-    "T2": ("T2map", "s"),
-    "T2star": ("T2starmap", "s"),
-    "M0": ("M0map", "arbitrary"),
-    "B0": ("B0map", "Hz"),
+    name: (info.bids, info.unit) for name, info in MAPS.items() if info.bids is not None
 }
-"""Map name -> (BIDS-style file stem, units)."""
+"""Map name -> (BIDS-style file stem, units), from :data:`~lorein.physics.models.base.MAPS`."""
 
 CONTRAST_SIDECAR: dict[str, tuple[str, float, str]] = {
     "echo_time": ("EchoTime", 1.0, "s"),

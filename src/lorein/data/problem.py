@@ -40,7 +40,8 @@ from lorein.data.hdf5_input import (
     reading,
 )
 from lorein.data.hdf5_input import fail as _fail
-from lorein.physics.contrasts import SIGNAL_MODELS, ContrastTable
+from lorein.physics.contrasts import ContrastTable
+from lorein.physics.models.registry import MODEL_CLASSES, SIGNAL_MODELS
 
 FORMAT = "lorein-problem"
 """Value of the root attribute ``format``."""
@@ -49,10 +50,9 @@ FORMAT_VERSION = 1
 """``format_version`` written by :func:`write_problem`, the only one :func:`read_problem` reads."""
 
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "vfa_megre": ("flip_angle", "echo_time", "repetition_time"),
-    "t2ir_gre": ("flip_angle", "echo_time", "repetition_time", "prep_time", "segment"),
+    name: cls.required_columns for name, cls in MODEL_CLASSES.items()
 }
-"""Contrast-table columns each signal model needs."""
+"""Contrast-table columns each signal model needs (its class's ``required_columns``)."""
 
 TRUTH_MAPS = ("M0", "T1", "T2", "T2star", "B0", "phase0")
 """Float32 ``[nz, ny, nx]`` ground-truth maps, in SI units (T1, T2, T2star [s], B0 [Hz],
@@ -104,7 +104,7 @@ class Problem:
     Attributes
     ----------
     signal_model
-        One of :data:`~lorein.physics.contrasts.SIGNAL_MODELS`.
+        One of :data:`~lorein.physics.models.registry.SIGNAL_MODELS`.
     kspace
         ``[n_lines, n_coils, nx]`` complex64, one fully sampled readout per row, centred
         orthonormal FFT convention.
@@ -216,7 +216,8 @@ class Truth:
     Attributes
     ----------
     M0
-        ``[nz, ny, nx]`` float32 proton density (arbitrary units).
+        ``[nz, ny, nx]`` float32 amplitude (arbitrary units) as the problem's signal model
+        defines it: proton density, or for ``megre`` the apparent amplitude of its flip angle.
     T1, T2, T2star
         ``[nz, ny, nx]`` float32 relaxation times [s].
     B0

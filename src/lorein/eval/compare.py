@@ -6,7 +6,7 @@ against the problem's ground truth: the paper's capped NRMSE per map (M0 after a
 scale, B0 as RMSE [Hz]) and SSIM (:func:`lorein.eval.evaluate.evaluate_maps`), the same errors in
 the pure-tissue voxels (purity >= 0.9, when the truth records purity:
 :func:`lorein.eval.evaluate.pure_voxels`; the headline), in the tissue interiors (voxels whose 26
-neighbours share their label, free of the phantom's partial-volume floor;
+neighbours, 8 in a single slice, share their label, free of the phantom's partial-volume floor;
 :func:`lorein.eval.metrics.interior_mask`) and in the mask without its CSF voxels
 (:func:`lorein.eval.evaluate.without_csf_voxels`), and per-tissue mean and bias in white matter,
 cortical grey matter, deep grey matter and CSF.

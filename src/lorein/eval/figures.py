@@ -20,7 +20,9 @@ DISPLAY: dict[str, tuple[float, float, float, str]] = {
     "T2star": (1e3, 0.0, 100.0, "ms"),
     "B0": (1.0, -60.0, 60.0, "Hz"),
 }
-"""Map -> (factor from SI, display min, display max, unit); ranges follow the paper's caps."""
+"""Map -> (factor from SI, display min, display max, unit); ranges follow the paper's caps. M0's
+maximum is the truth's largest value in the mask instead (:func:`_window`): its scale depends
+on the signal model (``megre``'s apparent M0 is about a tenth of the equilibrium's)."""
 
 LABELS = {"M0": "M0", "T1": "T1", "T2": "T2", "T2star": "T2*", "B0": "B0"}
 
@@ -28,6 +30,16 @@ LABELS = {"M0": "M0", "T1": "T1", "T2": "T2", "T2star": "T2*", "B0": "B0"}
 def _axial(x: torch.Tensor, z: int) -> torch.Tensor:
     """Slice ``z`` of ``[nz, ny, nx]``, anterior up when shown with origin='lower'."""
     return x[z].detach().cpu().float()
+
+
+def _window(name: str, ref: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, float, str]:
+    """:data:`DISPLAY`'s entry of ``name``, M0's maximum the truth's largest value in ``mask``."""
+    factor, lo, hi, unit = DISPLAY[name]
+    if name == "M0":
+        inside = ref[mask.bool()]
+        largest = float(inside.max()) if inside.numel() else 0.0
+        hi = float(f"{largest:.2g}") if largest > 0 else hi
+    return factor, lo, hi, unit
 
 
 def comparison_figure(
@@ -67,8 +79,8 @@ def comparison_figure(
         rows, len(names), figsize=(2.4 * len(names), 2.3 * rows + 0.35), squeeze=False
     )
     for col, name in enumerate(names):
-        factor, lo, hi, unit = DISPLAY[name]
         ref = truth[name]
+        factor, lo, hi, unit = _window(name, ref, mask)
         width = error_fraction * (hi - lo)
         axes[0, col].set_title(
             f"{LABELS[name]} [{unit}]\nwindow {lo:g} to {hi:g}, error \u00b1{width:g}", fontsize=8

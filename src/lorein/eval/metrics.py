@@ -78,17 +78,18 @@ def constant_map(name: str, ref: torch.Tensor, mask: torch.Tensor) -> torch.Tens
 
 
 def interior_mask(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Voxels of ``mask`` whose 26 neighbours all carry their tissue label: tissue interiors.
+    """Voxels of ``mask`` whose 26 neighbours (8 in one slice) all carry their tissue label.
 
     The phantoms are rendered on a finer grid than the reconstruction, so a voxel on a tissue
     boundary holds a mixture whose signal no single set of parameters describes; there even a
     fully sampled, noiseless voxel-wise fit misses the truth (sim1-small: capped T1 NRMSE 0.32 in
     the mask, 0.05 in the interiors). The error over the interiors is free of that floor and
     separates methods by what they recover of each tissue. Voxels on the volume's faces are never
-    interior: their outer neighbours are unknown. (Before the simulation rendered a margin around
-    the slab, the band-limited phantom also wrapped around in z there: sim1-small, fully sampled
-    fit, T2* in white-matter interiors, relative RMS error 0.41 in the first slice, 0.06-0.14 in
-    the inner ones.)
+    interior: their outer neighbours are unknown. A single slice (``nz = 1``, a 2D acquisition)
+    has no neighbours in z: there the 8 in-plane neighbours decide. (Before the simulation
+    rendered a margin around the slab, the band-limited phantom also wrapped around in z there:
+    sim1-small, fully sampled fit, T2* in white-matter interiors, relative RMS error 0.41 in the
+    first slice, 0.06-0.14 in the inner ones.)
 
     Parameters
     ----------
@@ -106,7 +107,7 @@ def interior_mask(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     padded = F.pad(lab, (1, 1, 1, 1, 1, 1), value=outside)
     nz, ny, nx = labels.shape
     same = mask.bool().clone()
-    for dz in range(3):
+    for dz in range(3) if nz > 1 else (1,):
         for dy in range(3):
             for dx in range(3):
                 same &= padded[dz : dz + nz, dy : dy + ny, dx : dx + nx] == lab

@@ -10,10 +10,10 @@ Methods share two steps:
 
 - :func:`prepare`: seeds torch, starts the clock, puts the problem on the device, compresses
   and scales the k-space by the calibration region's intensity scale (so that every method works
-  on data of a fixed range) and builds the signal model on the device;
+  on data of a fixed range) and builds the signal model on the device (:func:`problem_model`);
 - :func:`finish`: the single rescale back to data units (``M0`` and the weighted images are
-  multiplied by the calibration scale once, here), float32 / complex64 results on the CPU, the
-  wall time and the configuration in ``extras``.
+  multiplied by the calibration scale once, here), the model's derived maps (``R2star``),
+  float32 / complex64 results on the CPU, the wall time and the configuration in ``extras``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,7 +30,8 @@ import torch
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
 from lorein.methods.calibration import CalibrationEstimate, scaled_kspace
-from lorein.physics.signal_models import SignalModel, signal_model
+from lorein.physics.models.base import SignalModel
+from lorein.physics.models.registry import signal_model
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class RunContext:
         The run a checkpoint belongs to (problem digest, method, configuration, seed, version as
         plain data), recorded in the checkpoint and checked on resume
         (:func:`~lorein.numerics.checkpoint.check_identity`); None for none.
+    model_options
+        Options of the problem's signal model (its class's ``options``, e.g. ``t2ir_gre``'s
+        ``estimate_inversion``), checked by
+        :func:`~lorein.physics.models.registry.checked_options`; none by default.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -61,6 +66,7 @@ class RunContext:
     resume: bool = False
     progress: bool = True
     identity: Mapping[str, Any] | None = None
+    model_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,15 +125,22 @@ def prepare(problem: Problem, context: RunContext, coil_compression: int | None)
     started = time.perf_counter()
     torch.manual_seed(context.seed)
     kspace, calibration = scaled_kspace(problem, coil_compression, context.device)
-    model = signal_model(problem.signal_model, problem.contrasts.to(context.device))
+    model = problem_model(problem, context)
     dev = context.device
     lines = (problem.ky.to(dev), problem.kz.to(dev), problem.contrast.to(dev))
     return Prepared(problem, *lines, kspace, calibration, model, started)
 
 
+def problem_model(problem: Problem, context: RunContext) -> SignalModel:
+    """The problem's signal model with the run's ``model_options``, its table on the device."""
+    contrasts = problem.contrasts.to(context.device)
+    return signal_model(problem.signal_model, contrasts, **context.model_options)
+
+
 def finish(
     values: dict[str, torch.Tensor],
     *,
+    model: SignalModel,
     mask: torch.Tensor | None,
     images: torch.Tensor | None,
     coils: torch.Tensor | None,
@@ -142,6 +155,8 @@ def finish(
     ----------
     values
         Maps ``[nz, ny, nx]`` in SI units, ``M0`` in data units divided by ``scale``.
+    model
+        The signal model of the maps: its ``derived`` maps are added (``R2star``).
     mask
         ``[nz, ny, nx]`` mask the method estimated (stored as uint8), or None.
     images
@@ -162,6 +177,7 @@ def finish(
     out = {k: v.float().cpu() for k, v in values.items()}
     if "M0" in out and scale != 1.0:
         out["M0"] = out["M0"] * scale
+    out = model.output_maps(out)
     if images is not None:
         images = images.cpu() * scale if scale != 1.0 else images.cpu()
         images = images.to(torch.complex64)
@@ -173,6 +189,17 @@ def finish(
         coils=None if coils is None else coils.cpu(),
         extras=extras,
     )
+
+
+def rank_within_contrasts(config: Any, problem: Problem) -> Any:
+    """``config`` with its subspace ``rank`` lowered to the problem's number of contrasts T where
+    it exceeds it (unchanged without a ``rank``): K temporal bases of T-point signals need
+    K <= T, and K = T keeps the whole space (a 3-echo protocol has 3 contrasts, the default
+    rank is 15)."""
+    rank = getattr(config, "rank", None)
+    if rank is None or rank <= problem.n_contrasts:
+        return config
+    return replace(config, rank=problem.n_contrasts)
 
 
 def image_memory(problem: Problem, n_coils: int | None = None, rank: int = 0) -> int:
@@ -219,8 +246,9 @@ class Method(ABC):
 
     def default_config(self, problem: Problem, device: torch.device) -> Any:
         """The settings of a run of ``problem`` on ``device`` that names none (the configuration
-        file and ``--set`` values change what they name): the configuration class's defaults."""
-        return self.config_class()
+        file and ``--set`` values change what they name): the configuration class's defaults,
+        a subspace ``rank`` at most the problem's contrasts (:func:`rank_within_contrasts`)."""
+        return rank_within_contrasts(self.config_class(), problem)
 
     def estimate_memory(self, problem: Problem, config: Any) -> int:
         """Rough peak bytes of a run (checked against the device before it starts)."""

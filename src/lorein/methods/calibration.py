@@ -183,9 +183,15 @@ def espirit_coils(problem: Problem, kspace: torch.Tensor | None = None) -> torch
     Returns
     -------
     ``[n_coils, nz, ny, nx]`` complex64 maps on ``kspace``'s device, unit norm over coils where
-    the ESPIRiT eigenvalue reaches :data:`ESPIRIT_CROP`, zero elsewhere.
+    the ESPIRiT eigenvalue reaches :data:`ESPIRIT_CROP`, zero elsewhere. With a single coil,
+    1 inside the calibration support (:func:`estimate_from_calibration`) and 0 outside: one
+    channel carries no sensitivity to estimate (its ESPIRiT map, phase-referenced to itself, is
+    1 wherever the eigenvalue passes the crop, a support estimate by other means), and the image
+    keeps the coil's phase, as the maps' phase-referenced images keep coil 0's.
     """
     kspace = problem.kspace if kspace is None else kspace
+    if kspace.shape[1] == 1:
+        return estimate_from_calibration(problem, kspace).support.to(torch.complex64)[None]
     nz, ny, nx = problem.grid
     size, calib = problem_calibration(problem, kspace)
     maps = espirit(

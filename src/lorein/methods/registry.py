@@ -3,6 +3,7 @@ and the benchmarks reach every method through it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from lorein.methods.baselines.lrt import Lrt
 from lorein.methods.baselines.summit import Summit
 from lorein.methods.baselines.zero_deepsub import ZeroDeepSub
 from lorein.methods.lorein.method import Lorein
+from lorein.physics.models.registry import checked_options
 
 METHODS: dict[str, Method] = {
     method.name: method
@@ -42,9 +44,14 @@ def reconstruct(
     checkpoint: Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    model_options: Mapping[str, Any] | None = None,
 ) -> Maps:
     """Run the method ``name`` on ``problem`` (its default configuration if ``config`` is None);
-    the keywords make the :class:`~lorein.methods.base.RunContext`."""
+    the keywords make the :class:`~lorein.methods.base.RunContext` (``model_options``: options
+    of the problem's signal model, e.g. ``{"estimate_inversion": True}``)."""
     method = get_method(name)
-    context = RunContext(torch.device(device), seed, checkpoint, resume, progress)
+    options = checked_options(problem.signal_model, model_options or {}, "model_options")
+    context = RunContext(
+        torch.device(device), seed, checkpoint, resume, progress, model_options=options
+    )
     return method.reconstruct(problem, config or method.config_class(), context)

@@ -23,8 +23,11 @@ import torch
 EXTENDABLE = frozenset({"iterations"})
 """Configuration keys a resume may change: raising ``iterations`` extends a finished run."""
 
-IDENTITY_KEYS = ("problem", "method", "seed")
+IDENTITY_KEYS = ("problem", "method", "seed", "model_options")
 """Identity entries besides ``config`` that must match on resume (``lorein_version`` need not)."""
+
+IDENTITY_DEFAULTS: dict[str, Any] = {"model_options": {}}
+"""Identity entries that checkpoints written before they existed lack, and what they meant."""
 
 
 class CheckpointError(ValueError):
@@ -87,6 +90,11 @@ def _reason(err: Exception) -> str:
     return f"truncated or damaged: {type(err).__name__}"
 
 
+def _entry(identity: Mapping[str, Any], key: str) -> Any:
+    """An identity's entry ``key``, or what its absence means (:data:`IDENTITY_DEFAULTS`)."""
+    return identity.get(key, IDENTITY_DEFAULTS.get(key))
+
+
 def check_identity(
     path: Path, stored: Mapping[str, Any] | None, expected: Mapping[str, Any]
 ) -> None:
@@ -99,8 +107,8 @@ def check_identity(
     stored
         The identity the checkpoint records (None for one written without).
     expected
-        This run's identity: ``problem`` (digest), ``method``, ``config`` (plain data), ``seed``
-        and ``lorein_version``.
+        This run's identity: ``problem`` (digest), ``method``, ``config`` (plain data), ``seed``,
+        ``model_options`` and ``lorein_version``.
 
     Raises
     ------
@@ -114,9 +122,9 @@ def check_identity(
             "checked; start afresh without --resume"
         )
     differences = [
-        f"{key} {_short(stored.get(key))} (this run: {_short(expected[key])})"
+        f"{key} {_short(_entry(stored, key))} (this run: {_short(_entry(expected, key))})"
         for key in IDENTITY_KEYS
-        if stored.get(key) != expected[key]
+        if _entry(stored, key) != _entry(expected, key)
     ]
     was, now = stored.get("config"), expected["config"]
     if not isinstance(was, Mapping):

@@ -10,7 +10,12 @@ losses for an iteration (``"total"`` is minimised). The loop owns everything els
   atomically every ``checkpoint_seconds`` and at the end, from which ``resume`` continues a
   killed run to the same result;
 - a guard against non-finite losses or gradients: it rolls back to the last good state, halves the
-  learning rate and tries again, and gives up with a clear error after ``max_rollbacks``.
+  learning rate and tries again, and gives up with a clear error after ``max_rollbacks``;
+- optional tail averaging (Polyak-Ruppert): from step ``average_from`` on, the running mean of the
+  parameters after each step, ``bar_theta_n = bar_theta_{n-1} + (theta_n - bar_theta_{n-1}) / n``,
+  which :meth:`Optimisation.run` puts into the module at the end. Late Adam steps at a fixed rate
+  oscillate around the optimum and follow the noise of the data; their mean keeps what the
+  iterates agree on.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ class LoopConfig:
         Iterations between in-memory snapshots used to roll back after a non-finite loss.
     max_rollbacks
         Non-finite events tolerated before giving up.
+    average_from
+        First step whose parameters enter the tail average that the module holds at the end
+        (None: no averaging, the last iterate).
     """
 
     iterations: int = 1000
@@ -62,6 +70,7 @@ class LoopConfig:
     checkpoint_seconds: float = 120.0
     snapshot_every: int = 25
     max_rollbacks: int = 5
+    average_from: int | None = None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,6 +84,7 @@ class LoopState:
     iteration: int = 0
     lr_scale: float = 1.0
     rollbacks: int = 0
+    averaged: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -140,6 +150,7 @@ class Optimisation:
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.optimiser = adam(self.params, config.lr)
         self.state = LoopState()
+        self.average: list[torch.Tensor] = []
 
     def learning_rate(self, iteration: int) -> float:
         """Step-decayed learning rate at ``iteration``, including rollback reductions."""
@@ -152,12 +163,14 @@ class Optimisation:
             "module": copy.deepcopy(self.module.state_dict()),
             "optimiser": copy.deepcopy(self.optimiser.state_dict()),
             "state": copy.deepcopy(self.state),
+            "average": [a.clone() for a in self.average],
         }
 
     def _restore(self, snap: dict[str, Any]) -> None:
         self.module.load_state_dict(snap["module"])
         self.optimiser.load_state_dict(snap["optimiser"])
         self.state = copy.deepcopy(snap["state"])
+        self.average = [a.clone() for a in snap["average"]]
 
     def save(self) -> None:
         """Write the checkpoint (atomically)."""
@@ -171,6 +184,7 @@ class Optimisation:
                 "config": asdict(self.config),
                 "rng": torch.get_rng_state(),
                 "identity": self.identity,
+                "average": self.average,
             },
             self.checkpoint,
         )
@@ -196,6 +210,9 @@ class Optimisation:
             self.optimiser.load_state_dict(ckpt["optimiser"])
             self.state = LoopState(**ckpt["state"])
             torch.set_rng_state(ckpt["rng"])
+            self.average = list(ckpt.get("average", []))
+            if len(self.average) != (len(self.params) if self.state.averaged else 0):
+                raise ValueError("tail average does not match the parameters")
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise CheckpointError(
@@ -219,10 +236,29 @@ class Optimisation:
         self.optimiser.step()
         return {k: float(v.detach()) for k, v in losses.items()}
 
+    @torch.no_grad()
+    def _accumulate(self) -> None:
+        """Add the current parameters to the tail average."""
+        self.state.averaged += 1
+        if self.state.averaged == 1:
+            self.average = [p.detach().clone() for p in self.params]
+            return
+        weight = 1.0 / self.state.averaged
+        for mean, p in zip(self.average, self.params, strict=True):
+            mean.lerp_(p.detach(), weight)
+
+    @torch.no_grad()
+    def _apply_average(self) -> None:
+        """Put the tail average into the module's parameters."""
+        for mean, p in zip(self.average, self.params, strict=True):
+            p.copy_(mean)
+
     def run(self, resume: bool = False) -> list[dict[str, float]]:
         """Optimise; returns the loss history (one dict per iteration).
 
-        Afterwards ``seconds_per_step`` holds the mean wall time of this call's steps
+        Afterwards the module holds the tail average when ``config.average_from`` is set (the
+        checkpoint keeps the last iterate and the average, so a resumed run ends the same), and
+        ``seconds_per_step`` holds the mean wall time of this call's steps
         (checkpoint writes included; None if it ran none).
         """
         if resume:
@@ -258,6 +294,8 @@ class Optimisation:
                 continue
             self.state.history.append(record)
             self.state.iteration = it + 1
+            if c.average_from is not None and it >= c.average_from:
+                self._accumulate()
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()}, refresh=False)
             if self.state.iteration % c.snapshot_every == 0:
@@ -267,6 +305,8 @@ class Optimisation:
                 last_save = time.monotonic()
         bar.close()
         self.save()
+        if self.state.averaged:
+            self._apply_average()
         steps = self.state.iteration - first
         self.seconds_per_step = (time.monotonic() - started) / steps if steps else None
         return self.state.history

@@ -8,11 +8,11 @@ a. **Echo analysis.** Within each readout (contrasts that differ only in echo ti
    readout amplitude and its sign, so, pooled over readouts, it gives ``T2*`` and ``B0``.
 b. **Dictionary matching.** With the data demodulated by ``B0`` and the echo decay known, the
    signal is ``c G_r(theta) exp(-TE/T2*)``: ``G`` the real readout signal of the readout parameters
-   ``theta`` (``T1``, and ``T2`` for ``t2ir_gre``), ``c = M0 exp(i phase0)``. For every atom of a
-   grid of ``theta`` the complex ``c`` is solved by least squares and the atom that explains the
-   most energy wins (variable projection). Atoms and the echo-combined data are compressed to
-   their dominant singular vectors, so matching costs ``K`` (about 10-30) products per atom and
-   voxel, not ``T``.
+   ``theta`` (``T1``, and ``T2`` for ``t2ir_gre``; none for ``megre``, whose one atom is
+   ``G = 1``), ``c = M0 exp(i phase0)``. For every atom of a grid of ``theta`` the complex ``c``
+   is solved by least squares and the atom that explains the most energy wins (variable
+   projection). Atoms and the echo-combined data are compressed to their dominant singular
+   vectors, so matching costs ``K`` (about 10-30) products per atom and voxel, not ``T``.
 c. **Nonlinear least squares.** Levenberg-Marquardt over all parameters of every voxel in
    parallel (times in log space, box bounds), minimising ``sum_t |S_t(p) - y_t|^2``. The signal
    factorises as ``M0 exp(i phase0) G_r exp(-TE/T2*) exp(i 2 pi B0 TE)``, so the Jacobian is
@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 from torch.autograd import forward_ad
 
-from lorein.physics.signal_models import SignalModel, T2irGre, signal_model
+from lorein.physics.models.base import MAPS, SignalModel
 
 FitMethod = Literal["nlls", "dictionary"]
 
@@ -46,13 +46,22 @@ _MATCH_CHUNK_ELEMENTS = {"cpu": 2**23, "other": 2**27}
 _LOW_RANK_TOLERANCE = 1e-10
 """Relative energy of the normalised atoms left out by the compressed matching."""
 
-_LOG_TIMES = ("T1", "T2", "T2star")
-"""Parameters fitted as logarithms of times."""
+_LOG_TIMES = tuple(name for name, info in MAPS.items() if info.log)
+"""Parameters fitted as logarithms (relaxation times)."""
+
+
+def _bounds(name: str) -> tuple[float, float]:
+    """The physical range of the map ``name`` (:data:`~lorein.physics.models.base.MAPS`)."""
+    bounds = MAPS[name].bounds
+    assert bounds is not None, name
+    return bounds
 
 
 @dataclass(frozen=True)
 class FitBounds:
     """Box bounds of the voxel-wise fit, SI units; also the range of the dictionary grid.
+
+    The defaults are the maps' physical ranges (:data:`~lorein.physics.models.base.MAPS`).
 
     Attributes
     ----------
@@ -65,10 +74,10 @@ class FitBounds:
         distinct echo times, the range in which the echo phases determine ``B0`` unambiguously.
     """
 
-    t1: tuple[float, float] = (0.05, 6.0)
-    t2: tuple[float, float] = (0.005, 3.0)
-    t2star: tuple[float, float] = (0.002, 3.0)
-    inversion: tuple[float, float] = (-1.0, 0.0)
+    t1: tuple[float, float] = _bounds("T1")
+    t2: tuple[float, float] = _bounds("T2")
+    t2star: tuple[float, float] = _bounds("T2star")
+    inversion: tuple[float, float] = _bounds("B")
     b0: float | None = None
 
     def of(self, name: str) -> tuple[float, float]:
@@ -94,9 +103,10 @@ class _Factorised:
     parameters
         The model's parameter names.
     readout_parameters
-        Names of the parameters ``G`` depends on (``T1``, ``T2``, ``B``), in model order.
-    fixed_inversion
-        The inversion efficiency of a ``t2ir_gre`` model that does not estimate it (-1 otherwise).
+        Names of the parameters ``G`` depends on (``T1``, ``T2``, ``B``), in model order; none
+        for ``megre``.
+    fixed_values
+        Values of the maps the model holds fixed unless it estimates them (``t2ir_gre``'s ``B``).
     readout, echo
         ``[T]`` int64 readout and distinct-echo index of each contrast.
     echo_times
@@ -121,15 +131,8 @@ class _Factorised:
         first = first.scatter_reduce(0, readout, torch.arange(n_contrasts), reduce="amin")
         table = contrasts.subset(first)
         table = dataclasses.replace(table, echo_time=torch.zeros_like(table.echo_time))
-        kwargs: dict[str, object] = {}
-        self.fixed_inversion = -1.0
-        if isinstance(model, T2irGre):
-            kwargs = {
-                "inversion_efficiency": model.inversion_efficiency,
-                "estimate_inversion": model.estimate_inversion,
-            }
-            self.fixed_inversion = model.inversion_efficiency
-        self.readout_model = signal_model(model.name, table, **kwargs)
+        self.fixed_values = model.fixed_values
+        self.readout_model = model.with_contrasts(table)
         self.parameters = model.parameters
         self.readout_parameters = tuple(
             p for p in model.parameters if p not in ("M0", "T2star", "B0", "phase0")
@@ -163,9 +166,10 @@ class _Factorised:
         """Number ``R`` of distinct readouts."""
         return int(self.readout_model.contrasts.n_contrasts)
 
-    def readout_signal(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``G [R, V]`` (real) for readout parameter maps ``[V]`` (``T1``, ``T2`` [s], ``B``)."""
-        like = next(iter(values.values()))
+    def readout_signal(self, values: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """``G [R, V]`` (real) for readout parameter maps ``[V]`` (``T1``, ``T2`` [s], ``B``);
+        ``like`` ``[V]`` gives the number of voxels, dtype and device (a model without readout
+        parameters has no map to take them from)."""
         maps = {
             "M0": torch.ones_like(like),
             "T2star": torch.ones_like(like),
@@ -295,7 +299,8 @@ class _Dictionary:
 def _dictionary(
     model: _Factorised, bounds: FitBounds, size: int, device: torch.device
 ) -> _Dictionary:
-    """Grid of ``size`` log-spaced values per relaxation time, ``T2 <= T1``, ``B`` fixed.
+    """Grid of ``size`` log-spaced values per relaxation time, ``T2 <= T1``, ``B`` fixed; one
+    atom for a model without readout relaxation times (``megre``).
 
     Simulated and compressed in float64 on the CPU, returned as float32 on ``device``.
     """
@@ -306,14 +311,17 @@ def _dictionary(
         for name in model.readout_parameters
         if name in _LOG_TIMES
     }
-    mesh = torch.meshgrid(*grids.values(), indexing="ij")
+    mesh = torch.meshgrid(*grids.values(), indexing="ij") if grids else ()
     values = {name: m.flatten() for name, m in zip(grids, mesh, strict=True)}
     if "T2" in values:
         keep = values["T2"] <= values["T1"]
         values = {name: v[keep] for name, v in values.items()}
-    if "B" in model.readout_parameters:
-        values["B"] = torch.full_like(values["T1"], model.fixed_inversion)
-    rows = model.readout_signal(values).T  # [A, R] float64
+    n_atoms = next(iter(values.values())).numel() if values else 1
+    like = torch.zeros(n_atoms, dtype=torch.float64)
+    for name in model.readout_parameters:
+        if name not in values:
+            values[name] = torch.full_like(like, model.fixed_values[name])
+    rows = model.readout_signal(values, like).T  # [A, R] float64
 
     def low_rank(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         coefficients, basis = _low_rank(a)
@@ -427,8 +435,12 @@ def _readout_derivatives(
     """Readout signals ``G [R, V]`` and ``dG / dcoordinate_k`` by forward-mode differentiation.
 
     ``coordinates`` is ``[n_readout_parameters, V]`` in the internal (log-time) coordinates; one
-    dual-number evaluation per parameter yields ``G`` and one derivative.
+    dual-number evaluation per parameter yields ``G`` and one derivative (``megre``: none, and
+    ``G`` is evaluated once).
     """
+    like = coordinates.new_zeros(coordinates.shape[1])
+    if coordinates.shape[0] == 0:
+        return model.readout_signal({}, like), []
     derivatives = []
     for k in range(coordinates.shape[0]):
         tangent = torch.zeros_like(coordinates)
@@ -436,7 +448,7 @@ def _readout_derivatives(
         with forward_ad.dual_level():
             dual = forward_ad.make_dual(coordinates, tangent)
             signal, derivative = forward_ad.unpack_dual(
-                model.readout_signal(layout.readout_values(dual))
+                model.readout_signal(layout.readout_values(dual), like)
             )
         derivatives.append(derivative)
     return signal, derivatives
@@ -676,7 +688,7 @@ def _maps(
     out = {}
     for name in model.parameters:
         v = values[name]
-        fill = model.fixed_inversion if name == "B" else 0.0
+        fill = model.fixed_values.get(name, 0.0)
         full = fitted.new_full((n_voxels,), fill)
         full[voxels] = v.float()
         out[name] = full.reshape(spatial)

@@ -6,9 +6,6 @@ from dataclasses import dataclass, fields
 
 import torch
 
-SIGNAL_MODELS = ("vfa_megre", "t2ir_gre")
-"""Names of the supported sequence signal models (paper eqs. 9 and 10)."""
-
 
 @dataclass(frozen=True)
 class ContrastTable:

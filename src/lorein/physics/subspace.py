@@ -10,46 +10,11 @@ acquired at the same locations in every contrast (:func:`calibration_matrix`,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from lorein.physics.signal_models import SignalFactors, SignalModel
-
-
-@dataclass(frozen=True)
-class DictionaryRanges:
-    """Parameter ranges of a simulated dictionary at 3 T (SI units).
-
-    Relaxation times are drawn log-uniformly, ``B0`` and ``B`` uniformly. Physical orderings are
-    kept: ``T2 <= T1`` and, for models with a ``T2`` map, ``T2* <= T2``. A fraction of the atoms
-    is CSF-like (long ``T1``, ``T2`` and a fixed long ``T2*``).
-
-    Attributes
-    ----------
-    t1, t2, t2star
-        ``(min, max)`` [s] of tissue atoms.
-    b0
-        ``(min, max)`` off-resonance [Hz].
-    inversion
-        ``(min, max)`` inversion efficiency ``B`` (used when the model estimates it).
-    csf_fraction
-        Fraction of CSF-like atoms.
-    csf_t1, csf_t2
-        ``(min, max)`` [s] of the CSF-like atoms.
-    csf_t2star
-        ``T2*`` [s] of the CSF-like atoms.
-    """
-
-    t1: tuple[float, float] = (0.2, 5.0)
-    t2: tuple[float, float] = (0.01, 2.0)
-    t2star: tuple[float, float] = (0.005, 0.2)
-    b0: tuple[float, float] = (-60.0, 60.0)
-    inversion: tuple[float, float] = (-1.0, -0.7)
-    csf_fraction: float = 0.05
-    csf_t1: tuple[float, float] = (3.0, 5.0)
-    csf_t2: tuple[float, float] = (1.0, 2.0)
-    csf_t2star: float = 1.0
+from lorein.physics.models.base import DictionaryRanges, SignalFactors, SignalModel
 
 
 def _log_uniform(
@@ -85,7 +50,7 @@ def simulate_dictionary(
     n_atoms
         Number of atoms ``N``; the dictionary costs ``8 N T`` bytes (complex64).
     ranges
-        Parameter ranges; defaults to :class:`DictionaryRanges`.
+        Parameter ranges; default the model's ``dictionary_ranges``.
     seed
         Seed of the random draws.
 
@@ -97,7 +62,7 @@ def simulate_dictionary(
         Float32 ``[N]`` maps by name (``T1``, ``T2star``, ``B0`` and, as the model needs,
         ``T2``, ``B``), SI units.
     """
-    r = ranges if ranges is not None else DictionaryRanges()
+    r = ranges if ranges is not None else model.dictionary_ranges
     if n_atoms < 1:
         raise ValueError(f"n_atoms must be positive, got {n_atoms}")
     g = torch.Generator().manual_seed(seed)
@@ -203,7 +168,7 @@ class Subspace:
 class SubspaceProjection:
     """``Phi^H S`` and ``||S||^2`` of a factorised signal without forming its ``T`` images.
 
-    With ``S[t] = r[r_t] e[e_t]`` (:class:`~lorein.physics.signal_models.SignalFactors`),
+    With ``S[t] = r[r_t] e[e_t]`` (:class:`~lorein.physics.models.base.SignalFactors`),
     ``Phi^H S = sum_e e[e] (W_e^T r)`` where ``W_e[r, k] = sum_{t: (r_t, e_t) = (r, e)}
     conj(Phi[t, k])``, and ``||S||^2 = sum_e |e[e]|^2 (N_e^T r^2)`` with ``N_e[r]`` the number of
     contrasts of readout ``r`` and echo ``e``. Cost: ``E K R`` instead of ``T K`` complex products
@@ -421,8 +386,8 @@ def calibration_matrix(
 def temporal_subspace(
     model: SignalModel, rank: int, n_atoms: int, b0_range_hz: float, seed: int
 ) -> Subspace:
-    """Phi (``rank`` columns) from the SVD of ``n_atoms`` simulated signals over physiological
-    ranges, off-resonance within ``+-b0_range_hz`` [Hz]."""
-    ranges = DictionaryRanges(b0=(-b0_range_hz, b0_range_hz))
+    """Phi (``rank`` columns) from the SVD of ``n_atoms`` simulated signals over the model's
+    ``dictionary_ranges``, off-resonance within ``+-b0_range_hz`` [Hz]."""
+    ranges = replace(model.dictionary_ranges, b0=(-b0_range_hz, b0_range_hz))
     atoms, _ = simulate_dictionary(model, n_atoms, ranges, seed=seed)
     return subspace_from_dictionary(atoms.to(torch.complex128), rank)

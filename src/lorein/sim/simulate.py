@@ -24,8 +24,9 @@ from lorein.data.problem import Problem, Truth
 from lorein.physics.coils import rss_normalise, simulate_coils
 from lorein.physics.contrasts import ContrastTable
 from lorein.physics.fft import centered_fft, centered_ifft
+from lorein.physics.models.base import SignalModel
+from lorein.physics.models.registry import signal_model
 from lorein.physics.sampling import LineSampling, sample_lines
-from lorein.physics.signal_models import signal_model
 from lorein.sim.fine_grid import FineGrid
 from lorein.sim.phantom import BrainPhantom, PhantomMaps, grid_affine
 from lorein.sim.presets import Preset
@@ -47,7 +48,9 @@ class Simulation:
     problem
         The acquired lines, contrast table and geometry.
     truth
-        The truth maps on the reconstruction grid, mask, coils, ``purity`` and ``labels``.
+        The truth maps on the reconstruction grid as the signal model defines them
+        (:meth:`~lorein.physics.models.base.SignalModel.from_tissue`: ``megre``'s apparent
+        ``M0``), mask, coils, ``purity`` and ``labels``.
     noise_std
         Standard deviation of the complex noise per k-space sample.
     seconds
@@ -187,7 +190,8 @@ def _sampling(
 
 @dataclass
 class _Object:
-    """What the acquisition sees: fine-grid maps, their grid, the brain mask, the coils."""
+    """What the acquisition sees: the signal model's fine-grid maps, their grid, the brain mask,
+    the coils."""
 
     maps: dict[str, torch.Tensor]
     fine: FineGrid
@@ -197,7 +201,7 @@ class _Object:
 
 def _acquire(
     preset: Preset,
-    contrasts: ContrastTable,
+    model: SignalModel,
     obj: _Object,
     sampling: LineSampling,
     chunk: int,
@@ -205,7 +209,8 @@ def _acquire(
     device: torch.device,
 ) -> tuple[torch.Tensor, float]:
     """Noiseless lines ``[n_lines, coil, nx]`` (on the CPU) and the mean magnitude in the brain
-    of the band-limited images over all contrasts."""
+    of the band-limited images over all contrasts of ``model``'s table."""
+    contrasts = model.contrasts
     nz, ny, nx = obj.fine.grid
     dft_y, dft_z = centered_dft_matrix(ny).to(device), centered_dft_matrix(nz).to(device)
     maps = {name: value.to(device) for name, value in obj.maps.items()}
@@ -217,8 +222,8 @@ def _acquire(
     bounds = range(0, contrasts.n_contrasts, chunk)
     for lo in tqdm(bounds, desc=f"simulate {preset.name}", disable=not progress, unit="chunk"):
         hi = min(lo + chunk, contrasts.n_contrasts)
-        model = signal_model(preset.signal_model, contrasts.subset(slice(lo, hi)))
-        images = slab_images(model(maps), obj.fine, profile)  # [t, nz, ny, nx]
+        chunk_model = model.with_contrasts(contrasts.subset(slice(lo, hi)))
+        images = slab_images(chunk_model(maps), obj.fine, profile)  # [t, nz, ny, nx]
         magnitude_sum += float(images.abs()[:, mask].sum())
         rows = torch.nonzero((sampling.contrast >= lo) & (sampling.contrast < hi)).squeeze(1)
         if len(rows) == 0:
@@ -285,9 +290,10 @@ def simulate(
         rendered = phantom.render(matrix=fine.render_matrix, voxel_size=fine.render_voxel_size)
     coils = rss_normalise(simulate_coils(preset.n_coils, preset.matrix, preset.voxel_size))
     sampling = _sampling(preset, contrasts, acceleration, pattern, seed)
-    obj = _Object(_maps_dict(rendered), fine, coarse.mask, coils)
+    model = signal_model(preset.signal_model, contrasts)
+    obj = _Object(model.from_tissue(_maps_dict(rendered)), fine, coarse.mask, coils)
     lines, mean_magnitude = _acquire(
-        preset, contrasts, obj, sampling, chunk, progress, torch.device(device)
+        preset, model, obj, sampling, chunk, progress, torch.device(device)
     )
     noise_std = 0.0 if math.isinf(snr) else mean_magnitude / snr
     if noise_std > 0:
@@ -310,8 +316,9 @@ def simulate(
         coils=None,
         source=f"preset {preset.name}",
     )
+    truth_maps = model.from_tissue(_maps_dict(coarse))
     truth = Truth(
-        **{name: getattr(coarse, name).float() for name in MAP_NAMES},
+        **{name: truth_maps[name].float() for name in MAP_NAMES},
         mask=coarse.mask.to(torch.uint8),
         coils=coils,
         purity=fine.purity(rendered.labels),

@@ -48,7 +48,7 @@ def test_every_method_is_registered_with_a_loadable_default_config() -> None:
         assert method.name == name
         assert isinstance(load_config(method, None), method.config_class)
     with pytest.raises(ValueError, match="unknown summit setting"):
-        load_config(METHODS["summit"], None, {"rank": 3})
+        load_config(METHODS["summit"], None, {"pretrain": 3})
 
 
 def test_summit_runs_without_the_low_rank_block(sim: Simulation) -> None:

@@ -27,8 +27,8 @@ from lorein.methods.registry import reconstruct
 from lorein.numerics.sense import zero_filled_images
 from lorein.numerics.voxel_fit import fit_maps
 from lorein.physics.coils import rss_normalise, simulate_coils
+from lorein.physics.models.registry import signal_model
 from lorein.physics.operators import ContrastDataTerm, EncodingOperator
-from lorein.physics.signal_models import signal_model
 from lorein.sim.presets import vfa_megre_table
 from lorein.sim.simulate import Simulation, simulate
 from tests.helpers import TINY, randn_complex, rng

@@ -20,8 +20,8 @@ from lorein.methods.registry import reconstruct
 from lorein.numerics.cg import conjugate_gradient
 from lorein.numerics.sense import zero_filled_images
 from lorein.numerics.voxel_fit import fit_maps
+from lorein.physics.models.registry import signal_model
 from lorein.physics.operators import EncodingOperator
-from lorein.physics.signal_models import signal_model
 from lorein.sim.simulate import Simulation, simulate
 from tests.helpers import TINY, rng
 

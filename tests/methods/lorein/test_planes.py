@@ -43,7 +43,7 @@ def _setups(sim: Simulation, **kw) -> tuple[pipeline.Setup, pipeline.Setup]:
     planes.net.load_state_dict(volume.net.state_dict(), strict=False)  # + basis_rms
     planes.net.lrr.refresh_scale()
     with torch.no_grad():
-        volume.net.wnnm = start_wnnm(volume.net.pmr(), volume.config)
+        volume.net.wnnm = start_wnnm(volume.net.pmr(), volume.config, "T1")
     planes.net.wnnm = volume.net.wnnm
     return volume, planes
 

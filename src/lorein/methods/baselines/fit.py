@@ -16,12 +16,11 @@ from typing import Literal
 
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
-from lorein.methods.base import Method, RunContext, finish
+from lorein.methods.base import Method, RunContext, finish, problem_model
 from lorein.methods.calibration import espirit_coils, estimate_from_calibration
 from lorein.numerics.sense import sense_images, zero_filled_images
 from lorein.numerics.voxel_fit import FitMethod, fit_maps
 from lorein.physics.coils import apply_coil_compression, coil_compression
-from lorein.physics.signal_models import signal_model
 from lorein.settings import Count, PositiveCount, validate
 
 
@@ -84,7 +83,7 @@ class Fit(Method):
             images = sense_images(problem, coils, iterations=config.sense_iterations)
         else:
             images = zero_filled_images(problem, coils)
-        model = signal_model(problem.signal_model, problem.contrasts.to(dev))
+        model = problem_model(problem, context)
         maps = fit_maps(
             images,
             model,
@@ -94,6 +93,7 @@ class Fit(Method):
         )
         return finish(
             maps,
+            model=model,
             mask=support,
             images=images,
             coils=coils,

@@ -89,8 +89,8 @@ from lorein.numerics.cg import conjugate_gradient
 from lorein.numerics.optimisation import LoopConfig, Optimisation
 from lorein.numerics.voxel_fit import FitBounds, default_b0_max, fit_maps
 from lorein.physics.fft import centered_ifft, modulation
+from lorein.physics.models.base import SignalModel
 from lorein.physics.operators import ContrastDataTerm
-from lorein.physics.signal_models import SignalModel
 from lorein.settings import Count, NonNegative, Positive, PositiveCount, validate
 
 FULL_SIZE = {"unrolls": 8, "channels": 128, "blocks": 12, "cg_iterations": 6}
@@ -885,6 +885,7 @@ class JointMaple(Method):
         }
         return finish(
             maps,
+            model=model,
             mask=support,
             images=images,
             coils=coils,

@@ -306,6 +306,7 @@ class Lrt(Method):
         }
         return finish(
             fitted,
+            model=model,
             mask=calib.support,
             images=images,
             coils=coils,

@@ -23,7 +23,7 @@ import torch
 
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
-from lorein.methods.base import Method, RunContext
+from lorein.methods.base import Method, RunContext, rank_within_contrasts
 from lorein.methods.lorein import pipeline
 from lorein.methods.lorein.config import Batching, HashEncodingConfig, LoreinConfig, PmrStart
 from lorein.methods.lorein.defaults import problem_config
@@ -46,8 +46,10 @@ def _default(name: str) -> Any:
 @dataclass
 class SummitConfig:
     """Hyper-parameters of the SUMMIT baseline; each means what it means in
-    :class:`lorein.methods.lorein.config.LoreinConfig` (defaults are LoREIN's)."""
+    :class:`lorein.methods.lorein.config.LoreinConfig` (defaults are LoREIN's; ``rank`` is the
+    temporal subspace of the warm start's CG and of ``dc2_path = "subspace"``)."""
 
+    rank: int = _default("rank")
     dictionary_atoms: int = _default("dictionary_atoms")
     b0_range_hz: float = _default("b0_range_hz")
     iterations: int = _default("iterations")
@@ -57,6 +59,7 @@ class SummitConfig:
     lr: float = _default("lr")
     decay_every: int = _default("decay_every")
     wnnm_start: int = _default("wnnm_start")
+    average_fraction: float = _default("average_fraction")
     dc2: float = _default("dc2")
     wnnm: float = _default("wnnm")
     wnnm_maps: dict[str, float] = _default("wnnm_maps")
@@ -90,7 +93,8 @@ class Summit(Method):
     config_class = SummitConfig
 
     def reconstruct(self, problem: Problem, config: SummitConfig, context: RunContext) -> Maps:
-        return pipeline.run(problem, config.lorein_config(), context, recorded=config)
+        lorein = rank_within_contrasts(config.lorein_config(), problem)
+        return pipeline.run(problem, lorein, context, recorded=config)
 
     def default_config(self, problem: Problem, device: torch.device) -> SummitConfig:
         """LoREIN's settings chosen from the problem (:func:`~lorein.methods.lorein.defaults.
@@ -100,4 +104,4 @@ class Summit(Method):
         return SummitConfig(**{name: getattr(chosen, name) for name in names})
 
     def estimate_memory(self, problem: Problem, config: SummitConfig) -> int:
-        return field_memory(problem, config.lorein_config())
+        return field_memory(problem, rank_within_contrasts(config.lorein_config(), problem))

@@ -498,6 +498,7 @@ class ZeroDeepSub(Method):
         }
         return finish(
             fitted,
+            model=model,
             mask=calib.support,
             images=images,
             coils=coils,

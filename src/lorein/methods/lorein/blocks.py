@@ -4,8 +4,9 @@
   root-sum-of-squares, are the coil sensitivities (paper eq. 13).
 - :class:`LowRankBlock`: the spatial-basis field ``f_theta`` giving ``K`` complex bases, refined by
   the CNN ``g_phi`` (paper eq. 12), and the coil field.
-- :class:`ParameterBlock`: one field per parameter map (paper eq. 15): exponential outputs with
-  physical bounds for M0, T1, T2, T2*; a linear two-output field for B0 [Hz] and phase0 [rad].
+- :class:`ParameterBlock`: one field per parameter map the signal model estimates (paper eq. 15):
+  exponential outputs with physical bounds for M0, T1, T2, T2*; a sigmoid between its bounds for
+  ``t2ir_gre``'s inversion efficiency B; a linear two-output field for B0 [Hz] and phase0 [rad].
 
 Each block is evaluated on the whole volume or, for the plane-batched optimisation, on a slab of
 x-planes (coils, bases) or at some voxels (maps). The bases of a slab are refined by the CNN on
@@ -16,7 +17,6 @@ kept as a buffer so that checkpoints and rollbacks restore it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +25,7 @@ from torch import nn
 
 from lorein.inr.field import Field
 from lorein.methods.lorein.basis_cnn import BasisCNN
+from lorein.physics.models.base import MAPS
 
 POSITIVE_BOUNDS: dict[str, tuple[float, float]] = {
     "M0": (1e-8, 1e8),
@@ -32,7 +33,11 @@ POSITIVE_BOUNDS: dict[str, tuple[float, float]] = {
     "T2": (0.005, 2.0),
     "T2star": (0.002, 1.0),
 }
-"""Physical clamps [s] of the positive maps (M0 in data units)."""
+"""Clamps [s] of the positive maps (M0 in data units), tighter than the voxel fit's ranges."""
+
+BOUNDED_MARGIN = 1e-3
+"""A bounded map starts and is regressed at least this fraction of its range inside its bounds
+(the logit of the bounds themselves is infinite)."""
 
 B0_UNIT_HZ = 50.0
 """The phase field's first output times this is B0 [Hz]: keeps the MLP output of order one."""
@@ -170,6 +175,12 @@ class LowRankBlock(nn.Module):
 class ParameterBlock(nn.Module):
     """One field per parameter map (paper eq. 15).
 
+    Positive maps (``M0`` and the relaxation times) are exponential outputs clamped to
+    :data:`POSITIVE_BOUNDS`, or, for a time the table lacks, to the map's physical range
+    (:data:`~lorein.physics.models.base.MAPS`); a map of another bounded range (``t2ir_gre``'s
+    inversion efficiency ``B``) is ``lo + (hi - lo) sigmoid(h)``; ``B0`` and ``phase0`` are the
+    two linear outputs of one field.
+
     Parameters
     ----------
     grid
@@ -177,9 +188,10 @@ class ParameterBlock(nn.Module):
     parameters
         The signal model's map names (e.g. ``M0, T1, T2star, B0, phase0``).
     initial
-        Starting value of each positive map (e.g. ``{"M0": 3.0, "T1": 1.0, "T2star": 0.05}``).
+        Starting value of each map but ``B0`` and ``phase0`` (e.g. ``{"M0": 3.0, "T1": 1.0,
+        "T2star": 0.05}``); a map it does not name starts at its ``MAPS`` typical value.
     map_encoding, phase_encoding
-        Hash-encoding settings of the positive maps and of the B0/phase0 field.
+        Hash-encoding settings of the maps and of the B0/phase0 field.
     hidden, layers
         MLP width and depth.
     """
@@ -195,18 +207,50 @@ class ParameterBlock(nn.Module):
         layers: int = 3,
     ) -> None:
         super().__init__()
-        unknown = set(parameters) - set(POSITIVE_BOUNDS) - {"B0", "phase0"}
+        unknown = unrepresentable(parameters)
         if unknown:
-            raise ValueError(f"the parameter block cannot represent maps {sorted(unknown)}")
+            raise ValueError(f"the parameter block cannot represent maps {unknown}")
         mlp = {"hidden": hidden, "n_hidden_layers": layers}
         self.positive = nn.ModuleDict()
+        self.bounded = nn.ModuleDict()
         for name in parameters:
-            if name in POSITIVE_BOUNDS:
-                f = Field(grid, 1, map_encoding, mlp, output="exp", bounds=POSITIVE_BOUNDS[name])
-                _start_at(f, torch.tensor([math.log(initial[name])]))
+            kind = _kind(name)
+            if kind == "phase":
+                continue
+            start = initial[name] if name in initial else MAPS[name].typical
+            if start is None:
+                raise ValueError(f"the parameter block needs a starting value of {name}")
+            bounds = map_bounds(name)
+            if kind == "positive":
+                f = Field(grid, 1, map_encoding, mlp, output="exp", bounds=bounds)
                 self.positive[name] = f
+            else:
+                f = Field(grid, 1, map_encoding, mlp, output="linear")
+                self.bounded[name] = f
+            _start_at(f, self.raw(name, torch.tensor([start], dtype=torch.float64)))
         self.phase = Field(grid, 2, phase_encoding, mlp, output="linear")
         _start_at(self.phase, torch.zeros(2))
+
+    @property
+    def raw_names(self) -> tuple[str, ...]:
+        """The maps with a field of their own (all but ``B0`` and ``phase0``)."""
+        return (*self.positive, *self.bounded)
+
+    def raw(self, name: str, values: torch.Tensor) -> torch.Tensor:
+        """The output ``h`` of the map's MLP that gives ``values`` (clamped into its bounds):
+        ``log`` for positive maps, the logit of the bounded fraction for bounded ones."""
+        lo, hi = map_bounds(name)
+        if name in self.positive:
+            return values.clamp(lo, hi).log()
+        fraction = ((values - lo) / (hi - lo)).clamp(BOUNDED_MARGIN, 1.0 - BOUNDED_MARGIN)
+        return torch.logit(fraction)
+
+    def raw_at_voxels(self, voxels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``h`` of every map but ``B0`` and ``phase0`` at flat voxel indices ``voxels [N]``
+        (positive maps: after the clamp), ``[N]`` each."""
+        raw = {name: f.at_voxels(voxels)[:, 0].log() for name, f in self.positive.items()}
+        raw.update({name: f.at_voxels(voxels)[:, 0] for name, f in self.bounded.items()})
+        return raw
 
     def forward(self) -> dict[str, torch.Tensor]:
         """The maps, float32 ``[nz, ny, nx]`` each: M0 (data units), times [s], B0 [Hz], rad."""
@@ -219,7 +263,36 @@ class ParameterBlock(nn.Module):
     def _maps(self, evaluate: Callable[[Field], torch.Tensor]) -> dict[str, torch.Tensor]:
         """The maps from ``evaluate(field) -> [outputs, ...]`` of each field."""
         maps = {name: evaluate(field)[0] for name, field in self.positive.items()}
+        for name, field in self.bounded.items():
+            lo, hi = map_bounds(name)
+            maps[name] = lo + (hi - lo) * torch.sigmoid(evaluate(field)[0])
         phase = evaluate(self.phase)
         maps["B0"] = B0_UNIT_HZ * phase[0]
         maps["phase0"] = phase[1]
         return maps
+
+
+def map_bounds(name: str) -> tuple[float, float]:
+    """Range of a map of the parameter block: :data:`POSITIVE_BOUNDS`, else the map's physical
+    range (:data:`~lorein.physics.models.base.MAPS`)."""
+    bounds = POSITIVE_BOUNDS.get(name, MAPS[name].bounds)
+    assert bounds is not None, name
+    return bounds
+
+
+def unrepresentable(parameters: tuple[str, ...]) -> list[str]:
+    """The maps among ``parameters`` that the parameter block has no field for."""
+    return [name for name in parameters if _kind(name) is None]
+
+
+def _kind(name: str) -> str | None:
+    """How the parameter block represents a map: ``"positive"``, ``"bounded"``, ``"phase"``
+    (``B0``, ``phase0``), or None (it cannot: a free per-echo ``phase``, an unknown name)."""
+    if name in ("B0", "phase0"):
+        return "phase"
+    info = MAPS.get(name)
+    if name in POSITIVE_BOUNDS or (info is not None and info.log):
+        return "positive"
+    if info is not None and info.bounds is not None:
+        return "bounded"
+    return None

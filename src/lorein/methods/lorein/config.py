@@ -6,7 +6,15 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
 
-from lorein.settings import AtLeast, Count, NonNegative, Positive, PositiveCount, validate
+from lorein.settings import (
+    AtLeast,
+    Count,
+    Fraction,
+    NonNegative,
+    Positive,
+    PositiveCount,
+    validate,
+)
 
 Mode = Literal["joint", "pmr-only", "lrr-fit"]
 PriorFlow = Literal["both", "to-pmr"]
@@ -107,6 +115,12 @@ class LoreinConfig:
         Epochs between learning-rate halvings.
     wnnm_start
         Epoch at which WNNM switches on (block matching is computed then).
+    average_fraction
+        Fraction of the run, at its end, whose parameters are averaged into the returned fields
+        (tail averaging, :class:`~lorein.numerics.optimisation.LoopConfig`): the mean over the
+        last ``round(average_fraction * iterations)`` epochs' steps; 0 returns the last iterate,
+        as the paper does. A fraction, so that a run given another length keeps averaging
+        iterates of its own late phase.
     batching
         ``"volume"``: every step evaluates the whole volume (k-space Gram form); ``"planes"``:
         each step evaluates one slab of readout (x) planes in hybrid ``(x, ky, kz)`` space and
@@ -179,6 +193,7 @@ class LoreinConfig:
     lr: Positive = 1e-3
     decay_every: PositiveCount = 300
     wnnm_start: Count = 500
+    average_fraction: Fraction = 0.0
     dc1: NonNegative = 1.0
     dc2: NonNegative = 1.0
     prior: NonNegative = 1.0
@@ -206,6 +221,11 @@ class LoreinConfig:
     initial: dict[str, Positive] = field(
         default_factory=lambda: {"T1": 1.0, "T2": 0.08, "T2star": 0.05}
     )
+
+    @property
+    def average_steps(self) -> int:
+        """Epochs at the end of the run whose parameters are averaged (0: none)."""
+        return round(self.average_fraction * self.iterations)
 
     def __post_init__(self) -> None:
         validate(self)

@@ -5,6 +5,8 @@ configuration file or ``--set`` values then change what they name. The static de
 :class:`~lorein.methods.lorein.config.LoreinConfig` stay the paper's (800 steps on every coil,
 about 30 minutes on sim1-small on a 2-core CPU); the rules here size a run to the problem:
 
+- **rank**: the subspace rank at most the number of contrasts
+  (:func:`~lorein.methods.base.rank_within_contrasts`; a 3-echo protocol has 3);
 - **coils**: SVD compression to :data:`VIRTUAL_COILS` virtual coils on a CPU
   (:data:`VIRTUAL_COILS_GPU` on a GPU) when the problem has more: the data terms cost
   ``K n_coils`` FFTs per step, and the compressed coils keep nearly all the signal energy;
@@ -17,9 +19,11 @@ about 30 minutes on sim1-small on a 2-core CPU); the rules here size a run to th
   aliasing at high acceleration;
 - **start and schedule**: every field from scratch (``lrr_start = pmr_start = "scratch"``),
   prior weight :data:`PRIOR`, Adam at ``lr = 1e-2``, :data:`STEPS` steps with the rate halved at
-  half of them and WNNM from 60 % of them. The CG start put the aliasing of the unregularised
-  subspace CG images (ghost arcs along y) into the maps, and the optimisation did not remove it
-  (docs/tuning/lorein.md, section 13).
+  half of them and WNNM from 60 % of them; the fields returned are the mean of the parameters
+  over the second half, the steps at the halved rate (tail averaging, ``average_fraction``): the
+  last iterate still follows the noise of the data from step to step. The CG start put the
+  aliasing of the unregularised subspace CG images (ghost arcs along y) into the maps, and the
+  optimisation did not remove it (docs/tuning/lorein.md, section 13).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import replace
 import torch
 
 from lorein.data.problem import Problem
+from lorein.methods.base import rank_within_contrasts
 from lorein.methods.lorein.config import LoreinConfig
 
 VIRTUAL_COILS = 8
@@ -64,7 +69,7 @@ def problem_config(problem: Problem, device: torch.device | str = "cpu") -> Lore
         name: replace(getattr(base, name), log2_table=log2_table, growth="grid")
         for name in ("basis_encoding", "map_encoding")
     }
-    return replace(
+    config = replace(
         base,
         coil_compression=virtual if problem.n_coils > virtual else None,
         dc2_path="subspace" if problem.n_contrasts > 2 * base.rank else "exact",
@@ -77,4 +82,6 @@ def problem_config(problem: Problem, device: torch.device | str = "cpu") -> Lore
         iterations=STEPS,
         decay_every=STEPS // 2,
         wnnm_start=STEPS * 3 // 5,
+        average_fraction=0.5,
     )
+    return rank_within_contrasts(config, problem)

@@ -15,10 +15,10 @@ import torch
 
 from lorein.data.problem import Problem
 from lorein.methods.lorein.basis_cnn import BasisCNN
-from lorein.methods.lorein.blocks import LowRankBlock, ParameterBlock
+from lorein.methods.lorein.blocks import LowRankBlock, ParameterBlock, unrepresentable
 from lorein.methods.lorein.config import LoreinConfig, resolve_encoding
 from lorein.methods.lorein.wnnm import WNNMRegulariser
-from lorein.physics.signal_models import SignalModel
+from lorein.physics.models.base import MAPS, SignalModel
 
 
 class LoreinModel(torch.nn.Module):
@@ -45,8 +45,13 @@ class LoreinModel(torch.nn.Module):
 
 
 def initial_m0(model: SignalModel, config: LoreinConfig, image_level: float) -> float:
-    """M0 that makes the model's mean signal magnitude equal ``image_level`` at the initial maps."""
-    maps = {k: torch.tensor([v]) for k, v in config.initial.items() if k in model.parameters}
+    """M0 that makes the model's mean signal magnitude equal ``image_level`` at the initial maps:
+    ``config.initial``, else each map's typical value (:data:`~lorein.physics.models.base.MAPS`)."""
+    maps = {
+        k: torch.tensor([config.initial.get(k, MAPS[k].typical)])
+        for k in model.parameters
+        if k not in ("M0", "B0", "phase0")
+    }
     maps.update(M0=torch.ones(1), B0=torch.zeros(1), phase0=torch.zeros(1))
     level = float(model(maps).abs().mean())
     return image_level / max(level, 1e-6)
@@ -95,6 +100,12 @@ def build_model(
         lrr.bases.requires_grad_(False)
     pmr = None
     if config.mode != "lrr-fit":
+        unknown = unrepresentable(model.parameters)
+        if unknown:
+            raise ValueError(
+                f"lorein and summit cannot reconstruct the signal model {model.name}: their "
+                f"parameter block has no field for its maps {unknown}; use fit, lrt or joint-maple"
+            )
         initial = dict(config.initial, M0=initial_m0(model, config, image_level))
         pmr = ParameterBlock(
             grid,

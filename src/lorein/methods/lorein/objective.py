@@ -41,8 +41,8 @@ from lorein.methods.lorein.config import LoreinConfig, PriorSpace
 from lorein.methods.lorein.model import LoreinModel
 from lorein.methods.lorein.schedule import Schedule
 from lorein.methods.lorein.wnnm import PlaneGroups, WNNMRegulariser, mask_from_amplitude
+from lorein.physics.models.base import SignalFactors, SignalModel
 from lorein.physics.operators import ContrastDataTerm, SubspaceDataTerm
-from lorein.physics.signal_models import SignalFactors, SignalModel
 from lorein.physics.subspace import Subspace, SubspaceProjection
 
 
@@ -149,12 +149,13 @@ class LoreinLosses:
         return self._mean(u.abs().pow(2).sum() - 2 * cross + norm2, self.n_prior, planes)
 
 
-def start_wnnm(maps: dict[str, torch.Tensor], config: LoreinConfig) -> WNNMRegulariser:
-    """Fix the block matching (on T1) and the mask (M0 / max > 0.03) from the current maps."""
+def start_wnnm(maps: dict[str, torch.Tensor], config: LoreinConfig, guide: str) -> WNNMRegulariser:
+    """Fix the block matching (on the map ``guide``, the signal model's ``structure_map``: T1,
+    or M0 for ``megre``) and the mask (M0 / max > 0.03) from the current maps."""
     detached = {k: v.detach() for k, v in maps.items()}
     mask = mask_from_amplitude(detached["M0"])
     weights = {k: v for k, v in config.wnnm_maps.items() if k in detached}
-    return WNNMRegulariser.from_maps(detached["T1"], mask, weights)
+    return WNNMRegulariser.from_maps(detached[guide], mask, weights)
 
 
 @dataclass(frozen=True)

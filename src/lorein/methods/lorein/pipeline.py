@@ -42,7 +42,7 @@ from lorein.methods.lorein.warm_start import fit_coil_field, start_maps, subspac
 from lorein.methods.lorein.wnnm import mask_from_amplitude
 from lorein.numerics.optimisation import LoopConfig, Optimisation
 from lorein.numerics.voxel_fit import fit_maps
-from lorein.physics.signal_models import SignalModel, signal_model
+from lorein.physics.models.base import SignalModel
 from lorein.physics.subspace import Subspace, temporal_subspace
 
 
@@ -83,7 +83,7 @@ class Setup:
 def build(prepared: Prepared, config: LoreinConfig, seed: int) -> Setup:
     """Subspace, data terms, blocks, batches and schedule (stage 1)."""
     problem, model = prepared.problem, prepared.model
-    fit_model = signal_model(problem.signal_model, problem.contrasts)
+    fit_model = model.with_contrasts(problem.contrasts)
     subspace = temporal_subspace(
         model, config.rank, config.dictionary_atoms, config.b0_range_hz, seed
     )
@@ -152,7 +152,8 @@ def _transition(setup: Setup, iteration: int, progress: bool) -> None:
             )
         elif change == "wnnm-start":
             with torch.no_grad():
-                net.wnnm = start_wnnm(net.pmr(), config)
+                guide = setup.prepared.model.structure_map
+                net.wnnm = start_wnnm(net.pmr(), config, guide)
 
 
 def optimise(setup: Setup, context: RunContext) -> Optimisation:
@@ -166,8 +167,13 @@ def optimise(setup: Setup, context: RunContext) -> Optimisation:
         setup.net, setup.prepared.model, setup.losses, config, schedule, setup.batches
     )
     n = schedule.steps_per_epoch
+    average = config.average_steps
+    average_from = n * (config.iterations - average) if average else None
     loop = LoopConfig(
-        iterations=schedule.iterations, lr=config.lr, decay_every=n * config.decay_every
+        iterations=schedule.iterations,
+        lr=config.lr,
+        decay_every=n * config.decay_every,
+        average_from=average_from,
     )
     description = "lorein" if setup.batches is None else f"lorein ({n} steps per epoch)"
     optimisation = Optimisation(
@@ -226,6 +232,7 @@ def collect(setup: Setup, extras: dict[str, Any], recorded: Any) -> Maps:
     extras["subspace_captured_energy"] = setup.subspace.captured_energy
     return finish(
         values,
+        model=setup.prepared.model,
         mask=mask,
         images=images,
         coils=coils,
@@ -241,9 +248,10 @@ def run(problem: Problem, config: LoreinConfig, context: RunContext, recorded: A
 
     Returns
     -------
-    Maps with M0 (data units), T1, T2 (t2ir_gre), T2star [s], B0 [Hz], phase0 [rad]; the LRR
-    images ``Phi U`` and coils; ``extras`` with the loss ``history`` (one record per step),
-    ``calibration_size``, ``warm_up_seconds``, ``seconds_per_step`` and ``steps_per_epoch``.
+    Maps with the model's parameters (M0 in data units, times [s], B0 [Hz], phase0 [rad]) and
+    derived maps; the LRR images ``Phi U`` and coils; ``extras`` with the loss ``history`` (one
+    record per step), ``calibration_size``, ``warm_up_seconds``, ``seconds_per_step`` and
+    ``steps_per_epoch``.
     """
     prepared = prepare(problem, context, config.coil_compression)
     setup = build(prepared, config, context.seed)

@@ -7,7 +7,7 @@ and structure; on a laptop CPU that is most of the budget. We start them close i
    ``E = M F C Phi`` with the calibration coil estimate (the LRT reference without its
    regulariser), from which the basis field is regressed;
 2. maps by a voxel-wise fit of ``Phi u0`` (:func:`lorein.numerics.voxel_fit.fit_maps`), from which
-   the parameter fields are regressed (log-domain for the positive maps).
+   the parameter fields are regressed (in the fields' output domain: log for the positive maps).
 
 The joint optimisation of eq. 17 then starts from there. Nothing here sees the truth.
 """
@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from lorein.methods.lorein.blocks import (
     B0_UNIT_HZ,
-    POSITIVE_BOUNDS,
     CoilField,
     LowRankBlock,
     ParameterBlock,
@@ -30,8 +29,8 @@ from lorein.methods.lorein.blocks import (
 from lorein.numerics.cg import conjugate_gradient
 from lorein.numerics.optimisation import adam
 from lorein.numerics.voxel_fit import fit_maps
+from lorein.physics.models.base import SignalModel
 from lorein.physics.operators import EncodingOperator
-from lorein.physics.signal_models import SignalModel
 from lorein.physics.subspace import Subspace
 
 VOXEL_BATCH = 2**15
@@ -182,17 +181,14 @@ def start_maps(
     device = support.device
     voxels = torch.nonzero(support.flatten()).squeeze(1)
     fitted = fit_maps(images.to(device), model, mask=support)
-    targets: dict[str, torch.Tensor] = {}
-    for name in pmr.positive:
-        lo, hi = POSITIVE_BOUNDS[name]
-        targets[name] = fitted[name].clamp(lo, hi).log().to(device).flatten()
+    targets = {name: pmr.raw(name, fitted[name]).to(device).flatten() for name in pmr.raw_names}
     b0 = (fitted["B0"] / B0_UNIT_HZ).to(device).flatten()
     phase0 = fitted["phase0"].to(device).flatten()
 
     def loss(v: torch.Tensor) -> torch.Tensor:
         total = torch.zeros((), device=device)
-        for name, f in pmr.positive.items():
-            total = total + (f.at_voxels(v)[:, 0].log() - targets[name][v]).pow(2).sum()
+        for name, raw in pmr.raw_at_voxels(v).items():
+            total = total + (raw - targets[name][v]).pow(2).sum()
         phase = pmr.phase.at_voxels(v)
         # phase0 is compared as a phasor: the fit's phase is only defined modulo 2 pi
         wrapped = (phase[:, 1] - phase0[v] + math.pi) % (2 * math.pi) - math.pi

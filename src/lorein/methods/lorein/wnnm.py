@@ -2,11 +2,12 @@
 
 The regulariser of eq. 17 of the LoREIN paper, ``sum_i lambda_i R_WNNM(P_i)``, as SUMMIT defines it:
 
-1. **Block matching**, computed once (when the regulariser switches on) on a guide map (``T1``)
-   inside a brain mask and reused for every map: on each 2D slice along ``z`` (the partition
-   direction) the slice is tiled with non-overlapping ``patch x patch`` reference patches; for each
-   reference the ``n_similar`` most similar patches (L2 distance on the guide, the reference itself
-   first) within a ``search x search`` window form a group.
+1. **Block matching**, computed once (when the regulariser switches on) on a guide map (the
+   signal model's ``structure_map``: ``T1``; ``M0`` for ``megre``, which has no ``T1``) inside a
+   brain mask and reused for every map: on each 2D slice along ``z`` (the partition direction)
+   the slice is tiled with non-overlapping ``patch x patch`` reference patches; for each reference
+   the ``n_similar`` most similar patches (L2 distance on the guide, the reference itself first)
+   within a ``search x search`` window form a group.
 2. **Loss** per map: each group gives a matrix ``Y`` of shape ``[patch^2, N]`` (``N = n_similar``
    columns, one per patch) with singular values ``s``. The noise level of the group is
    ``sigma = std(reference patch - group mean)``, the clean singular values are
@@ -124,8 +125,8 @@ class BlockMatching:
         Parameters
         ----------
         guide
-            Real map ``[nz, ny, nx]`` on which similarity is measured (``T1`` in SUMMIT and
-            LoREIN); detached, no gradient is kept.
+            Real map ``[nz, ny, nx]`` on which similarity is measured (the signal model's
+            ``structure_map``: ``T1`` in SUMMIT and LoREIN); detached, no gradient is kept.
         mask
             Bool ``[nz, ny, nx]``: references whose centre voxel lies in the mask are kept.
         patch
@@ -319,7 +320,7 @@ class WNNMRegulariser:
         c: float = 2.8,
         eps: float = 1e-6,
     ) -> WNNMRegulariser:
-        """Match blocks on ``guide`` ``[nz, ny, nx]`` (``T1``) inside ``mask`` and build.
+        """Match blocks on ``guide`` ``[nz, ny, nx]`` (e.g. ``T1``) inside ``mask`` and build.
 
         See :meth:`BlockMatching.compute` for ``patch``, ``search`` and ``n_similar``; the mask is
         typically :func:`mask_from_amplitude` of ``M0`` at the epoch the regulariser switches on.
