@@ -1,11 +1,12 @@
 """Bad input of every kind through the command line: problem files, flags, configuration files,
-sidecars, ISMRMRD raw data, checkpoints and output folders.
+sidecars, ISMRMRD and Siemens raw data, Pulseq sequences, checkpoints and output folders.
 
 Every case must end with exit status 2 (130 after Ctrl-C), exactly one non-empty line on
 standard error naming the file (or the flag) and the field, and nothing written: the folder the
 case works in holds the same entries, of the same sizes, before and after (no output folder, no
-hidden temporary file or folder, no lock). The inputs are corruptions of one tiny problem file
-and its ISMRMRD export, made once for the module; the CLI runs in-process.
+hidden temporary file or folder, no lock). The inputs are corruptions of one tiny problem file,
+its ISMRMRD export and a tiny Siemens twix file (with the fully sampled problem imported from
+it), made once for the module; the CLI runs in-process.
 """
 
 from __future__ import annotations
@@ -29,21 +30,26 @@ from lorein.cli import main
 from lorein.data.ismrmrd_io import export_ismrmrd
 from lorein.data.output import Maps, write_output
 from lorein.data.problem import read_problem, write_problem
+from lorein.data.twix_io import read_twix
 from lorein.methods.registry import METHODS
 from lorein.numerics.checkpoint import save_checkpoint
 from lorein.run import load_config, run_identity
 from lorein.sim.simulate import simulate
 from tests.data.test_ismrmrd_io import drop_user_parameters, edit_header
-from tests.helpers import TINY
+from tests.data.test_twix_io import PRODUCT, write_twix
+from tests.helpers import TINY, randn_complex
 from tests.numerics.test_checkpoint import crafted_checkpoint
 
 
 @dataclass(frozen=True)
 class Inputs:
-    """The module's valid inputs: a tiny problem file (with truth) and its ISMRMRD export."""
+    """The module's valid inputs: a tiny problem file (with truth) and its ISMRMRD export, a
+    Siemens twix file (2 echoes of 4 x 8) and the fully sampled problem imported from it."""
 
     problem: Path
     raw: Path
+    twix: Path
+    full: Path
 
 
 @dataclass(frozen=True)
@@ -65,12 +71,22 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     sim = simulate(TINY, 8, seed=2, snr=math.inf, progress=False)
     write_problem(folder / "tiny.h5", sim.problem, truth=sim.truth)
     export_ismrmrd(sim.problem, folder / "raw.h5", calibration=(8, 2))
-    return Inputs(folder / "tiny.h5", folder / "raw.h5")
+    _write_product(folder / "meas.dat", PRODUCT)
+    full = read_twix(folder / "meas.dat", signal_model="vfa_megre").problem
+    write_problem(folder / "full.h5", full)
+    return Inputs(folder / "tiny.h5", folder / "raw.h5", folder / "meas.dat", folder / "full.h5")
 
 
 # --------------------------------------------------------------------------------------------
 # building blocks
 # --------------------------------------------------------------------------------------------
+
+
+def _write_product(path: Path, protocol: str) -> None:
+    """A twix file of a product sequence: 2 echoes x 4 lines of 2 coils x 16 samples."""
+    data = randn_complex(8, 2, 16, seed=1).numpy()
+    lines = [(data[i], {"Lin": i % 4, "Eco": i // 4}, ()) for i in range(8)]
+    write_twix(path, protocol, lines)
 
 
 def _copy(source: Path, tmp: Path, name: str = "p.h5") -> Path:
@@ -481,6 +497,51 @@ def _with(value: float) -> Callable[[np.ndarray], np.ndarray]:
     return make
 
 
+def _twix(
+    edit: Callable[[bytes], bytes] | None = None,
+    *,
+    protocol: str | None = None,
+    flags: tuple[str, ...] = (),
+    seq: str | None = None,
+    sidecar: str | None = None,
+    names: Callable[[Path, Path], tuple[str, ...]],
+) -> Case:
+    """``lorein import`` of a copy of the twix file (its bytes changed by ``edit``), with a
+    ``.seq`` file and a sidecar holding the texts given, or of a new file of ``protocol``; the
+    error names ``names(dat, tmp)``."""
+
+    def case(inputs: Inputs, tmp: Path) -> Bad:
+        dat = tmp / "meas.dat"
+        if protocol is not None:
+            _write_product(dat, protocol)
+        data = dat.read_bytes() if protocol is not None else inputs.twix.read_bytes()
+        dat.write_bytes(data if edit is None else edit(data))
+        argv = ["import", str(dat), "-o", str(tmp / "p.h5"), "--signal-model", "vfa_megre"]
+        if seq is not None:
+            (tmp / "gre.seq").write_text(seq)
+            argv += ["--seq", str(tmp / "gre.seq")]
+        if sidecar is not None:
+            (tmp / "seq.toml").write_text(sidecar)
+            argv += ["--sidecar", str(tmp / "seq.toml")]
+        return Bad([*argv, *flags], names(dat, tmp))
+
+    return case
+
+
+def _undersample(
+    *flags: str, damaged: bool = False, names: Callable[[Path], tuple[str, ...]]
+) -> Case:
+    """``lorein undersample`` of the fully sampled problem (truncated when ``damaged``)."""
+
+    def case(inputs: Inputs, tmp: Path) -> Bad:
+        problem = _copy(inputs.full, tmp, "full.h5")
+        if damaged:
+            problem.write_bytes(problem.read_bytes()[: problem.stat().st_size // 2])
+        return Bad(["undersample", str(problem), "-o", str(tmp / "r.h5"), *flags], names(problem))
+
+    return case
+
+
 TINY_LOREIN = "[lorein]\niterations = 2\n"
 
 CASES: dict[str, Case] = {
@@ -622,6 +683,58 @@ CASES: dict[str, Case] = {
     "raw heads declaring 65535 x 65535 samples": _raw(
         _heads(number_of_samples=65535, active_channels=65535),
         "/dataset/data",
+    ),
+    # Siemens raw data (twix) and Pulseq sequences
+    "twix truncated": _twix(lambda b: b[: len(b) - 2000], names=lambda d, t: (f"{d}: MDH:",)),
+    "twix: a text file named .dat": _twix(
+        lambda b: b"TE = 4 ms\n", names=lambda d, t: (f"{d}: /:", "Siemens twix")
+    ),
+    "twix: an empty .dat": _twix(lambda b: b"", names=lambda d, t: (f"{d}: /:",)),
+    "twix protocol TE of 3 us": _twix(
+        protocol=PRODUCT.replace("alTE[0] = 3000", "alTE[0] = 3"),
+        names=lambda d, t: (f"{d}: protocol sequenceParameters/TE:", "plausible echo times"),
+    ),
+    "twix protocol base resolution 0": _twix(
+        protocol=PRODUCT.replace("lBaseResolution = 8", "lBaseResolution = 0"),
+        names=lambda d, t: (f"{d}: protocol sKSpace.lBaseResolution:",),
+    ),
+    "twix sidecar TE in seconds": _twix(
+        sidecar="echo_time_ms = 0.003\n",
+        names=lambda d, t: (f"{t / 'seq.toml'}: echo_time_ms:", "looks like s"),
+    ),
+    "twix sidecar echoes_per_excitation 0": _twix(
+        sidecar="echoes_per_excitation = 0\n",
+        names=lambda d, t: (f"{t / 'seq.toml'}: echoes_per_excitation:",),
+    ),
+    ".seq without [BLOCKS]": _twix(
+        seq="[VERSION]\nmajor 1\nminor 4\n[DEFINITIONS]\nFOV 0.2 0.2 0.003\n[RF]\n[ADC]\n"
+        "[SHAPES]\n",
+        names=lambda d, t: (f"{t / 'gre.seq'}: [BLOCKS]:", "expected the section"),
+    ),
+    ".seq of another format": _twix(
+        seq="[VERSION]\nmajor 1\nminor 5\n", names=lambda d, t: (f"{t / 'gre.seq'}: [VERSION]:",)
+    ),
+    ".seq missing": _twix(
+        flags=("--seq", "nope.seq"), names=lambda d, t: ("nope.seq: /:", "no such file")
+    ),
+    # lorein undersample
+    "undersample R below 1": _undersample("--R", "0.5", names=lambda p: ("--R = 0.5",)),
+    "undersample R not finite": _undersample("--R", "nan", names=lambda p: ("--R = nan",)),
+    "undersample R beyond the grid": _undersample(
+        "--R", "40", names=lambda p: ("--R 40", "cannot sample")
+    ),
+    "undersample seed negative": _undersample(
+        "--R", "2", "--seed", "-1", names=lambda p: ("--seed = -1",)
+    ),
+    "undersample not fully sampled": lambda i, t: Bad(
+        ["undersample", str(i.problem), "-o", str(t / "r.h5"), "--R", "2"],
+        (f"{i.problem}: /kspace:", "fully sampled"),
+    ),
+    "undersample damaged problem": _undersample(
+        "--R", "2", damaged=True, names=lambda p: (f"{p}: /:",)
+    ),
+    "undersample of a raw file": lambda i, t: Bad(
+        ["undersample", str(i.raw), "-o", str(t / "r.h5"), "--R", "2"], (f"{i.raw}: /",)
     ),
     # checkpoints of --resume
     "checkpoint that runs code": _checkpoint(

@@ -136,7 +136,7 @@ def test_simulate_makes_2d_and_single_coil_problems(
     assert problem.matrix == (56, 56, 1) and problem.n_coils == 1
     assert bool((problem.kz == 0).all()) and abs(problem.acceleration / 3 - 1) < 0.02
     assert main([*argv[:-1], "0", "-o", str(tmp_path / "no.h5")]) == 2
-    assert _one_line_error(capsys) == "lorein: error: coils = 0: expected 1 or more"
+    assert _one_line_error(capsys) == "lorein: error: --coils = 0: expected at least 1"
     assert sorted(tmp_path.iterdir()) == [out]
 
 

@@ -40,6 +40,7 @@ def add_parser(sub: Subparsers) -> Command:
     sim.option(
         "--nz",
         type=int,
+        at_least=AtLeast(1),
         default=None,
         help="(config) slices: the central NZ slices of the preset's slab at its voxel size; 1 "
         "simulates a 2D acquisition of one slice, phase-encoded along y alone (default: the "
@@ -48,6 +49,7 @@ def add_parser(sub: Subparsers) -> Command:
     sim.option(
         "--coils",
         type=int,
+        at_least=AtLeast(1),
         default=None,
         help="(config) receive coils (1: a single channel; default: the preset's)",
     )

@@ -942,6 +942,34 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _provenance(f: h5py.File, source: str) -> tuple[dict[str, Any], list[str] | None]:
+    """Root attributes other than :data:`RESERVED_ATTRS`, as stored, and the names under
+    ``/truth`` (None without a truth group); bounded reads."""
+    attrs = {
+        k: read_attribute(f, k, source, f"/@{k}")
+        for k in attribute_names(f, source, "/")
+        if k not in RESERVED_ATTRS
+    }
+    truth = get(f, "truth", source, "/truth")
+    maps = member_names(truth, source, "/truth") if isinstance(truth, h5py.Group) else None
+    return attrs, maps
+
+
+def read_provenance(path: str | os.PathLike[str]) -> tuple[dict[str, Any], bool]:
+    """A problem file's provenance root attributes (all but :data:`RESERVED_ATTRS`, as stored)
+    and whether it holds a ``/truth`` group, read as :func:`read_problem` reads.
+
+    Raises
+    ------
+    ProblemFileError
+        The file cannot be opened or an attribute cannot be read.
+    """
+    source = str(path)
+    with _open(path, source) as f:
+        attrs, maps = _provenance(f, source)
+    return attrs, maps is not None
+
+
 def problem_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Validate a problem file and describe it, for ``lorein info``.
 
@@ -969,14 +997,10 @@ def problem_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     f = _open(path, source)
     with f:
         problem = _read_problem(f, source)
-        attrs = {
-            k: _plain(read_attribute(f, k, source, f"/@{k}"))
-            for k in attribute_names(f, source, "/")
-            if k not in RESERVED_ATTRS
-        }
-        truth = get(f, "truth", source, "/truth")
-        has_truth = isinstance(truth, h5py.Group)
-        truth_maps = member_names(truth, source, "/truth") if has_truth else []
+        stored, maps = _provenance(f, source)
+    attrs = {k: _plain(v) for k, v in stored.items()}
+    has_truth = maps is not None
+    truth_maps = maps or []
     counts = problem.lines_per_contrast()
     return {
         "path": source,
