@@ -210,9 +210,11 @@ class Optimisation:
             self.optimiser.load_state_dict(ckpt["optimiser"])
             self.state = LoopState(**ckpt["state"])
             torch.set_rng_state(ckpt["rng"])
-            self.average = list(ckpt.get("average", []))
-            if len(self.average) != (len(self.params) if self.state.averaged else 0):
+            average = list(ckpt.get("average", []))
+            if len(average) != (len(self.params) if self.state.averaged else 0):
                 raise ValueError("tail average does not match the parameters")
+            # the checkpoint is read onto the CPU; the average lives beside its parameters
+            self.average = [a.to(p.device) for a, p in zip(average, self.params, strict=False)]
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise CheckpointError(
