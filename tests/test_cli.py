@@ -136,7 +136,7 @@ def test_simulate_makes_2d_and_single_coil_problems(
     assert problem.matrix == (56, 56, 1) and problem.n_coils == 1
     assert bool((problem.kz == 0).all()) and abs(problem.acceleration / 3 - 1) < 0.02
     assert main([*argv[:-1], "0", "-o", str(tmp_path / "no.h5")]) == 2
-    assert _one_line_error(capsys) == "lorein: error: coils = 0: expected 1 or more"
+    assert _one_line_error(capsys) == "lorein: error: --coils = 0: expected at least 1"
     assert sorted(tmp_path.iterdir()) == [out]
 
 
@@ -606,9 +606,9 @@ def test_a_second_run_into_a_folder_fails_at_once_and_the_results_stay(
 @pytest.mark.parametrize(
     ("args", "text", "expected"),
     [
-        (["--method", "lrt", "--iterations", "-5"], None, "iterations = -5: expected 0 or more"),
+        (["--method", "lrt", "--iterations", "-5"], None, "iterations = -5: expected at least 0"),
         ([], "[fit]\ncoil_compression = 99\n", "coil_compression = 99: expected 1 to"),
-        ([], "[fit]\ncoil_compression = 0\n", "coil_compression = 0: expected 1 to"),
+        ([], "[fit]\ncoil_compression = 0\n", "coil_compression = 0: expected at least 1"),
         (["--method", "lrt"], "[lrt]\nrank = 61\n", "rank = 61: expected 1 to 60, the"),
         (
             ["--model-option", "estimate_inversion=true"],

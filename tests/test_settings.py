@@ -1,6 +1,7 @@
 """The one validator of settings: nested tables merge over defaults, unknown keys and wrong types
 are one-line errors naming file, table and key."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,57 @@ def test_merge_keeps_what_the_table_does_not_name() -> None:
     assert base.lr != 1.0  # the original is unchanged
     with pytest.raises(ValueError, match="here: unknown key"):
         merge(base, {"pretrain": 3}, "here")
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"lr": -1}, "lr = -1.0: expected a finite number above 0"),
+        ({"lr": 0.0}, "lr = 0.0: expected a finite number above 0"),
+        ({"lr": float("nan")}, "lr = nan: expected a finite number above 0"),
+        ({"dc1": -0.5}, "dc1 = -0.5: expected a finite number at least 0"),
+        ({"iterations": -1}, "iterations = -1: expected at least 0"),
+        ({"decay_every": 0}, "decay_every = 0: expected at least 1"),
+        ({"coil_compression": 0}, "coil_compression = 0: expected at least 1"),
+        ({"wnnm_maps": {"T1": -2.0}}, "wnnm_maps.T1 = -2.0: expected a finite number at least 0"),
+        ({"map_encoding": {"growth": 0.5}}, "growth = 0.5: expected a finite number at least 1"),
+        (
+            {"average_fraction": 1.0},
+            "average_fraction = 1.0: expected a finite number at least 0 and below 1",
+        ),
+        (
+            {"average_fraction": -0.1},
+            "average_fraction = -0.1: expected a finite number at least 0 and below 1",
+        ),
+    ],
+)
+def test_ranges_are_checked_where_the_configuration_is_read(
+    tmp_path: Path, table: dict, message: str
+) -> None:
+    where = f"{tmp_path / 'c.toml'} [lorein]"
+    with pytest.raises(ValueError, match="^" + re.escape(where)) as caught:
+        merge(LoreinConfig(), table, where)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    edges = {
+        "lr": 1e-9,
+        "dc1": 0.0,
+        "iterations": 0,
+        "decay_every": 1,
+        "coil_compression": 1,
+        "average_fraction": 0.0,
+    }
+    assert merge(LoreinConfig(), edges, where).iterations == 0  # the bounds themselves pass
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"rank": 0}, "rank = 0: expected at least 1"),
+        ({"average_fraction": 1}, "average_fraction = 1.0: expected a finite number at least 0"),
+    ],
+)
+def test_summit_settings_carry_lorein_ranges(table: dict, message: str) -> None:
+    with pytest.raises(ValueError, match="^here: ") as caught:
+        merge(SummitConfig(), table, "here")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert merge(SummitConfig(), {"rank": 1, "average_fraction": 0.99}, "here").rank == 1

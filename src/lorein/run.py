@@ -51,14 +51,15 @@ def load_config(
     The file's hyper-parameters are its ``[METHOD]`` table or, without one, its keys outside the
     command tables (:func:`lorein.config.method_table`); nested tables (hash encodings) name only
     what they change. A key the configuration does not have, or a value of the wrong type, is a
-    one-line error naming the file, the table and the key (:func:`lorein.settings.merge`).
+    one-line error naming the file, the table and the key (:func:`lorein.settings.merge`);
+    ``overrides`` (the flags of ``lorein recon``) are named ``command line``.
     """
     if problem is None:
         config = method.config_class()
     else:
         config = method.default_config(problem, torch.device(device))
     names = sorted(f.name for f in dataclasses.fields(config))
-    sources = [(overrides or {}, "overrides")]
+    sources = [(overrides or {}, "command line")]
     if path is not None:
         sources.insert(0, method_table(read_toml(path), path, method.name, METHODS))
     for given, where in sources:
@@ -73,16 +74,12 @@ def load_config(
 
 
 def check_config_fits(config: Any, problem: Problem, config_path: Path | None) -> None:
-    """Refuse, in one line, settings that no run of ``problem`` can use.
-
-    ``iterations`` must not be negative (0 runs the warm-up alone), ``coil_compression`` must
-    lie between 1 and the problem's number of coils, and a subspace ``rank`` between 1 and its
-    number of contrasts.
+    """Refuse, in one line, settings that no run of ``problem`` can use: ``coil_compression``
+    must lie between 1 and the problem's number of coils, and a subspace ``rank`` between 1 and
+    its number of contrasts. (Ranges that hold for every problem, ``iterations >= 0`` or
+    ``lr > 0``, are checked where the configuration is read: :mod:`lorein.settings`.)
     """
     where = f"{config_path} " if config_path is not None else ""
-    iterations = getattr(config, "iterations", 0)
-    if iterations < 0:
-        raise ValueError(f"{where}iterations = {iterations}: expected 0 or more")
     virtual = getattr(config, "coil_compression", None)
     if virtual is not None and not 1 <= virtual <= problem.n_coils:
         raise ValueError(
@@ -218,6 +215,8 @@ def run(
         )
     identity = run_identity(method.name, problem, config, seed, options)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: expected an output folder (-o), found a file")
     with output_lock(out):
         recover_output(out)
         checkpoint = out / CHECKPOINT

@@ -2,9 +2,13 @@
 
 A setting's type is its dataclass annotation (``int``, ``float``, ``bool``, ``str``, a
 ``Literal`` of choices, ``X | None``, ``dict[str, float]``, ``list[int]`` or a nested frozen
-dataclass). :func:`typed` checks one value against it, :func:`validate` every field of a
-configuration (its ``__post_init__`` calls it, so a configuration built in Python is checked as
-one read from TOML), and :func:`merge` lays a partial TOML table over a configuration: keys it
+dataclass); a number may carry its range as ``Annotated[float, AtLeast(0)]`` (the aliases
+:data:`Positive`, :data:`NonNegative`, :data:`Count`, :data:`PositiveCount` and
+:data:`Fraction`), so that a value no run can use (``lr = -1``) is refused where the
+configuration is read, not in the run.
+:func:`typed` checks one value against it, :func:`validate` every field of a configuration
+(its ``__post_init__`` calls it, so a configuration built in Python is checked as one read from
+TOML), and :func:`merge` lays a partial TOML table over a configuration: keys it
 does not name keep their values, nested tables merge the same way, and an unknown key or a value
 of the wrong type is a one-line ``ValueError`` naming where it was found (file, table, key).
 
@@ -16,10 +20,12 @@ dependency.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, Union
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
 
 _NAMES = {
     bool: "true or false",
@@ -28,6 +34,58 @@ _NAMES = {
     str: "a string",
 }
 """Scalar types, as error messages name them."""
+
+
+@dataclass(frozen=True)
+class AtLeast:
+    """The range of a numeric setting, attached to its type: ``Annotated[int, AtLeast(1)]``.
+
+    Attributes
+    ----------
+    low
+        Smallest value allowed (excluded when ``strict``); a real number must also be finite.
+    strict
+        Whether ``low`` itself is excluded.
+    below
+        When set, values must also lie below it (excluded).
+    """
+
+    low: float
+    strict: bool = False
+    below: float | None = None
+
+    def check(self, value: float, key: str) -> None:
+        """Raise ``"KEY = VALUE: expected ..."`` unless ``value`` lies in the range."""
+        inside = value > self.low if self.strict else value >= self.low
+        if self.below is not None:
+            inside = inside and value < self.below
+        if not (inside and math.isfinite(value)):
+            bound = f"above {_number(self.low)}" if self.strict else f"at least {_number(self.low)}"
+            if self.below is not None:
+                bound += f" and below {_number(self.below)}"
+            kind = "" if isinstance(value, int) else "a finite number "
+            raise ValueError(f"{key} = {value!r}: expected {kind}{bound}")
+
+
+def _number(x: float) -> float | int:
+    """A bound as messages write it (1, not 1.0)."""
+    return int(x) if float(x).is_integer() else x
+
+
+Positive = Annotated[float, AtLeast(0.0, strict=True)]
+"""A finite real setting above 0 (learning rates, times)."""
+
+NonNegative = Annotated[float, AtLeast(0.0)]
+"""A finite real setting of at least 0 (loss weights)."""
+
+Count = Annotated[int, AtLeast(0)]
+"""A number of steps or items that may be 0."""
+
+PositiveCount = Annotated[int, AtLeast(1)]
+"""A size or number of steps of at least 1."""
+
+Fraction = Annotated[float, AtLeast(0.0, below=1.0)]
+"""A share of a whole: at least 0 and below 1."""
 
 
 def typed(value: Any, kind: Any, key: str) -> Any:
@@ -52,6 +110,13 @@ def typed(value: Any, kind: Any, key: str) -> Any:
         ``"KEY = VALUE: expected ..."`` naming the expected type or the choices.
     """
     origin = typing.get_origin(kind)
+    if origin is Annotated:
+        base, *extras = typing.get_args(kind)
+        value = typed(value, base, key)
+        for extra in extras:
+            if isinstance(extra, AtLeast):
+                extra.check(value, key)
+        return value
     if origin in (Union, types.UnionType):
         options = typing.get_args(kind)
         if value is None and type(None) in options:
@@ -115,7 +180,7 @@ def validate(config: Any) -> None:
     Called from a configuration's ``__post_init__``; a nested table given as a dict is merged
     over the field's default.
     """
-    hints = typing.get_type_hints(type(config))
+    hints = typing.get_type_hints(type(config), include_extras=True)
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         kind = hints[f.name]
@@ -146,7 +211,7 @@ def merge(config: Any, table: Mapping[str, Any], where: str) -> Any:
         raise ValueError(
             f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
         )
-    hints = typing.get_type_hints(type(config))
+    hints = typing.get_type_hints(type(config), include_extras=True)
     values: dict[str, Any] = {}
     for key, value in table.items():
         current = getattr(config, key)

@@ -353,7 +353,7 @@ def test_sidecar_overrides_file_values(tmp_path: Path) -> None:
             r"expected one value or one per contrast \(4\), as sidecar\[counters\]\[echo_time_ms",
         ),
         ({"flip_angle_deg": "ten"}, r"sidecar\[flip_angle_deg\]: expected a number or a list"),
-        ({"signal_model": "mese"}, r"signal_model: expected one of"),
+        ({"signal_model": "mese"}, r"sidecar\[signal_model\]: expected one of"),
     ],
 )
 def test_bad_sidecar(tmp_path: Path, sidecar: dict[str, object], expected: str) -> None:

@@ -1,6 +1,7 @@
 """Output folder: contract layout, NIfTI orientation and units, weighted images on request,
-atomic replacement: the previous results survive a failure at any step of a publish, a killed
-publish is put back, one run at a time holds a folder's lock."""
+atomic replacement: the previous results survive a failure at any step of a publish and a kill
+between any two of its steps, a killed publish is put back, one run at a time holds a folder's
+lock."""
 
 import json
 import math
@@ -179,6 +180,63 @@ def test_publish_keeps_the_previous_results_whatever_step_fails(
     else:
         pytest.fail("the publish never got past the injected failures")
     assert failed_steps == ["link", "rename", "rename", "rmtree"]  # eval.json, swap, old
+
+
+def test_a_publish_killed_at_any_step_leaves_results_that_the_next_run_keeps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 runs no cleanup: the folder is copied as it is before every file-system step of
+    a publish (what a kill then leaves); in every copy the next run, after putting back what
+    the kill left (its first step), finds the previous results or the new ones, whole, and
+    leaves no temporary folder."""
+    live = tmp_path / "live"
+    out = live / "out"
+    write_output(out, _maps(), np.eye(4), {"run": 1}, method="test")
+    (out / "eval.json").write_text("{}")
+    (out / "checkpoint.pt").write_text("checkpoint")
+    states: list[Path] = []
+    copying = [False]
+
+    def snapshot() -> None:
+        copying[0] = True
+        try:
+            states.append(Path(shutil.copytree(live, tmp_path / f"killed{len(states)}")))
+        finally:
+            copying[0] = False
+
+    def before(real):
+        def call(*args, **kwargs):
+            if not copying[0]:
+                snapshot()
+            return real(*args, **kwargs)
+
+        return call
+
+    new_maps = Maps(values={k: v + 1 for k, v in _maps().values.items()})
+    with monkeypatch.context() as patch:
+        for module, name in ((os, "mkdir"), (os, "rename"), (os, "replace"), (os, "link")):
+            patch.setattr(module, name, before(getattr(module, name)))
+        for name in ("rmtree", "copy2"):
+            patch.setattr(shutil, name, before(getattr(shutil, name)))
+        write_output(out, new_maps, np.eye(4), {"run": 2}, method="test")
+    snapshot()
+    assert len(states) >= 6  # temporary folder, nifti/, eval.json, two renames, removal, done
+    seen = set()
+    for state in states:
+        killed = state / "out"
+        recover_output(killed)
+        report, t1 = _published(killed)
+        seen.add(report["run"])
+        expected = _maps() if report == {"run": 1} else new_maps
+        assert report in ({"run": 1}, {"run": 2})
+        assert np.allclose(t1, expected.values["T1"].numpy())
+        assert (killed / "eval.json").read_text() == "{}"
+        if report == {"run": 1}:
+            assert (killed / "checkpoint.pt").read_text() == "checkpoint"
+        write_output(killed, new_maps, np.eye(4), {"run": 3}, method="test")
+        assert _published(killed)[0] == {"run": 3}
+        assert _hidden(state) == [] and [p.name for p in state.iterdir()] == ["out"]
+    assert seen == {1, 2}
 
 
 def test_the_checkpoint_is_published_only_when_kept_and_never_copied(tmp_path: Path) -> None:

@@ -50,13 +50,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse a command line; with ``--config``, the command's table supplies option defaults."""
     parser, commands = build_parser()
     args = parser.parse_args(argv)
-    if args.config is None or args.command not in commands:
-        return args
-    command = commands[args.command]
-    values = command.table(read_toml(args.config), args.config)
-    extra = {key: values.pop(key) for key in list(values) if key not in command.settings}
-    command.parser.set_defaults(extra=extra, **values)
-    return parser.parse_args(argv)
+    command = commands.get(args.command)
+    if args.config is not None and command is not None:
+        values = command.table(read_toml(args.config), args.config)
+        extra = {key: values.pop(key) for key in list(values) if key not in command.settings}
+        command.parser.set_defaults(extra=extra, **values)
+        args = parser.parse_args(argv)
+    if command is not None:
+        command.check_ranges(args)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from lorein.config import check_keys, setting_value, table, toml_table
+from lorein.settings import AtLeast
 
 Subparsers = argparse._SubParsersAction
 """The ``lorein`` parser's collection of command parsers."""
 
 ERROR_STATUS = 2
+"""Exit status of every error: usage, configuration, input files, known run-time failures."""
 
 INTERRUPT_STATUS = 130
 """Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
-"""Exit status of every error: usage, configuration, input files, known run-time failures."""
 
 
 @dataclass
@@ -44,11 +45,22 @@ class Command:
     parser: argparse.ArgumentParser
     settings: dict[str, argparse.Action] = field(default_factory=dict)
     extra_keys: Callable[[], Mapping[str, str]] = dict
+    ranges: dict[str, AtLeast] = field(default_factory=dict)
 
-    def option(self, *flags: str, **kwargs: Any) -> None:
-        """Add an option that the command's config table may set too."""
+    def option(self, *flags: str, at_least: AtLeast | None = None, **kwargs: Any) -> None:
+        """Add an option that the command's config table may set too; a numeric one may have a
+        range, checked on the table's value and on the flag's (:meth:`check_ranges`)."""
         action = self.parser.add_argument(*flags, **kwargs)
         self.settings[action.dest] = action
+        if at_least is not None:
+            self.ranges[action.dest] = at_least
+
+    def check_ranges(self, args: argparse.Namespace) -> None:
+        """A one-line error naming the flag whose value lies outside its range."""
+        for dest, at_least in self.ranges.items():
+            value = getattr(args, dest)
+            if value is not None:
+                at_least.check(value, self.settings[dest].option_strings[-1])
 
     def table(self, config: Mapping[str, Any], path: Path) -> dict[str, Any]:
         """The command's table of a parsed config file, its keys and values checked."""
@@ -56,10 +68,14 @@ class Command:
         extra = self.extra_keys()
         where = f"{path} [{self.name}]"
         check_keys(values, [*self.settings, *extra], where)
-        return {
+        checked = {
             key: value if key in extra else setting_value(self.settings[key], value, where)
             for key, value in values.items()
         }
+        for key, at_least in self.ranges.items():
+            if key in checked:
+                at_least.check(checked[key], f"{where}: {key}")
+        return checked
 
     def toml(self, values: Mapping[str, Any]) -> str:
         """The table as TOML: ``values`` over the defaults, each key under its help text."""
@@ -137,7 +153,10 @@ def exit_status(run: Callable[[], None]) -> int:
 
     Errors the user can act on (a value, a file, memory, a known run-time failure, with a hint)
     are one line; ``SystemExit`` (``--help``, ``--version``, a usage error already printed) gives
-    its own status; any other exception propagates with its traceback.
+    its own status; any other exception propagates with its traceback. Errors of the HDF5
+    library while reading a user's file are such values already
+    (:class:`~lorein.data.hdf5_input.ProblemFileError`, naming the file and the field), so a
+    ``KeyError``, ``TypeError`` or other ``RuntimeError`` here is a bug and keeps its traceback.
     """
     try:
         run()
@@ -150,7 +169,7 @@ def exit_status(run: Callable[[], None]) -> int:
             file=sys.stderr,
         )
         return INTERRUPT_STATUS
-    except (ValueError, OSError, KeyError, MemoryError) as err:
+    except (ValueError, OSError, MemoryError) as err:
         print(f"lorein: error: {_one_line(err)}", file=sys.stderr)
         return ERROR_STATUS
     except RuntimeError as err:

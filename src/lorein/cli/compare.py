@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from lorein.cli.common import Command, Subparsers, add_command, config_help, require
+from lorein.settings import AtLeast
 
 
 def add_parser(sub: Subparsers) -> Command:
@@ -35,7 +36,13 @@ def add_parser(sub: Subparsers) -> Command:
         help="(config) comma-separated methods, e.g. lorein,summit,lrt,fit",
     )
     cmp.option("--device", default="cpu", help="(config) cpu, cuda or cuda:N (default: cpu)")
-    cmp.option("--seed", type=int, default=0, help="(config) seed of every method (default: 0)")
+    cmp.option(
+        "--seed",
+        type=int,
+        default=0,
+        at_least=AtLeast(0),
+        help="(config) seed of every method (default: 0)",
+    )
     cmp.option(
         "--timeout-s",
         type=float,

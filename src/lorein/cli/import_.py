@@ -84,11 +84,15 @@ def run(args: argparse.Namespace) -> None:
     from lorein.data.twix_io import read_twix
 
     sidecar = dict(args.extra)
+    origin = dict.fromkeys(sidecar, f"{args.config} [import]")
     if args.sidecar is not None:
-        sidecar.update(read_toml(args.sidecar, "sidecar file"))
+        given = read_toml(args.sidecar, "sidecar file")
+        sidecar.update(given)
+        origin.update(dict.fromkeys(given, str(args.sidecar)))
     options = dict(
         signal_model=args.signal_model,
         sidecar=sidecar,
+        sidecar_origin=origin,
         remove_oversampling=not args.keep_oversampling,
         noise_prewhitening=args.prewhitening,
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lorein.cli.common import Command, Subparsers, add_command, config_help
+from lorein.settings import AtLeast
 
 
 def add_parser(sub: Subparsers) -> Command:
@@ -41,6 +42,7 @@ def add_parser(sub: Subparsers) -> Command:
         "--seed",
         type=int,
         default=0,
+        at_least=AtLeast(0),
         help="(config) seed of all random initialisations (default: 0)",
     )
     rec.parser.add_argument(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lorein import __version__
 from lorein.cli.common import Command, Subparsers, add_command, config_help, require
+from lorein.settings import AtLeast
 
 
 def add_parser(sub: Subparsers) -> Command:
@@ -32,12 +33,14 @@ def add_parser(sub: Subparsers) -> Command:
     sim.option(
         "--R",
         type=float,
+        at_least=AtLeast(1.0),
         help="(config) acceleration factor (paper eq. 19: samples of the full k-space of all "
         "contrasts / acquired samples), e.g. 27; required",
     )
     sim.option(
         "--nz",
         type=int,
+        at_least=AtLeast(1),
         default=None,
         help="(config) slices: the central NZ slices of the preset's slab at its voxel size; 1 "
         "simulates a 2D acquisition of one slice, phase-encoded along y alone (default: the "
@@ -46,6 +49,7 @@ def add_parser(sub: Subparsers) -> Command:
     sim.option(
         "--coils",
         type=int,
+        at_least=AtLeast(1),
         default=None,
         help="(config) receive coils (1: a single channel; default: the preset's)",
     )
@@ -53,6 +57,7 @@ def add_parser(sub: Subparsers) -> Command:
         "--seed",
         type=int,
         default=0,
+        at_least=AtLeast(0),
         help="(config) seed of anatomy, sampling and noise (default: 0)",
     )
     sim.option(

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from lorein.cli.common import Command, Subparsers, add_command, config_help, require
+from lorein.settings import AtLeast
 
 
 def add_parser(sub: Subparsers) -> Command:
@@ -30,6 +31,7 @@ def add_parser(sub: Subparsers) -> Command:
     cmd.option(
         "--R",
         type=float,
+        at_least=AtLeast(1.0),
         help="(config) acceleration factor (all contrasts' k-space samples / kept samples), "
         "e.g. 3; required",
     )
@@ -56,15 +58,19 @@ def add_parser(sub: Subparsers) -> Command:
         help="(config) echoes of one excitation share their lines, as a multi-echo acquisition "
         "samples them (default: every contrast its own, complementary lines)",
     )
-    cmd.option("--seed", type=int, default=0, help="(config) seed of the pattern (default: 0)")
+    cmd.option(
+        "--seed",
+        type=int,
+        default=0,
+        at_least=AtLeast(0),
+        help="(config) seed of the pattern (default: 0)",
+    )
     return cmd
 
 
 def run(args: argparse.Namespace) -> None:
     """Undersample the problem and write it with the input's provenance and truth."""
-    import h5py
-
-    from lorein.data.problem import RESERVED_ATTRS, read_problem, read_truth, write_problem
+    from lorein.data.problem import read_problem, read_provenance, read_truth, write_problem
     from lorein.data.undersample import undersample
 
     require(args, "R")
@@ -77,9 +83,8 @@ def run(args: argparse.Namespace) -> None:
         shared_echo_lines=args.shared_echo_lines,
         seed=args.seed,
     )
-    with h5py.File(args.problem, "r") as f:
-        attrs = {k: v for k, v in f.attrs.items() if k not in (*RESERVED_ATTRS, "lorein_version")}
-        has_truth = "truth" in f
+    attrs, has_truth = read_provenance(args.problem)
+    attrs.pop("lorein_version", None)
     truth = read_truth(args.problem) if has_truth else None
     attrs |= {
         "undersampled_from": str(args.problem),

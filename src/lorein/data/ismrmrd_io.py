@@ -40,14 +40,16 @@ Mapping
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import h5py
 import ismrmrd
@@ -56,9 +58,20 @@ import scipy.linalg
 import torch
 from ismrmrd import xsd
 from ismrmrd.hdf5 import acquisition_dtype, acquisition_header_dtype
+from xsdata.exceptions import ConverterWarning
 
 from lorein import __version__
-from lorein.data.problem import REQUIRED_COLUMNS, Problem, ProblemFileError, Truth, validate_problem
+from lorein.data.hdf5_input import dataset_size, get, open_file, read_dataset, reading
+from lorein.data.hdf5_input import fail as _fail
+from lorein.data.problem import (
+    REQUIRED_COLUMNS,
+    SI_UNITS,
+    UNITS,
+    Problem,
+    Truth,
+    sequence_range_error,
+    validate_problem,
+)
 from lorein.physics.contrasts import ContrastTable
 from lorein.physics.fft import centered_fft, centered_ifft
 from lorein.physics.models.registry import MODEL_CLASSES, SIGNAL_MODELS
@@ -113,6 +126,7 @@ TRUTH_UNITS = {
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS (its own inverse)
 _MAX_COUNTER = 65535  # ISMRMRD counters are uint16
 _READ_CHUNK = 4096  # acquisitions read per HDF5 call
+_ARRAY_BYTES = 256  # memory of one (empty) numpy array of a variable-length field
 
 # flags of acquisitions that carry no imaging data for this problem
 _SKIPPED_FLAGS = (
@@ -129,13 +143,12 @@ _SKIPPED_FLAGS = (
 
 @dataclass(frozen=True)
 class _Column:
-    """Where one contrast-table column is found and how it converts to SI units."""
+    """Where one contrast-table column is found, and in which unit."""
 
     sidecar_key: str
-    sidecar_scale: float  # sidecar unit -> SI
+    unit: str | None  # of the sidecar key and the header field (ms, deg; a key of UNITS)
     user_parameter: str  # lorein.* user parameter (SI)
     header_field: str | None  # sequenceParameters list
-    header_scale: float  # header unit -> SI
     header_counter: str | None  # counter a header list runs over when its length fits
     example: str  # sidecar example in error messages
 
@@ -143,54 +156,71 @@ class _Column:
 _COLUMN_SOURCES = {
     "flip_angle": _Column(
         sidecar_key="flip_angle_deg",
-        sidecar_scale=math.pi / 180,
+        unit="deg",
         user_parameter="lorein.flip_angle_rad",
         header_field="flipAngle_deg",
-        header_scale=math.pi / 180,
         header_counter="set",
         example="flip_angle_deg = [5.0, 10.0, 20.0]",
     ),
     "echo_time": _Column(
         sidecar_key="echo_time_ms",
-        sidecar_scale=1e-3,
+        unit="ms",
         user_parameter="lorein.echo_time_s",
         header_field="TE",
-        header_scale=1e-3,
         header_counter="contrast",
         example="echo_time_ms = [2.15, 5.2, 8.25]",
     ),
     "repetition_time": _Column(
         sidecar_key="repetition_time_ms",
-        sidecar_scale=1e-3,
+        unit="ms",
         user_parameter="lorein.repetition_time_s",
         header_field="TR",
-        header_scale=1e-3,
         header_counter=None,
         example="repetition_time_ms = 46.0",
     ),
     "prep_time": _Column(
         sidecar_key="prep_time_ms",
-        sidecar_scale=1e-3,
+        unit="ms",
         user_parameter="lorein.prep_time_s",
         header_field=None,
-        header_scale=1.0,
         header_counter=None,
         example="prep_time_ms = [25.0, 50.0, 70.0]",
     ),
     "segment": _Column(
         sidecar_key="segment",
-        sidecar_scale=1.0,
+        unit=None,
         user_parameter="lorein.segment",
         header_field=None,
-        header_scale=1.0,
         header_counter=None,
         example="segment = [1, 2, 3]",
     ),
 }
 
 
-def _fail(source: str, where: str, message: str) -> NoReturn:
-    raise ProblemFileError(source, where, message)
+@dataclass(frozen=True)
+class Sidecar:
+    """Sequence parameters given beside a raw file, and where each was given.
+
+    Attributes
+    ----------
+    values
+        The sidecar's keys and values (:data:`SIDECAR_KEYS`).
+    origin
+        Key -> the file (and table) that gave it, e.g. ``"seq.toml"``, ``"study.toml [import]"``.
+    raw
+        The raw file, named for a key of unknown origin.
+    """
+
+    values: dict[str, Any]
+    origin: Mapping[str, str]
+    raw: str
+
+    def place(self, key: str, item: str | None = None) -> tuple[str, str]:
+        """``(source, field)`` naming ``key`` (or its table's entry ``item``) in messages: the
+        sidecar file and the key, or the raw file and ``sidecar[key]``."""
+        if key in self.origin:
+            return self.origin[key], key if item is None else f"{key}.{item}"
+        return self.raw, f"sidecar[{key}]" + ("" if item is None else f"[{item}]")
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -542,69 +572,87 @@ def noise_whitening_matrix(noise: np.ndarray) -> np.ndarray:
     return scipy.linalg.solve_triangular(lower, np.eye(n_coils), lower=True)
 
 
-def _check_sidecar(sidecar: Mapping[str, Any] | None, source: str) -> dict[str, Any]:
+def _check_sidecar(
+    sidecar: Mapping[str, Any] | None, origin: Mapping[str, str] | None, source: str
+) -> Sidecar:
     """The sidecar's keys, and its ``counters`` table: value keys -> counter names."""
-    if sidecar is None:
-        return {}
-    unknown = sorted(set(sidecar) - set(SIDECAR_KEYS))
+    checked = Sidecar(dict(sidecar or {}), dict(origin or {}), source)
+    unknown = sorted(set(checked.values) - set(SIDECAR_KEYS))
     if unknown:
+        where = checked.place(unknown[0])
         _fail(
-            source,
-            "sidecar",
+            where[0],
+            "sidecar" if where[0] == source else unknown[0],
             f"expected keys among {', '.join(SIDECAR_KEYS)}, found unknown {', '.join(unknown)}",
         )
-    counters = sidecar.get("counters", {})
+    counters = checked.values.get("counters", {})
     if not isinstance(counters, Mapping):
         _fail(
-            source,
-            "sidecar[counters]",
+            *checked.place("counters"),
             f'expected a table such as {{flip_angle_deg = "set"}}, found {counters!r}',
         )
     value_keys = [c.sidecar_key for c in _COLUMN_SOURCES.values()]
     for key, counter in counters.items():
         if key not in value_keys:
             _fail(
-                source,
-                f"sidecar[counters][{key}]",
+                *checked.place("counters", key),
                 f"expected a key among {', '.join(value_keys)}, found {key!r}",
             )
         if counter not in (*ROW_COUNTERS, "row"):
             _fail(
-                source,
-                f"sidecar[counters][{key}]",
+                *checked.place("counters", key),
                 f"expected one of {', '.join(ROW_COUNTERS)} or row, found {counter!r}",
             )
-    return dict(sidecar)
+    return checked
 
 
-def _open_header(path: str | os.PathLike[str], source: str) -> xsd.ismrmrdHeader:
-    """Open the file with the ISMRMRD library, check its layout and parse the XML header."""
-    p = Path(path)
-    if not p.is_file():
-        found = "a directory" if p.is_dir() else "no such file"
-        _fail(source, "/", f"expected an ISMRMRD HDF5 file, found {found}; check the path")
+def _read_header(f: h5py.File, source: str) -> xsd.ismrmrdHeader:
+    """Check the file's ISMRMRD layout and parse its XML header (read with bounded memory)."""
+    group = get(f, DATASET, source, f"/{DATASET}")
+    if not isinstance(group, h5py.Group):
+        _fail(
+            source,
+            f"/{DATASET}",
+            f"expected the ISMRMRD group '{DATASET}', found none: this HDF5 file is not an "
+            f"ISMRMRD dataset (convert scanner raw data with e.g. siemens_to_ismrmrd)",
+        )
+    for name, what in (("xml", "the XML header"), ("data", "acquisitions")):
+        if get(group, name, source, f"/{DATASET}/{name}") is None:
+            _fail(source, f"/{DATASET}/{name}", f"expected {what}, found none")
+    xml = read_dataset(group, "xml", source, f"/{DATASET}/xml").reshape(-1)
+    if xml.size == 0 or not isinstance(xml[0], bytes | str):
+        found = "no element" if xml.size == 0 else f"{xml.dtype} data"
+        _fail(source, f"/{DATASET}/xml", f"expected the XML header as text, found {found}")
     try:
-        dset = ismrmrd.Dataset(str(p), DATASET, create_if_needed=False, mode="r")
-    except OSError as e:
-        _fail(source, "/", f"expected an HDF5 file, found one HDF5 cannot open ({e})")
-    with dset:
-        try:
-            names = set(dset.list())
-        except LookupError:
-            _fail(
-                source,
-                f"/{DATASET}",
-                f"expected the ISMRMRD group '{DATASET}', found none: this HDF5 file is not an "
-                f"ISMRMRD dataset (convert scanner raw data with e.g. siemens_to_ismrmrd)",
-            )
-        for name, what in (("xml", "the XML header"), ("data", "acquisitions")):
-            if name not in names:
-                _fail(source, f"/{DATASET}/{name}", f"expected {what}, found none")
-        xml = dset.read_xml_header()
+        with _strict_xsdata() as logged:
+            header = xsd.CreateFromDocument(xml[0])
+    except (ValueError, TypeError, SyntaxError, ConverterWarning) as e:  # ParserError: ValueError
+        logged = [str(e)]
+    if logged:
+        text = " ".join(logged[0].split())
+        _fail(source, f"/{DATASET}/xml", f"expected a valid ISMRMRD header, found: {text}")
+    return header
+
+
+@contextmanager
+def _strict_xsdata() -> Iterator[list[str]]:
+    """Parse with xsdata strictly: a value it cannot convert (``TE = "2u.5"``, which it would
+    keep as text) raises its ``ConverterWarning``; what it logs (an element it could not place)
+    is collected in the list yielded instead of printed."""
+    logged: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    log = logging.getLogger("xsdata")
+    propagate = log.propagate
+    log.addHandler(handler)
+    log.propagate = False
     try:
-        return xsd.CreateFromDocument(xml)
-    except (ValueError, TypeError) as e:  # xsdata: ParserError (a ValueError), missing fields
-        _fail(source, f"/{DATASET}/xml", f"expected a valid ISMRMRD header, found: {e}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ConverterWarning)
+            yield logged
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
 
 
 @dataclass(frozen=True)
@@ -709,36 +757,57 @@ def collect_lines(
     return RawLines(heads=heads[lines], kspace=kspace, noise=scans)
 
 
-def _read_acquisitions(path: str | os.PathLike[str], n_samples: int, source: str) -> RawLines:
-    """Read every acquisition header, then the data of imaging and noise acquisitions."""
+def _read_acquisitions(f: h5py.File, n_samples: int, source: str) -> RawLines:
+    """Read every acquisition header, then the data of imaging and noise acquisitions (each
+    read bounded by the sizes the headers declare, which the file must be able to hold)."""
     where = ISMRMRD_FIELDS.data
-    with h5py.File(path, "r") as f:
-        data = f[DATASET]["data"]
-        try:
-            heads = data.fields("head")[()]
-            for name in ("flags", "active_channels", "number_of_samples", "discard_pre"):
-                heads[name]
-        except (KeyError, ValueError) as e:
-            _fail(source, where, f"expected ISMRMRD acquisition records, found {data.dtype} ({e})")
-        samples = data.fields("data")
+    data = get(f, f"{DATASET}/data", source, where)
+    if not isinstance(data, h5py.Dataset):
+        _fail(source, where, "expected a dataset of acquisitions, found a group")
+    with reading(source, where):
+        dtype = data.dtype
+    if dtype.names is None or not {"head", "data"} <= set(dtype.names):
+        _fail(source, where, f"expected ISMRMRD acquisition records, found {dtype}")
+    with reading(source, where, dataset_size(data, source, where)):
+        heads = data.fields("head")[()]
+    try:
         active = heads["active_channels"].astype(np.int64)
         total = heads["number_of_samples"].astype(np.int64)
+        for name in ("flags", "discard_pre", "discard_post"):
+            heads[name]
+    except (KeyError, ValueError) as e:
+        _fail(source, where, f"expected ISMRMRD acquisition records, found {dtype} ({e})")
+    # samples are variable-length arrays: the heads declare their sizes, the file holds them
+    sample_bytes = 8 * active * total
+    file_size = os.path.getsize(f.filename)
+    if sample_bytes.sum() > file_size:
+        _fail(
+            source,
+            where,
+            f"expected samples the file can hold ({file_size} bytes), found heads declaring "
+            f"{sample_bytes.sum()} bytes (active_channels x number_of_samples): truncated "
+            "or damaged",
+        )
+    samples = data.fields("data")
 
-        def read(wanted: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-            for lo in range(0, len(heads), _READ_CHUNK):
+    def read(wanted: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        for lo in range(0, len(heads), _READ_CHUNK):
+            chunk = wanted[(wanted >= lo) & (wanted < lo + _READ_CHUNK)]
+            declared = int(sample_bytes[lo : lo + _READ_CHUNK].sum()) + _READ_CHUNK * _ARRAY_BYTES
+            with reading(source, where, declared):
                 block = samples[lo : lo + _READ_CHUNK]
-                for i in wanted[(wanted >= lo) & (wanted < lo + _READ_CHUNK)]:
-                    values = block[i - lo]
-                    if values.size != 2 * active[i] * total[i]:
-                        _fail(
-                            source,
-                            f"{where}[{i}]",
-                            f"expected {2 * active[i] * total[i]} floats (channels x samples x "
-                            f"2), found {values.size}",
-                        )
-                    yield int(i), values.view(np.complex64).reshape(active[i], total[i])
+            for i in chunk:
+                values = block[i - lo]
+                if values.size != 2 * active[i] * total[i]:
+                    _fail(
+                        source,
+                        f"{where}[{i}]",
+                        f"expected {2 * active[i] * total[i]} floats (channels x samples x "
+                        f"2), found {values.size}",
+                    )
+                yield int(i), values.view(np.complex64).reshape(active[i], total[i])
 
-        return collect_lines(heads, read, n_samples, source, ISMRMRD_FIELDS)
+    return collect_lines(heads, read, n_samples, source, ISMRMRD_FIELDS)
 
 
 def _check_lines(
@@ -877,11 +946,12 @@ def _user_parameters(header: xsd.ismrmrdHeader) -> tuple[dict[str, list[float]],
     return numbers, strings
 
 
-def _sidecar_numbers(value: Any, key: str, source: str) -> np.ndarray:
+def _sidecar_numbers(sidecar: Sidecar, key: str) -> np.ndarray:
     """A sidecar entry (number or list of numbers) as ``[n]`` float64."""
+    value = sidecar.values[key]
     items = value if isinstance(value, list | tuple) else [value]
     if not items or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
-        _fail(source, f"sidecar[{key}]", f"expected a number or a list of numbers, found {value!r}")
+        _fail(*sidecar.place(key), f"expected a number or a list of numbers, found {value!r}")
     return np.asarray(items, dtype=np.float64)
 
 
@@ -890,8 +960,7 @@ def _per_row(
     counters: ContrastCounters,
     counter: str | None,
     preferred: str | None,
-    source: str,
-    where: str,
+    place: tuple[str, str],
     key: str,
 ) -> np.ndarray:
     """A value list as one value per contrast row ``[n_rows]``.
@@ -900,6 +969,7 @@ def _per_row(
     runs over that counter's values (or over the rows, ``"row"``). Otherwise a list with one
     value per row is taken as is, then a list as long as the ``preferred`` counter runs over
     it, then over the one counter of that size; several counters of that size are ambiguous.
+    ``place`` is the ``(source, field)`` named in errors.
     """
     n, n_rows = len(values), counters.n_rows
     sizes = ", ".join(f"{c} {s}" for c, s in counters.sizes.items())
@@ -908,8 +978,7 @@ def _per_row(
         if n not in (1, size):
             what = f"per contrast row ({n_rows})" if counter == "row" else f"per {counter} ({size})"
             _fail(
-                source,
-                where,
+                *place,
                 f"expected one value or one {what}, as sidecar[counters][{key}] says, found {n}",
             )
         if n == 1:
@@ -926,57 +995,67 @@ def _per_row(
         return values[counters.values(matches[0])]
     if matches:
         _fail(
-            source,
-            where,
+            *place,
             f"found {n} values, as many as the values of counters {' and '.join(matches)}; "
             f'say which in the sidecar, e.g. [counters] {key} = "{matches[0]}"',
         )
     _fail(
-        source,
-        where,
+        *place,
         f"expected one value, one per contrast row ({n_rows}) or one per value of a counter "
         f"({sizes}), found {n}",
     )
 
 
+def _in_si(name: str, values: np.ndarray, unit: str | None, place: tuple[str, str]) -> np.ndarray:
+    """Column ``name``'s values given in ``unit`` (None: a count), in SI units, after checking
+    that they are plausible (:data:`~lorein.data.problem.SEQUENCE_RANGES`); ``place`` is the
+    ``(source, field)`` named when they are not."""
+    if unit is None:
+        return values
+    implausible = sequence_range_error(name, values, unit)
+    if implausible is not None:
+        _fail(*place, implausible)
+    return values * UNITS[unit][1]
+
+
 def _resolve_column(
     name: str,
-    sidecar: Mapping[str, Any],
+    sidecar: Sidecar,
     user: Mapping[str, list[float]],
     sequence: xsd.sequenceParametersType | None,
     counters: ContrastCounters,
     source: str,
     fields: RawFields,
 ) -> np.ndarray:
-    """One contrast-table column ``[n_rows]`` float64 in SI units, from the first source found."""
+    """One contrast-table column ``[n_rows]`` float64 in SI units, from the first source found,
+    its values checked for plausibility in the unit that source gives them."""
     spec = _COLUMN_SOURCES[name]
     key = spec.sidecar_key
     n_rows = counters.n_rows
-    counter = sidecar.get("counters", {}).get(key)
-    if key in sidecar:
-        values = _sidecar_numbers(sidecar[key], key, source)
-        where = f"sidecar[{key}]"
-        return _per_row(values, counters, counter, None, source, where, key) * spec.sidecar_scale
+    counter = sidecar.values.get("counters", {}).get(key)
+    if key in sidecar.values:
+        place = sidecar.place(key)
+        values = _per_row(_sidecar_numbers(sidecar, key), counters, counter, None, place, key)
+        return _in_si(name, values, spec.unit, place)
     if spec.user_parameter in user:
         values = np.asarray(user[spec.user_parameter], dtype=np.float64)
+        where = f"{fields.header} userParameters/{spec.user_parameter}"
         if len(values) != n_rows:
             _fail(
                 source,
-                f"{fields.header} userParameters/{spec.user_parameter}",
+                where,
                 f"expected one value per contrast ({n_rows}), found {len(values)}; give "
                 f"{key} in the TOML sidecar, e.g. {spec.example}",
             )
-        return values
+        return _in_si(name, values, SI_UNITS.get(name), (source, where))
     header_values: list[float] = []
     if sequence is not None and spec.header_field is not None:
         header_values = getattr(sequence, spec.header_field)
     if header_values:
         values = np.asarray(header_values, dtype=np.float64)
-        where = f"{fields.header} sequenceParameters/{spec.header_field}"
-        preferred = spec.header_counter
-        return _per_row(values, counters, counter, preferred, source, where, key) * (
-            spec.header_scale
-        )
+        place = (source, f"{fields.header} sequenceParameters/{spec.header_field}")
+        values = _per_row(values, counters, counter, spec.header_counter, place, key)
+        return _in_si(name, values, spec.unit, place)
     field = (
         f"sequenceParameters/{spec.header_field}"
         if spec.header_field
@@ -993,12 +1072,13 @@ def _resolve_column(
 
 def _signal_model(
     argument: str | None,
-    sidecar: Mapping[str, Any],
+    sidecar: Sidecar,
     strings: Mapping[str, str],
     source: str,
     fields: RawFields,
 ) -> str:
-    model = argument or sidecar.get("signal_model") or strings.get(SIGNAL_MODEL_PARAMETER)
+    given = sidecar.values.get("signal_model")
+    model = argument or given or strings.get(SIGNAL_MODEL_PARAMETER)
     known = ", ".join(SIGNAL_MODELS)
     if model is None:
         _fail(
@@ -1008,7 +1088,9 @@ def _signal_model(
             f'give signal_model = "{SIGNAL_MODELS[0]}" in the TOML sidecar',
         )
     if model not in SIGNAL_MODELS:
-        _fail(source, "signal_model", f"expected one of {known}, found {model!r}")
+        from_sidecar = given is not None and not argument
+        place = sidecar.place("signal_model") if from_sidecar else (source, "signal_model")
+        _fail(*place, f"expected one of {known}, found {model!r}")
     return model
 
 
@@ -1130,6 +1212,7 @@ def problem_from_lines(
     fields: RawFields = ISMRMRD_FIELDS,
     signal_model: str | None = None,
     sidecar: Mapping[str, Any] | None = None,
+    sidecar_origin: Mapping[str, str] | None = None,
     remove_oversampling: bool = True,
     noise_prewhitening: bool = True,
 ) -> ImportedProblem:
@@ -1138,19 +1221,21 @@ def problem_from_lines(
     Shared by every raw-data reader (ISMRMRD, Siemens twix): counters map to ky, kz and
     contrast rows as in the module docstring, sequence parameters come from the sidecar, the
     ``lorein.*`` user parameters or ``sequenceParameters``, noise scans whiten the coils,
-    readout oversampling is removed and the geometry becomes the RAS affine. Arguments as in
-    :func:`import_ismrmrd`; ``raw`` holds the lines (:func:`collect_lines`), ``fields`` names
-    the file's parts in error messages.
+    readout oversampling is removed and the geometry becomes the RAS affine. Every sequence
+    parameter, wherever it comes from, must be plausible
+    (:data:`~lorein.data.problem.SEQUENCE_RANGES`). Arguments as in :func:`import_ismrmrd`;
+    ``raw`` holds the lines (:func:`collect_lines`), ``fields`` names the file's parts in error
+    messages.
 
     Returns
     -------
     The problem and the counter values of its contrast rows.
     """
-    sidecar = _check_sidecar(sidecar, source)
+    given = _check_sidecar(sidecar, sidecar_origin, source)
     encoding, voxel_size = encoded_space(header, source, fields)
     encoded = encoding.encodedSpace.matrixSize
     numbers, strings = _user_parameters(header)
-    model = _signal_model(signal_model, sidecar, strings, source, fields)
+    model = _signal_model(signal_model, given, strings, source, fields)
     limits = encoding.encodingLimits
     idx = raw.heads["idx"]
     ky = _centred_index(
@@ -1172,13 +1257,13 @@ def problem_from_lines(
     contrast, counters = _contrast_rows(raw.heads, limits)
     columns = {
         name: _resolve_column(
-            name, sidecar, numbers, header.sequenceParameters, counters, source, fields
+            name, given, numbers, header.sequenceParameters, counters, source, fields
         )
         for name in REQUIRED_COLUMNS[model]
     }
     segment = columns.get("segment")
     if segment is not None and not np.array_equal(segment, np.round(segment)):
-        _fail(source, "segment", f"expected whole readout numbers, found {segment.tolist()}")
+        _fail(*given.place("segment"), f"expected whole readout numbers, found {segment.tolist()}")
     table = ContrastTable(
         **{
             name: torch.from_numpy(
@@ -1218,21 +1303,24 @@ def read_ismrmrd(
     *,
     signal_model: str | None = None,
     sidecar: Mapping[str, Any] | None = None,
+    sidecar_origin: Mapping[str, str] | None = None,
     remove_oversampling: bool = True,
     noise_prewhitening: bool = True,
 ) -> ImportedProblem:
     """:func:`import_ismrmrd`, with the counter values of the contrast rows."""
     source = str(path)
-    _check_sidecar(sidecar, source)
-    header = _open_header(path, source)
-    encoding, _ = encoded_space(header, source, ISMRMRD_FIELDS)
-    raw = _read_acquisitions(path, encoding.encodedSpace.matrixSize.x, source)
+    _check_sidecar(sidecar, sidecar_origin, source)
+    with open_file(path, source, "an ISMRMRD HDF5 file") as f:
+        header = _read_header(f, source)
+        encoding, _ = encoded_space(header, source, ISMRMRD_FIELDS)
+        raw = _read_acquisitions(f, encoding.encodedSpace.matrixSize.x, source)
     return problem_from_lines(
         header,
         raw,
         source=source,
         signal_model=signal_model,
         sidecar=sidecar,
+        sidecar_origin=sidecar_origin,
         remove_oversampling=remove_oversampling,
         noise_prewhitening=noise_prewhitening,
     )
@@ -1243,6 +1331,7 @@ def import_ismrmrd(
     *,
     signal_model: str | None = None,
     sidecar: Mapping[str, Any] | None = None,
+    sidecar_origin: Mapping[str, str] | None = None,
     remove_oversampling: bool = True,
     noise_prewhitening: bool = True,
 ) -> Problem:
@@ -1267,7 +1356,13 @@ def import_ismrmrd(
         ``echo_time_ms``, ``repetition_time_ms``, ``prep_time_ms`` [ms], ``segment`` (from 1),
         each one number for all contrasts, a list with one per contrast row, or a list with
         one per value of a counter (the ``counters`` table names it, else the list's length:
-        the one counter with that many values). A sidecar value overrides the file's.
+        the one counter with that many values). A sidecar value overrides the file's. Each
+        value must be plausible (:data:`~lorein.data.problem.SEQUENCE_RANGES`: a TE in seconds
+        under ``echo_time_ms`` or a flip angle in radians under ``flip_angle_deg`` is refused),
+        as must the file's own.
+    sidecar_origin
+        Where each sidecar key was given (``"seq.toml"``, ``"study.toml [import]"``), named
+        with the key in errors; a key without one is named ``PATH: sidecar[KEY]``.
     remove_oversampling
         When the encoded readout is longer than ``reconSpace`` x (e.g. 2x oversampling), go to
         image space along x (centred orthonormal FFT), keep the central ``reconSpace`` x
@@ -1296,6 +1391,7 @@ def import_ismrmrd(
         path,
         signal_model=signal_model,
         sidecar=sidecar,
+        sidecar_origin=sidecar_origin,
         remove_oversampling=remove_oversampling,
         noise_prewhitening=noise_prewhitening,
     ).problem

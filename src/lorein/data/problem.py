@@ -2,9 +2,11 @@
 
 The file layout is the contract of DESIGN.md section 3 (``format = "lorein-problem"``,
 ``format_version = 1``), extended by adding only: the optional ``truth/purity``
-(:data:`PURITY`), which older files lack and still read. The same validation runs on every file
-that is read and on every :class:`Problem` before it is written, so a file written here always
-reads back.
+(:data:`PURITY`), which older files lack and still read. Its validation is stricter than the
+contract's text in one respect: the sequence parameters must lie in :data:`SEQUENCE_RANGES`
+(a value outside is a unit mix-up). The same validation runs on every file that is read and on
+every :class:`Problem` before it is written, so a file written here always reads back. Files are
+read through :mod:`lorein.data.hdf5_input` (bounded cost, one-line errors).
 
 Error messages are one line, ``SOURCE: FIELD: expected ..., found ...``, where FIELD is an HDF5 path
 (``/kspace/ky``) or an attribute (``/geometry@matrix``, ``/@format``).
@@ -12,12 +14,14 @@ Error messages are one line, ``SOURCE: FIELD: expected ..., found ...``, where F
 
 from __future__ import annotations
 
+import math
 import os
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import h5py
 import numpy as np
@@ -25,6 +29,17 @@ import torch
 
 from lorein import __version__
 from lorein.data.grid import Grid
+from lorein.data.hdf5_input import ProblemFileError as ProblemFileError  # raised here too
+from lorein.data.hdf5_input import (
+    attribute_names,
+    get,
+    member_names,
+    open_file,
+    read_attribute,
+    read_dataset,
+    reading,
+)
+from lorein.data.hdf5_input import fail as _fail
 from lorein.physics.contrasts import ContrastTable
 from lorein.physics.models.registry import MODEL_CLASSES, SIGNAL_MODELS
 
@@ -57,25 +72,29 @@ _TIME_COLUMNS = ("echo_time", "repetition_time", "prep_time")
 _MAX_TIME_S = 1.0  # a sequence time above this is taken for milliseconds
 _DEGREE_GUESS_RAD = 3.2  # integer flip angles above ~pi look like degrees
 
+SEQUENCE_RANGES: dict[str, tuple[float, float]] = {
+    "flip_angle": (math.radians(1.0), math.pi / 2),
+    "echo_time": (50e-6, _MAX_TIME_S),
+    "repetition_time": (0.5e-3, _MAX_TIME_S),
+    "prep_time": (0.0, _MAX_TIME_S),
+}
+"""Plausible range of each real contrast column [rad or s], bounds included: gradient-echo
+excitations of 1 to 90 deg, echo times from 50 us (below any Cartesian readout's), repetition
+times from 0.5 ms. Values outside are a unit mix-up far more often than a protocol (TE given in
+seconds where ms were expected reads 1000x too short), so they are refused, naming the unit
+they look like."""
 
-class ProblemFileError(ValueError):
-    """A problem file, or a problem about to be written, breaks the file contract.
+SI_UNITS = {"flip_angle": "rad", "echo_time": "s", "repetition_time": "s", "prep_time": "s"}
+"""Unit of each real contrast column in a problem file."""
 
-    Parameters
-    ----------
-    source
-        The file (or ``"PATH (not written)"`` for a problem being written).
-    field
-        HDF5 path of the offending item: ``/kspace/ky`` for a dataset, ``/geometry@matrix`` for an
-        attribute, ``/`` for the file itself.
-    message
-        What was expected and what was found.
-    """
-
-    def __init__(self, source: str, field: str, message: str) -> None:
-        self.source = source
-        self.field = field
-        super().__init__(" ".join(f"{source}: {field}: {message}".split()))
+UNITS: dict[str, tuple[str, float]] = {
+    "rad": ("angle", 1.0),
+    "deg": ("angle", math.pi / 180),
+    "s": ("time", 1.0),
+    "ms": ("time", 1e-3),
+}
+"""Units of sequence parameters in files, sidecars and messages: unit -> (quantity, factor to
+SI)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -255,10 +274,6 @@ class _Arrays:
     coils: np.ndarray | None
 
 
-def _fail(source: str, where: str, message: str) -> NoReturn:
-    raise ProblemFileError(source, where, message)
-
-
 def _fmt(x: Any) -> str:
     """Short text for a number or array in a message."""
     return np.array2string(np.asarray(x), precision=6, separator=", ", threshold=8)
@@ -353,6 +368,46 @@ def _check_geometry(
         )
 
 
+def sequence_range_error(name: str, values: np.ndarray, unit: str) -> str | None:
+    """What is implausible about the contrast column ``name`` given in ``unit``, or None.
+
+    Parameters
+    ----------
+    name
+        A real contrast column (a key of :data:`SEQUENCE_RANGES`).
+    values
+        Its values, in ``unit``.
+    unit
+        ``"s"``, ``"ms"``, ``"rad"`` or ``"deg"``.
+
+    Returns
+    -------
+    ``"expected LOW to HIGH UNIT (...), found min A, max B"``, with ``(looks like OTHER)`` when
+    the values would be plausible in another unit of the same quantity; None when every value
+    lies in :data:`SEQUENCE_RANGES` (to float32 rounding).
+    """
+    low, high = SEQUENCE_RANGES[name]
+    quantity, scale = UNITS[unit]
+    si = np.asarray(values, dtype=np.float64) * scale
+    slack = 1e-6  # float32 rounding of the bounds themselves (pi / 2)
+    if si.min() >= low * (1 - slack) and si.max() <= high * (1 + slack):
+        return None
+    guesses = [
+        other
+        for other, (kind, factor) in UNITS.items()
+        if kind == quantity
+        and other != unit
+        and si.min() * factor / scale >= low
+        and si.max() * factor / scale <= high
+    ]
+    hint = f" (looks like {guesses[0]})" if guesses else ""
+    return (
+        f"expected {low / scale:.4g} to {high / scale:.4g} {unit} (plausible "
+        f"{name.replace('_', ' ')}s), found min {si.min() / scale:.4g}, max "
+        f"{si.max() / scale:.4g}{hint}"
+    )
+
+
 def _check_contrasts(columns: Mapping[str, np.ndarray], signal_model: str, source: str) -> int:
     """Validate the contrast table; returns n_contrasts."""
     for name in REQUIRED_COLUMNS[signal_model]:
@@ -362,16 +417,18 @@ def _check_contrasts(columns: Mapping[str, np.ndarray], signal_model: str, sourc
                 f"/contrasts/{name}",
                 f"expected a dataset (required for signal_model {signal_model!r}), found none",
             )
-    n_contrasts, first = None, ""
+    # n_contrasts is the length most columns share, so that the column that differs is named
+    lengths = Counter(c.shape[0] for c in columns.values() if c.ndim == 1)
+    n_contrasts = lengths.most_common(1)[0][0] if lengths else None
+    first = next((n for n, c in columns.items() if c.shape == (n_contrasts,)), "")
     for name, col in columns.items():
         where = f"/contrasts/{name}"
         if name in _INTEGER_COLUMNS:
             _check_kind(col, "iu", "integer", source, where)
         else:
             _check_kind(col, "f", "floating-point", source, where)
-        meaning = f"n_contrasts, as /contrasts/{first}" if first else "n_contrasts"
+        meaning = f"n_contrasts, as /contrasts/{first}" if name != first else "n_contrasts"
         _check_shape(col, (n_contrasts,), meaning, source, where)
-        n_contrasts, first = col.shape[0], first or name
         _check_finite(col, source, where)
     if not n_contrasts:
         _fail(source, "/contrasts", "expected at least one contrast, found 0")
@@ -392,17 +449,6 @@ def _check_contrasts(columns: Mapping[str, np.ndarray], signal_model: str, sourc
         elif col.min() <= 0:
             _fail(source, where, f"expected positive times [s], found min {col.min():g}")
 
-    te, tr = columns["echo_time"], columns["repetition_time"]
-    late = np.flatnonzero(te >= tr)
-    if late.size:
-        i = int(late[0])
-        _fail(
-            source,
-            "/contrasts/echo_time",
-            f"expected echo_time < repetition_time, found {te[i]:g} s >= {tr[i]:g} s "
-            f"at contrast {i}",
-        )
-
     fa, where = columns["flip_angle"], "/contrasts/flip_angle"
     if fa.max() > 2 * np.pi:
         _fail(source, where, f"expected radians, found max {fa.max():g} (looks like degrees)")
@@ -414,6 +460,22 @@ def _check_contrasts(columns: Mapping[str, np.ndarray], signal_model: str, sourc
         )
     if fa.min() <= 0:
         _fail(source, where, f"expected positive angles [rad], found min {fa.min():g}")
+    for name in ("flip_angle", *_TIME_COLUMNS):
+        if name in columns:
+            implausible = sequence_range_error(name, columns[name], SI_UNITS[name])
+            if implausible is not None:
+                _fail(source, f"/contrasts/{name}", implausible)
+
+    te, tr = columns["echo_time"], columns["repetition_time"]
+    late = np.flatnonzero(te >= tr)
+    if late.size:
+        i = int(late[0])
+        _fail(
+            source,
+            "/contrasts/echo_time",
+            f"expected echo_time < repetition_time, found {te[i]:g} s >= {tr[i]:g} s "
+            f"at contrast {i}",
+        )
 
     if "segment" in columns and columns["segment"].min() < 1:
         _fail(
@@ -699,19 +761,11 @@ def _write_arrays(
 
 
 def _open(path: str | os.PathLike[str], source: str) -> h5py.File:
-    p = Path(path)
-    if not p.exists():
-        _fail(source, "/", "expected an HDF5 problem file, found no such file")
-    if p.is_dir():
-        _fail(source, "/", "expected an HDF5 problem file, found a directory")
-    try:
-        return h5py.File(p, "r")
-    except OSError as e:
-        _fail(source, "/", f"expected an HDF5 file, found one HDF5 cannot open ({e})")
+    return open_file(path, source, "an HDF5 problem file")
 
 
 def _group(f: h5py.File, name: str, source: str) -> h5py.Group:
-    obj = f.get(name)
+    obj = get(f, name, source, f"/{name}")
     if not isinstance(obj, h5py.Group):
         found = "nothing" if obj is None else "a dataset"
         _fail(source, f"/{name}", f"expected a group, found {found}")
@@ -719,23 +773,15 @@ def _group(f: h5py.File, name: str, source: str) -> h5py.Group:
 
 
 def _read(f: h5py.File, name: str, source: str) -> np.ndarray:
-    """Read a whole dataset at once."""
-    obj = f.get(name)
-    if not isinstance(obj, h5py.Dataset):
-        found = "nothing" if obj is None else "a group"
-        _fail(source, f"/{name}", f"expected a dataset, found {found}")
-    try:
-        return np.asarray(obj[()])
-    except (OSError, TypeError, ValueError) as e:
-        _fail(source, f"/{name}", f"expected a readable dataset, found an error ({e})")
+    """Read a whole dataset at once (:func:`~lorein.data.hdf5_input.read_dataset`: size checked
+    first, memory bounded)."""
+    return read_dataset(f, name, source, f"/{name}")
 
 
 def _attr(obj: h5py.Group, name: str, where: str, source: str) -> Any:
-    if name not in obj.attrs:
+    value = read_attribute(obj, name, source, where)
+    if value is None:
         _fail(source, where, "expected an attribute, found none")
-    value = obj.attrs[name]
-    if isinstance(value, bytes | np.bytes_):
-        return value.decode("utf-8", errors="replace")
     return value
 
 
@@ -772,7 +818,8 @@ def _read_problem(f: h5py.File, source: str) -> Problem:
     signal_model = _read_header(f, source)
     matrix, voxel_size, affine = _read_geometry(f, source)
     contrasts = _group(f, "contrasts", source)
-    columns = {n: _read(f, f"contrasts/{n}", source) for n in _COLUMNS if n in contrasts}
+    present = [n for n in _COLUMNS if get(contrasts, n, source, f"/contrasts/{n}") is not None]
+    columns = {n: _read(f, f"contrasts/{n}", source) for n in present}
     _group(f, "kspace", source)
     arrays = _Arrays(
         signal_model=signal_model,
@@ -784,7 +831,7 @@ def _read_problem(f: h5py.File, source: str) -> Problem:
         matrix=matrix,
         voxel_size=voxel_size,
         affine=affine,
-        coils=_read(f, "coils", source) if "coils" in f else None,
+        coils=None if get(f, "coils", source, "/coils") is None else _read(f, "coils", source),
     )
     _check_arrays(arrays, source)
     table = ContrastTable(
@@ -859,12 +906,12 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
         matrix, voxel_size, affine = _read_geometry(f, source)
         _check_geometry(matrix, voxel_size, affine, source)
         grid = Grid.from_matrix(matrix)
-        if "truth" not in f:
+        if get(f, "truth", source, "/truth") is None:
             _fail(source, "/truth", "expected a group, found none (the file holds no ground truth)")
         group = _group(f, "truth", source)
-        maps = {name: _read(f, f"truth/{name}", source) for name in group}
-        data = f.get("kspace/data")
-        n_coils = data.shape[1] if isinstance(data, h5py.Dataset) and data.ndim == 3 else None
+        names = member_names(group, source, "/truth")
+        maps = {name: _read(f, f"truth/{name}", source) for name in names}
+        n_coils = _n_coils(f, source)
     _check_truth(maps, grid.shape, n_coils, source)
 
     def take(name: str, dtype: type) -> torch.Tensor | None:
@@ -878,13 +925,49 @@ def read_truth(path: str | os.PathLike[str]) -> Truth:
     return Truth(**known, mask=mask, coils=coils, purity=purity, extra=extra)
 
 
+def _n_coils(f: h5py.File, source: str) -> int | None:
+    """Coils of ``/kspace/data`` from its declared shape, None without a 3D dataset."""
+    data = get(f, "kspace/data", source, "/kspace/data")
+    if not isinstance(data, h5py.Dataset):
+        return None
+    with reading(source, "/kspace/data"):
+        shape = data.shape
+    return shape[1] if len(shape) == 3 else None
+
+
 def _plain(value: Any) -> Any:
     """An attribute value as plain Python (JSON-serialisable)."""
-    if isinstance(value, bytes | np.bytes_):
-        return value.decode("utf-8", errors="replace")
     if isinstance(value, np.ndarray | np.generic):
         return value.tolist()
     return value
+
+
+def _provenance(f: h5py.File, source: str) -> tuple[dict[str, Any], list[str] | None]:
+    """Root attributes other than :data:`RESERVED_ATTRS`, as stored, and the names under
+    ``/truth`` (None without a truth group); bounded reads."""
+    attrs = {
+        k: read_attribute(f, k, source, f"/@{k}")
+        for k in attribute_names(f, source, "/")
+        if k not in RESERVED_ATTRS
+    }
+    truth = get(f, "truth", source, "/truth")
+    maps = member_names(truth, source, "/truth") if isinstance(truth, h5py.Group) else None
+    return attrs, maps
+
+
+def read_provenance(path: str | os.PathLike[str]) -> tuple[dict[str, Any], bool]:
+    """A problem file's provenance root attributes (all but :data:`RESERVED_ATTRS`, as stored)
+    and whether it holds a ``/truth`` group, read as :func:`read_problem` reads.
+
+    Raises
+    ------
+    ProblemFileError
+        The file cannot be opened or an attribute cannot be read.
+    """
+    source = str(path)
+    with _open(path, source) as f:
+        attrs, maps = _provenance(f, source)
+    return attrs, maps is not None
 
 
 def problem_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -914,9 +997,10 @@ def problem_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     f = _open(path, source)
     with f:
         problem = _read_problem(f, source)
-        attrs = {k: _plain(v) for k, v in f.attrs.items() if k not in RESERVED_ATTRS}
-        has_truth = isinstance(f.get("truth"), h5py.Group)
-        truth_maps = sorted(f["truth"]) if has_truth else []
+        stored, maps = _provenance(f, source)
+    attrs = {k: _plain(v) for k, v in stored.items()}
+    has_truth = maps is not None
+    truth_maps = maps or []
     counts = problem.lines_per_contrast()
     return {
         "path": source,

@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -54,6 +56,7 @@ from lorein.data.ismrmrd_io import (
     SIDECAR_KEYS,
     ImportedProblem,
     RawFields,
+    Sidecar,
     collect_lines,
     problem_from_lines,
 )
@@ -125,20 +128,32 @@ def _read_file(path: Path, source: str) -> dict[str, Any]:
         _fail(source, "/", f"expected a Siemens twix file (.dat), found {found}; check the path")
     import twixtools
 
+    messages = io.StringIO()
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(messages):
             measurements = twixtools.read_twix(
                 str(path), verbose=False, parse_pmu=False, parse_geometry=False
             )
     except Exception as e:  # noqa: BLE001 - any failure of the reader means "not a twix file"
         _fail(source, "/", f"expected a Siemens twix file, found one twixtools cannot read ({e})")
+    # twixtools reports an MDB it cannot parse (a truncated or damaged file) and goes on
+    stopped = re.search(r"error at file position (\d+)/(\d+)", messages.getvalue())
+    if stopped:
+        _fail(
+            source,
+            "MDH",
+            f"expected measurement data up to byte {stopped[2]}, found an MDB twixtools cannot "
+            f"parse at byte {stopped[1]} (file of {path.stat().st_size} bytes): truncated or "
+            "damaged",
+        )
     if not measurements or not measurements[-1].get("mdb"):
         _fail(source, "/", "expected a Siemens twix file with measurement data, found none")
     return measurements[-1]
 
 
-def _protocol(meas: Mapping[str, Any], key: str, source: str) -> Any:
-    """A ``MeasYaps`` (ASCCONV) entry by dotted path, e.g. ``sKSpace.lBaseResolution``."""
+def _protocol(meas: Mapping[str, Any], key: str, source: str, default: Any = None) -> Any:
+    """A ``MeasYaps`` (ASCCONV) entry by dotted path, e.g. ``sKSpace.lBaseResolution``;
+    ``default`` when it is absent (an error without one)."""
     value: Any = meas.get("hdr", {}).get("MeasYaps", {})
     for part in key.split("."):
         if isinstance(value, list):
@@ -148,8 +163,26 @@ def _protocol(meas: Mapping[str, Any], key: str, source: str) -> Any:
         else:
             value = None
         if value is None:
+            if default is not None:
+                return default
             _fail(source, f"protocol {key}", "expected a value, found none")
     return value
+
+
+def _number(
+    meas: Mapping[str, Any],
+    key: str,
+    source: str,
+    default: float | None = None,
+    low: float = 0.0,
+) -> float:
+    """A numeric ``MeasYaps`` entry: finite and above ``low`` (a size or a count: above 0)."""
+    value = _protocol(meas, key, source, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        _fail(source, f"protocol {key}", f"expected a finite number, found {value!r}")
+    if not value > low:
+        _fail(source, f"protocol {key}", f"expected a number above {low:g}, found {value!r}")
+    return float(value)
 
 
 def _heads(mdbs: list[Any], dwell_us: float) -> np.ndarray:
@@ -230,25 +263,31 @@ def _header(
 
 def _product_header(meas: Mapping[str, Any], first: Any, n_samples: int, source: str) -> Any:
     """The ISMRMRD header of a Siemens product sequence, from its protocol."""
-    base = int(_protocol(meas, "sKSpace.lBaseResolution", source))
-    lines = int(_protocol(meas, "sKSpace.lPhaseEncodingLines", source))
-    three_d = int(_protocol(meas, "sKSpace.ucDimension", source)) == 4
-    partitions = int(_protocol(meas, "sKSpace.lPartitions", source)) if three_d else 1
-    slab = _protocol(meas, "sSliceArray.asSlice.0", source)
-    fov = (
-        float(slab["dReadoutFOV"]) * n_samples / base,
-        float(slab["dPhaseFOV"]),
-        float(slab["dThickness"]),
-    )
-    n_contrasts = int(meas["hdr"]["MeasYaps"].get("lContrasts", 1))
-    te = [float(t) / 1e3 for t in _protocol(meas, "alTE", source)[:n_contrasts]]
+    base = int(_number(meas, "sKSpace.lBaseResolution", source))
+    lines = int(_number(meas, "sKSpace.lPhaseEncodingLines", source))
+    three_d = int(_number(meas, "sKSpace.ucDimension", source)) == 4
+    partitions = int(_number(meas, "sKSpace.lPartitions", source)) if three_d else 1
+    fov = _slab_fov(meas, source)
+    fov = (fov[0] * n_samples / base, fov[1], fov[2])
+    n_contrasts = int(_number(meas, "lContrasts", source, default=1))
+    # the sequence parameters' plausibility is checked with the sidecar's (problem_from_lines)
     sequence = xsd.sequenceParametersType(
-        TE=te,
-        TR=[float(_protocol(meas, "alTR.0", source)) / 1e3],
-        flipAngle_deg=[float(_protocol(meas, "adFlipAngleDegree.0", source))],
+        TE=[_number(meas, f"alTE.{i}", source, low=-math.inf) / 1e3 for i in range(n_contrasts)],
+        TR=[_number(meas, "alTR.0", source, low=-math.inf) / 1e3],
+        flipAngle_deg=[_number(meas, "adFlipAngleDegree.0", source, low=-math.inf)],
     )
     centres = (int(first.mdh.CenterLin), int(first.mdh.CenterPar) if three_d else 0)
     return _header((n_samples, lines, partitions), fov, min(base, n_samples), centres, sequence)
+
+
+def _slab_fov(meas: Mapping[str, Any], source: str) -> tuple[float, float, float]:
+    """Readout and phase field of view and thickness of the first slice [mm]."""
+    slab = "sSliceArray.asSlice.0"
+    return (
+        _number(meas, f"{slab}.dReadoutFOV", source),
+        _number(meas, f"{slab}.dPhaseFOV", source),
+        _number(meas, f"{slab}.dThickness", source),
+    )
 
 
 def _pulseq_layout(
@@ -256,11 +295,12 @@ def _pulseq_layout(
     imaging: np.ndarray,
     seq: SeqReadouts | None,
     echoes: int | None,
+    sidecar: Sidecar,
     meas: Mapping[str, Any],
     n_samples: int,
-    source: str,
 ) -> xsd.ismrmrdHeader:
     """Renumber the imaging lines of a Pulseq file (ky, kz, contrast) in place; its header."""
+    source = sidecar.raw
     n_lines = int(imaging.sum())
     idx = heads["idx"]
     if seq is not None:
@@ -287,8 +327,7 @@ def _pulseq_layout(
         assert echoes is not None
         if n_lines % echoes:
             _fail(
-                source,
-                "sidecar[echoes_per_excitation]",
+                *sidecar.place("echoes_per_excitation"),
                 f"expected a divisor of the {n_lines} readouts, found {echoes}",
             )
         ny, nz = n_lines // echoes, 1
@@ -296,8 +335,7 @@ def _pulseq_layout(
         idx["kspace_encode_step_1"][imaging] = order // echoes
         idx["kspace_encode_step_2"][imaging] = 0
         idx["contrast"][imaging] = order % echoes
-        slab = _protocol(meas, "sSliceArray.asSlice.0", source)
-        fov = (float(slab["dReadoutFOV"]), float(slab["dPhaseFOV"]), float(slab["dThickness"]))
+        fov = _slab_fov(meas, source)
         recon_nx, sequence = n_samples, None
     for name in ("set", "repetition", "segment", "average", "slice", "phase"):
         idx[name][imaging] = 0
@@ -310,6 +348,7 @@ def read_twix(
     seq: str | os.PathLike[str] | None = None,
     signal_model: str | None = None,
     sidecar: Mapping[str, Any] | None = None,
+    sidecar_origin: Mapping[str, str] | None = None,
     remove_oversampling: bool = True,
     noise_prewhitening: bool = True,
 ) -> ImportedProblem:
@@ -321,9 +360,11 @@ def read_twix(
         Siemens ``.dat`` file (VB or VD/VE; of a multi-measurement file the last measurement).
     seq
         The Pulseq ``.seq`` file of a Pulseq acquisition (see the module docstring).
-    signal_model, sidecar, remove_oversampling, noise_prewhitening
+    signal_model, sidecar, sidecar_origin, remove_oversampling, noise_prewhitening
         As :func:`lorein.data.ismrmrd_io.import_ismrmrd`; the sidecar takes
         :data:`TWIX_SIDECAR_KEYS` (those of ISMRMRD files and ``echoes_per_excitation``).
+        Sequence parameters from the protocol, the ``.seq`` file or the sidecar must be
+        plausible (:data:`~lorein.data.problem.SEQUENCE_RANGES`).
 
     Returns
     -------
@@ -337,14 +378,12 @@ def read_twix(
         acquisition, and everything :func:`~lorein.data.ismrmrd_io.import_ismrmrd` refuses.
     """
     source = str(path)
-    sidecar = dict(sidecar or {})
-    echoes = sidecar.pop("echoes_per_excitation", None)
+    given = Sidecar(dict(sidecar or {}), dict(sidecar_origin or {}), source)
+    echoes = given.values.pop("echoes_per_excitation", None)
     if echoes is not None and (
         isinstance(echoes, bool) or not isinstance(echoes, int) or echoes < 1
     ):
-        _fail(
-            source, "sidecar[echoes_per_excitation]", f"expected an integer >= 1, found {echoes!r}"
-        )
+        _fail(*given.place("echoes_per_excitation"), f"expected an integer >= 1, found {echoes!r}")
     seq_readouts = None if seq is None else read_seq(seq)
     meas = _read_file(Path(path), source)
     mdbs = [
@@ -354,8 +393,8 @@ def read_twix(
     ]
     if not mdbs:
         _fail(source, "MDH", "expected imaging lines, found none")
-    dwell_ns = meas.get("hdr", {}).get("MeasYaps", {}).get("sRXSPEC", {}).get("alDwellTime", [0])
-    heads = _heads(mdbs, float(dwell_ns[0]) / 1e3 if dwell_ns else 0.0)
+    dwell_ns = _number(meas, "sRXSPEC.alDwellTime.0", source, default=0, low=-math.inf)
+    heads = _heads(mdbs, dwell_ns / 1e3)
     noise = (heads["flags"] & _bit(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)) != 0
     imaging = ~noise
     if not imaging.any():
@@ -377,7 +416,7 @@ def read_twix(
                 "FILE.seq), or echoes_per_excitation in the sidecar: the protocol's matrix, TE, "
                 "TR and flip angle are the interpreter's, not the sequence's",
             )
-        header = _pulseq_layout(heads, imaging, seq_readouts, echoes, meas, n_samples, source)
+        header = _pulseq_layout(heads, imaging, seq_readouts, echoes, given, meas, n_samples)
     else:
         header = _product_header(meas, mdbs[first], n_samples, source)
 
@@ -386,13 +425,16 @@ def read_twix(
             yield int(i), np.atleast_2d(mdbs[i].data)
 
     raw = collect_lines(heads, read, n_samples, source, TWIX_FIELDS)
+    # with a .seq file, the sequence parameters and the encoding are the sequence's
+    fields = TWIX_FIELDS if seq is None else RawFields(header=f"protocol of {seq}", data="MDH")
     return problem_from_lines(
         header,
         raw,
         source=source,
-        fields=TWIX_FIELDS,
+        fields=fields,
         signal_model=signal_model,
-        sidecar=sidecar,
+        sidecar=given.values,
+        sidecar_origin=given.origin,
         remove_oversampling=remove_oversampling,
         noise_prewhitening=noise_prewhitening,
     )

@@ -256,7 +256,9 @@ def _run_and_score(
     try:
         maps = read_maps(out / name)
         report = json.loads((out / name / "report.json").read_text())
-    except (OSError, ValueError, KeyError) as err:
+        if not isinstance(report, dict):
+            raise ValueError(f"{out / name / 'report.json'}: expected a JSON object")
+    except (OSError, ValueError) as err:  # ProblemFileError, JSONDecodeError are ValueErrors
         return {"status": "failed", "error": str(err) or type(err).__name__, **record}, None
     record.update(
         status="ok",

@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 import torch
 
+from lorein.data.hdf5_input import fail, get, member_names, open_file, read_dataset
 from lorein.data.problem import Truth
 from lorein.eval.metrics import constant_map, interior_mask, map_error, pure_mask, ssim_of_map
 from lorein.eval.tables import error_key
@@ -21,8 +22,19 @@ def read_maps(out: Path) -> dict[str, torch.Tensor]:
     path = Path(out) / "maps.h5"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no maps.h5 in the output folder (run 'lorein recon')")
-    with h5py.File(path, "r") as f:
-        return {name: torch.from_numpy(f[name][()]) for name in f if f[name].ndim == 3}
+    source = str(path)
+    with open_file(path, source, "the maps of a reconstruction") as f:
+        names = member_names(f, source, "/")
+        datasets = [n for n in names if isinstance(get(f, n, source, f"/{n}"), h5py.Dataset)]
+        arrays = {name: read_dataset(f, name, source, f"/{name}") for name in datasets}
+    maps = {}
+    for name, array in arrays.items():
+        if array.ndim != 3:
+            continue
+        if array.dtype.kind not in "biuf":
+            fail(source, f"/{name}", f"expected a real map, found dtype {array.dtype}")
+        maps[name] = torch.from_numpy(array.astype(array.dtype.newbyteorder("="), copy=False))
+    return maps
 
 
 def evaluate_maps(maps: dict[str, torch.Tensor], truth: Truth) -> dict[str, dict[str, float]]:

@@ -136,7 +136,13 @@ def estimate_from_calibration(problem: Problem, kspace: torch.Tensor) -> Calibra
     rss = images.abs().pow(2).sum(0).sqrt()
     support = dilate_in_plane(rss > 0.05 * rss.max())
     scale = float(torch.quantile(rss.flatten(), 0.99))
-    if not scale > 0:  # also nan
+    if not torch.isfinite(rss).all():
+        raise ValueError(
+            f"{problem.source}: /kspace/data: the calibration region's low-resolution image "
+            f"overflows float32 (largest sample magnitude {float(calib.abs().max()):.3g}); "
+            "expected k-space scaled within float32's range: divide it by a constant"
+        )
+    if not scale > 0:
         raise ValueError(
             f"{problem.source}: /kspace/data: the calibration region holds no signal (its "
             f"low-resolution image's 99th percentile is {scale}); expected measured k-space"

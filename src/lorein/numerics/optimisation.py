@@ -213,6 +213,7 @@ class Optimisation:
             average = list(ckpt.get("average", []))
             if len(average) != (len(self.params) if self.state.averaged else 0):
                 raise ValueError("tail average does not match the parameters")
+            # the checkpoint is read onto the CPU; the average lives beside its parameters
             self.average = [a.to(p.device) for a, p in zip(average, self.params, strict=False)]
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -169,9 +169,8 @@ def test_pmr_start_from_lrr_needs_regression_steps() -> None:
 def test_average_fraction_is_a_fraction_of_the_run() -> None:
     assert LoreinConfig(iterations=300, average_fraction=0.5).average_steps == 150
     assert LoreinConfig(iterations=7, average_fraction=0.5).average_steps == 4
-    with pytest.raises(
-        ValueError, match="^average_fraction = 1.0: expected 0 or more and below 1$"
-    ):
+    expected = "^average_fraction = 1.0: expected a finite number at least 0 and below 1$"
+    with pytest.raises(ValueError, match=expected):
         LoreinConfig(average_fraction=1.0)
     with pytest.raises(ValueError, match="average_fraction = -0.1"):
         LoreinConfig(average_fraction=-0.1)

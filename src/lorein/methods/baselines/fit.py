@@ -21,7 +21,7 @@ from lorein.methods.calibration import espirit_coils, estimate_from_calibration
 from lorein.numerics.sense import sense_images, zero_filled_images
 from lorein.numerics.voxel_fit import FitMethod, fit_maps
 from lorein.physics.coils import apply_coil_compression, coil_compression
-from lorein.settings import validate
+from lorein.settings import Count, PositiveCount, validate
 
 
 @dataclass
@@ -43,10 +43,10 @@ class FitConfig:
     """
 
     images: Literal["sense", "zero-filled"] = "sense"
-    sense_iterations: int = 15
+    sense_iterations: Count = 15
     fit: FitMethod = "nlls"
-    fit_iterations: int = 6
-    coil_compression: int | None = None
+    fit_iterations: Count = 6
+    coil_compression: PositiveCount | None = None
 
     def __post_init__(self) -> None:
         validate(self)

@@ -91,7 +91,7 @@ from lorein.numerics.voxel_fit import FitBounds, default_b0_max, fit_maps
 from lorein.physics.fft import centered_ifft, modulation
 from lorein.physics.models.base import SignalModel
 from lorein.physics.operators import ContrastDataTerm
-from lorein.settings import validate
+from lorein.settings import Count, NonNegative, Positive, PositiveCount, validate
 
 FULL_SIZE = {"unrolls": 8, "channels": 128, "blocks": 12, "cg_iterations": 6}
 """Network sizes of the original Joint-MAPLE."""
@@ -152,25 +152,25 @@ class JointMapleConfig:
         Number of virtual coils (SVD compression); None keeps all coils.
     """
 
-    unrolls: int = 4
-    channels: int = 32
-    blocks: int = 2
-    cg_iterations: int = 4
+    unrolls: Count = 4
+    channels: PositiveCount = 32
+    blocks: Count = 2
+    cg_iterations: Count = 4
     dc_solver: DcSolver = "cg"
     full_size: bool = False
-    iterations: int = 300
-    lr: float = 1e-3
-    planes_per_step: int = 8
-    validate_every: int = 10
-    patience: int = 50
+    iterations: Count = 300
+    lr: Positive = 1e-3
+    planes_per_step: PositiveCount = 8
+    validate_every: PositiveCount = 10
+    patience: PositiveCount = 50
     heldout_fraction: float = 0.2
     loss_fraction: float = 0.4
-    n_masks: int = 25
-    mu: float = 0.05
-    map_iterations: int = 100
-    map_lr: float = 1e-2
-    beta: float = 100.0
-    coil_compression: int | None = None
+    n_masks: PositiveCount = 25
+    mu: NonNegative = 0.05
+    map_iterations: Count = 100
+    map_lr: Positive = 1e-2
+    beta: NonNegative = 100.0
+    coil_compression: PositiveCount | None = None
 
     def __post_init__(self) -> None:
         validate(self)

@@ -57,7 +57,7 @@ from lorein.numerics.cg import conjugate_gradient
 from lorein.numerics.voxel_fit import FitMethod, fit_maps
 from lorein.physics.operators import EncodingOperator, LinearOperator
 from lorein.physics.subspace import temporal_subspace
-from lorein.settings import validate
+from lorein.settings import Count, NonNegative, Positive, PositiveCount, validate
 
 
 @dataclass
@@ -88,15 +88,15 @@ class LrtConfig:
         Number of virtual coils (SVD compression); None keeps all coils.
     """
 
-    rank: int = 15
-    lambda_tv: float = 0.5
-    rho: float = 3.0
-    iterations: int = 30
-    cg_iterations: int = 5
-    dictionary_atoms: int = 5000
-    b0_range_hz: float = 60.0
+    rank: PositiveCount = 15
+    lambda_tv: NonNegative = 0.5
+    rho: Positive = 3.0
+    iterations: Count = 30
+    cg_iterations: Count = 5
+    dictionary_atoms: PositiveCount = 5000
+    b0_range_hz: NonNegative = 60.0
     fit_method: FitMethod = "nlls"
-    coil_compression: int | None = None
+    coil_compression: PositiveCount | None = None
 
     def __post_init__(self) -> None:
         validate(self)

@@ -77,7 +77,7 @@ class SummitConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-        self.lorein_config()  # LoREIN's checks that span settings (planes_per_batch)
+        self.lorein_config()  # LoREIN's ranges (lr > 0, ...) and checks that span settings
 
     def lorein_config(self) -> LoreinConfig:
         """The equivalent LoREIN configuration (``mode = "pmr-only"``, no pre-training)."""

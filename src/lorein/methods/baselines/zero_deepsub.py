@@ -88,7 +88,7 @@ from lorein.numerics.optimisation import LoopConfig, Optimisation
 from lorein.numerics.voxel_fit import fit_maps
 from lorein.physics.operators import EncodingOperator
 from lorein.physics.subspace import temporal_subspace
-from lorein.settings import validate
+from lorein.settings import Count, NonNegative, Positive, PositiveCount, validate
 
 FULL_SIZE: dict[str, int] = {
     "unrolls": 10,
@@ -148,23 +148,23 @@ class ZeroDeepSubConfig:
         Number of virtual coils (SVD compression); None keeps all coils.
     """
 
-    rank: int = 15
-    dictionary_atoms: int = 5000
-    b0_range_hz: float = 60.0
-    unrolls: int = 3
-    blocks: int = 3
-    channels: int = 16
-    cg_iterations: int = 5
+    rank: PositiveCount = 15
+    dictionary_atoms: PositiveCount = 5000
+    b0_range_hz: NonNegative = 60.0
+    unrolls: Count = 3
+    blocks: Count = 3
+    channels: PositiveCount = 16
+    cg_iterations: Count = 5
     full_size: bool = False
-    epochs: int = 100
-    patience: int = 10
-    lr: float = 5e-4
-    mu: float = 0.05
+    epochs: Count = 100
+    patience: PositiveCount = 10
+    lr: Positive = 5e-4
+    mu: NonNegative = 0.05
     validation_fraction: float = 0.2
     loss_fraction: float = 0.4
-    n_masks: int = 4
-    keep_centre: tuple[int, int] = (4, 4)
-    coil_compression: int | None = None
+    n_masks: PositiveCount = 4
+    keep_centre: tuple[Count, Count] = (4, 4)
+    coil_compression: PositiveCount | None = None
 
     def __post_init__(self) -> None:
         validate(self)

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from lorein.settings import validate
+from lorein.settings import (
+    AtLeast,
+    Count,
+    Fraction,
+    NonNegative,
+    Positive,
+    PositiveCount,
+    validate,
+)
 
 Mode = Literal["joint", "pmr-only", "lrr-fit"]
 PriorFlow = Literal["both", "to-pmr"]
@@ -37,11 +45,11 @@ class HashEncodingConfig:
         ``"grid"`` (finest level at the grid's width): :func:`resolve_encoding`.
     """
 
-    n_levels: int = 16
-    n_features: int = 2
-    log2_table: int = 19
-    n_min: int = 16
-    growth: float | Literal["auto", "grid"] = "auto"
+    n_levels: PositiveCount = 16
+    n_features: PositiveCount = 2
+    log2_table: PositiveCount = 19
+    n_min: PositiveCount = 16
+    growth: Annotated[float, AtLeast(1.0)] | Literal["auto", "grid"] = "auto"
 
     def __post_init__(self) -> None:
         validate(self)
@@ -175,42 +183,42 @@ class LoreinConfig:
         Starting values of T1, T2, T2* [s] for the PMR fields (M0 is set from the data scale).
     """
 
-    rank: int = 15
-    dictionary_atoms: int = 5000
-    b0_range_hz: float = 60.0
-    iterations: int = 800
-    pretrain: int = 150
-    coil_warmup: int = 200
-    warm_start: int = 150
-    lr: float = 1e-3
-    decay_every: int = 300
-    wnnm_start: int = 500
-    average_fraction: float = 0.0
-    dc1: float = 1.0
-    dc2: float = 1.0
-    prior: float = 1.0
+    rank: PositiveCount = 15
+    dictionary_atoms: PositiveCount = 5000
+    b0_range_hz: NonNegative = 60.0
+    iterations: Count = 800
+    pretrain: Count = 150
+    coil_warmup: Count = 200
+    warm_start: Count = 150
+    lr: Positive = 1e-3
+    decay_every: PositiveCount = 300
+    wnnm_start: Count = 500
+    average_fraction: Fraction = 0.0
+    dc1: NonNegative = 1.0
+    dc2: NonNegative = 1.0
+    prior: NonNegative = 1.0
     prior_flow: PriorFlow = "both"
     prior_space: PriorSpace = "full"
-    wnnm: float = 1e-8
-    wnnm_maps: dict[str, float] = field(
+    wnnm: NonNegative = 1e-8
+    wnnm_maps: dict[str, NonNegative] = field(
         default_factory=lambda: {"M0": 0.05, "T1": 0.2, "T2": 2.0, "T2star": 2.0, "B0": 0.2}
     )
     dc2_path: Dc2Path = "exact"
     lrr_start: LrrStart = "cg"
     pmr_start: PmrStart = "cg"
-    cnn_channels: int = 8
+    cnn_channels: Count = 8
     mode: Mode = "joint"
     batching: Batching = "volume"
-    planes_per_batch: int = 8
-    coil_compression: int | None = None
+    planes_per_batch: PositiveCount = 8
+    coil_compression: PositiveCount | None = None
     coil_support: bool = False
     basis_encoding: HashEncodingConfig = _encoding()
     map_encoding: HashEncodingConfig = _encoding()
     phase_encoding: HashEncodingConfig = _encoding(log2_table=12, n_min=1)
     coil_encoding: HashEncodingConfig = _encoding(n_levels=8, log2_table=4, n_min=1, growth=1.5)
-    hidden: int = 64
-    layers: int = 3
-    initial: dict[str, float] = field(
+    hidden: PositiveCount = 64
+    layers: Count = 3
+    initial: dict[str, Positive] = field(
         default_factory=lambda: {"T1": 1.0, "T2": 0.08, "T2star": 0.05}
     )
 
@@ -221,12 +229,6 @@ class LoreinConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-        if not 0 <= self.average_fraction < 1:
-            raise ValueError(
-                f"average_fraction = {self.average_fraction}: expected 0 or more and below 1"
-            )
-        if self.planes_per_batch < 1:
-            raise ValueError(f"planes_per_batch = {self.planes_per_batch}: expected at least 1")
         if self.pmr_start == "lrr" and not (self.mode == "joint" and self.pretrain > 0):
             raise ValueError(
                 f"pmr_start = 'lrr' needs mode = 'joint' and pretrain > 0 "
