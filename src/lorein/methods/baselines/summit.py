@@ -23,7 +23,7 @@ import torch
 
 from lorein.data.output import Maps
 from lorein.data.problem import Problem
-from lorein.methods.base import Method, RunContext, rank_within_contrasts
+from lorein.methods.base import Method, RunContext
 from lorein.methods.lorein import pipeline
 from lorein.methods.lorein.config import Batching, HashEncodingConfig, LoreinConfig, PmrStart
 from lorein.methods.lorein.defaults import problem_config
@@ -93,8 +93,7 @@ class Summit(Method):
     config_class = SummitConfig
 
     def reconstruct(self, problem: Problem, config: SummitConfig, context: RunContext) -> Maps:
-        lorein = rank_within_contrasts(config.lorein_config(), problem)
-        return pipeline.run(problem, lorein, context, recorded=config)
+        return pipeline.run(problem, config.lorein_config(), context, recorded=config)
 
     def default_config(self, problem: Problem, device: torch.device) -> SummitConfig:
         """LoREIN's settings chosen from the problem (:func:`~lorein.methods.lorein.defaults.
@@ -104,4 +103,4 @@ class Summit(Method):
         return SummitConfig(**{name: getattr(chosen, name) for name in names})
 
     def estimate_memory(self, problem: Problem, config: SummitConfig) -> int:
-        return field_memory(problem, rank_within_contrasts(config.lorein_config(), problem))
+        return field_memory(problem, config.lorein_config())
